@@ -1,0 +1,101 @@
+"""Segment: what one stretch of training (up to a ``log()`` call) measured, on the device.
+
+Hooks append 0-d or 1-d device tensors with a key; ``pack()`` concatenates them into one flat
+tensor, so a whole step costs one device-to-host transfer; ``unpack()`` splits it again on the
+host. Nothing here synchronises with the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+Key = tuple[str, int]  # (kind, index): ("fwd", module), ("site", site), ("smooth", site), ...
+
+
+@dataclass
+class Segment:
+    """Device-side measurements of one segment plus the host-side facts about it."""
+
+    entries: list[tuple[Key, torch.Tensor]] = field(default_factory=list)
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_norm, param_norm, ...
+    scalars: dict[str, float] = field(default_factory=dict)
+    tensor_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
+    forwards: int = 0
+    backwards: int = 0
+    stepped: bool = False
+
+    def add(self, key: Key, value: torch.Tensor) -> None:
+        self.entries.append((key, value))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.entries or self.vectors or self.scalars or self.tensor_scalars
+                    or self.forwards or self.backwards or self.stepped)
+
+    def pack(self) -> tuple[torch.Tensor | None, list[tuple[Any, int]]]:
+        """One flat float32 tensor and the layout ``[(key, length), ...]`` to split it."""
+        parts: list[torch.Tensor] = []
+        layout: list[tuple[Any, int]] = []
+        for key, t in self.entries:
+            parts.append(t.reshape(-1).float())
+            layout.append((key, parts[-1].numel()))
+        for name, t in self.vectors.items():
+            parts.append(t.reshape(-1).float())
+            layout.append((("vec", name), parts[-1].numel()))
+        for name, t in self.tensor_scalars.items():
+            parts.append(t.detach().reshape(-1)[:1].float())
+            layout.append((("scalar", name), 1))
+        if not parts:
+            return None, layout
+        device = parts[0].device
+        parts = [p if p.device == device else p.to(device) for p in parts]
+        return torch.cat(parts), layout
+
+
+def unpack(flat: np.ndarray | None, layout: list[tuple[Any, int]]) -> list[tuple[Any, np.ndarray]]:
+    """Split a transferred flat array back into ``(key, values)`` in recording order."""
+    out = []
+    offset = 0
+    for key, n in layout:
+        assert flat is not None
+        out.append((key, flat[offset: offset + n]))
+        offset += n
+    return out
+
+
+class Transfer:
+    """Moves packed segments to the host: at once on CPU, asynchronously on CUDA.
+
+    On CUDA the copy goes into pinned memory with ``non_blocking=True`` and an event; ``ready()``
+    hands back the segments whose copy finished, ``drain()`` waits for all (used at flush/close).
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Any, torch.Tensor | None, Any, list[tuple[Any, int]]]] = []
+
+    def submit(self, meta: Any, flat: torch.Tensor | None, layout: list[tuple[Any, int]]) -> None:
+        if flat is None or flat.device.type == "cpu":
+            host = None if flat is None else flat.detach()
+            self._queue.append((meta, host, None, layout))
+            return
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._queue.append((meta, host, event, layout))
+
+    def ready(self, wait: bool = False) -> list[tuple[Any, np.ndarray | None, list]]:
+        done = []
+        while self._queue:
+            meta, host, event, layout = self._queue[0]
+            if event is not None and not wait and not event.query():
+                break
+            if event is not None:
+                event.synchronize()
+            self._queue.pop(0)
+            done.append((meta, None if host is None else host.numpy().astype(np.float64), layout))
+        return done

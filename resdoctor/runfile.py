@@ -1,0 +1,87 @@
+"""The run file (DESIGN.md section 5): atomic writes, safe reads, schema checks.
+
+A run file is a ``torch.save`` of plain containers, numbers, strings and tensors, so it is read
+with ``torch.load(weights_only=True)``: loading never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "resdoctor-run"
+SCHEMA_VERSION = 1
+REQUIRED = ("format", "schema_version", "steps", "modules", "sites", "series", "events")
+
+
+class RunFileError(ValueError):
+    """A run file is missing, unreadable, truncated, unsafe or not a resdoctor run."""
+
+    exit_code = 2
+
+
+def write(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` atomically: a temp file in the same folder, then ``os.replace``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a run file; any problem raises ``RunFileError`` with one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise RunFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise RunFileError(f"{p}: is a directory, not a run file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise RunFileError(f"{p}: refused to load (not plain data: {first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise RunFileError(f"{p}: not a readable run file ({_short(e)})") from None
+    except Exception as e:  # noqa: BLE001 - any other loader failure is still bad input
+        raise RunFileError(f"{p}: not a readable run file ({_short(e)})") from None
+    validate(state, p)
+    return state
+
+
+def validate(state: Any, where: Any = "run") -> None:
+    """Check the top-level structure; raises ``RunFileError``."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise RunFileError(f"{where}: not a resdoctor run file")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise RunFileError(f"{where}: run file is missing {', '.join(missing)}")
+    version = state["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RunFileError(
+            f"{where}: schema_version {version!r} is newer than this resdoctor reads "
+            f"({SCHEMA_VERSION}); upgrade resdoctor"
+        )
+    if not isinstance(state["series"], dict) or not isinstance(state["events"], list):
+        raise RunFileError(f"{where}: run file has a malformed series or events table")
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]

@@ -1,0 +1,39 @@
+"""GradNorm: the L2 norm of each module's own parameter gradients, in one fused pass."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GradNorm:
+    """Per-module gradient norms ``sqrt(sum_p ||grad_p||^2)`` over the module's own parameters.
+
+    ``torch._foreach_norm`` computes every parameter's norm in one fused call; an ``index_add``
+    folds them into modules. Parameters without a gradient contribute 0.
+    """
+
+    def __init__(self, groups: list[list[nn.Parameter]]) -> None:
+        self.params = [p for group in groups for p in group]
+        owner = [i for i, group in enumerate(groups) for _ in group]
+        self._owner = torch.tensor(owner, dtype=torch.long)
+        self._modules = len(groups)
+        self._device: torch.device | None = None
+
+    def norms(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+        """``[M]`` float32 norms of per-parameter tensors (None = absent), grouped by module."""
+        present = [(i, t) for i, t in enumerate(tensors) if t is not None]
+        if not present:
+            return torch.zeros(self._modules)
+        idx, ts = zip(*present)
+        device = ts[0].device
+        if self._device != device:
+            self._owner = self._owner.to(device)
+            self._device = device
+        per_param = torch.stack(torch._foreach_norm(list(ts))).float() ** 2  # [P']
+        owner = self._owner[list(idx)] if len(idx) != len(self.params) else self._owner
+        out = torch.zeros(self._modules, device=device, dtype=torch.float32)
+        return out.index_add_(0, owner, per_param).sqrt_()
+
+    def __call__(self) -> torch.Tensor:
+        return self.norms([p.grad.detach() if p.grad is not None else None for p in self.params])

@@ -1,0 +1,35 @@
+"""SiteProbe: skip / branch / stream magnitudes at one residual addition."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square in float32 (0-d); non-finite when x holds NaN/Inf."""
+    return torch.linalg.vector_norm(x.detach(), dtype=torch.float32) / (max(x.numel(), 1) ** 0.5)
+
+
+class SiteProbe:
+    """Given the operands (or one operand and the sum) of ``out = skip + branch``.
+
+    branch_ratio = ||branch|| / ||skip||. The stream RMS is ||skip + branch|| / sqrt(n); when the
+    sum is not tapped it comes from ||a||^2 + ||b||^2 + 2<a, b>, one fused dot product instead of
+    materialising the sum.
+    """
+
+    @staticmethod
+    def from_operands(
+        skip: torch.Tensor, branch: torch.Tensor, skip_rms: torch.Tensor, branch_rms: torch.Tensor
+    ) -> torch.Tensor:
+        n = max(skip.numel(), 1)
+        a, b = skip.detach(), branch.detach()
+        if a.is_contiguous() and b.is_contiguous() and a.dtype == b.dtype:
+            dot = torch.dot(a.reshape(-1), b.reshape(-1)).float() / n
+        else:
+            dot = (a.float() * b.float()).mean()
+        return (skip_rms.pow(2) + branch_rms.pow(2) + 2 * dot).clamp_min(0).sqrt()
+
+    @staticmethod
+    def branch_from_sum(total: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return rms(total.detach() - skip.detach())

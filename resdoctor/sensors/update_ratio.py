@@ -1,0 +1,35 @@
+"""UpdateRatio: ||w_after - w_before|| / ||w_before|| per module for one optimizer step."""
+
+from __future__ import annotations
+
+import torch
+
+from resdoctor.sensors.grad_norm import GradNorm
+
+
+class UpdateRatio:
+    """Snapshot the parameters before ``optimizer.step()``; compare after it.
+
+    The snapshot is one fused copy of the parameters, taken only on sampled steps.
+    """
+
+    def __init__(self, grouping: GradNorm) -> None:
+        self.grouping = grouping
+        self._before: list[torch.Tensor] | None = None
+
+    def before(self) -> None:
+        with torch.no_grad():
+            self._before = torch._foreach_mul([p.detach() for p in self.grouping.params], 1.0)
+
+    def after(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(param_norm [M], update_ratio [M] or None when no snapshot was taken)``."""
+        params = [p.detach() for p in self.grouping.params]
+        with torch.no_grad():
+            norm = self.grouping.norms(list(params))
+            if self._before is None:
+                return norm, None
+            before, self._before = self._before, None
+            old_norm = self.grouping.norms(list(before))
+            torch._foreach_sub_(before, params)
+            delta = self.grouping.norms(list(before))
+            return norm, delta / old_norm.clamp_min(1e-12)
