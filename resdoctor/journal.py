@@ -59,6 +59,19 @@ class Journal:
         self._pending = _Pending()
         self._order = {m["name"]: m["order"] for m in modules}
         self._param_order = np.array([self._order.get(n, -1) for n in param_modules])
+        self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
+
+    # -- extra series (integrations such as attribution) -------------------------------------
+    def extra(self, name: str, columns: list[str], step: int, values: np.ndarray) -> None:
+        """Append one row of an extra signal (created on first use) at ``step``."""
+        series = self.series.get(name)
+        if series is None:
+            series = self.series[name] = Series(list(columns), self.capacity)
+        series.add_columns(list(columns))
+        row = np.full(len(series.columns), np.nan)
+        for c, v in zip(columns, np.asarray(values, dtype=np.float64)):
+            row[series.columns.index(c)] = v
+        series.append(step, row)
 
     # -- sites arrive after the first forward -------------------------------------------------
     def set_sites(self, sites: list[dict[str, Any]]) -> None:
@@ -130,7 +143,18 @@ class Journal:
             s.append(step, row, present=np.array([c in scalars for c in s.columns]))
         if skipped:
             self.skipped.append(step)
+        self.last = {"step": step, "skipped": skipped, "scalars": scalars,
+                     **{k: v for k, v in vectors.items()}, **self._last_sites(step)}
         self.steps += 1
+
+    def _last_sites(self, step: int) -> dict[str, np.ndarray]:
+        """Site signals of ``step`` if that step is still its own row (stride 1)."""
+        out = {}
+        for name in ("branch_ratio", "stream_norm", "smoothing", "grad_branch_share"):
+            s = self.series.get(name)
+            if s is not None and len(s) and s.stride == 1 and s._steps[len(s) - 1] == step:
+                out[name] = s.mean()[-1]
+        return out
 
     def _site_rows(self, step: int, sums: dict[tuple[str, int], list[float]]) -> None:
         if not self.sites:
