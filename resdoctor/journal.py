@@ -152,8 +152,9 @@ class Journal:
         out = {}
         for name in ("branch_ratio", "stream_norm", "smoothing", "grad_branch_share"):
             s = self.series.get(name)
-            if s is not None and len(s) and s.stride == 1 and s._steps[len(s) - 1] == step:
-                out[name] = s.mean()[-1]
+            last = s.last() if s is not None and s.stride == 1 else None
+            if last is not None and last[0] == step:
+                out[name] = last[1]
         return out
 
     def _site_rows(self, step: int, sums: dict[tuple[str, int], list[float]]) -> None:
