@@ -44,7 +44,7 @@ class Segment:
             parts.append(t.reshape(-1).float())
             layout.append((key, parts[-1].numel()))
         for name, t in self.vectors.items():
-            parts.append(t.reshape(-1).float())
+            parts.append(t.reshape(-1).float())  # a float64 norm beyond float32 range is inf
             layout.append((("vec", name), parts[-1].numel()))
         for name, t in self.tensor_scalars.items():
             parts.append(t.detach().reshape(-1)[:1].float())

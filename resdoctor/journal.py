@@ -199,10 +199,14 @@ class Journal:
         grads = vectors.get("grad_norm")
         grads_bad = grads is not None and not np.all(np.isfinite(grads))
         if grads_bad and not forward_bad:
-            bad = np.flatnonzero(~np.isfinite(grads))
-            last = bad[np.argmax(self._param_order[bad])]  # the latest layer in forward order
-            self._event(self.param_modules[last], "backward", rank, amp,
-                        {"modules_affected": int(len(bad))})
+            # backward runs in reverse: the NaN was made by the latest module in forward order
+            # whose parameter gradients (or, for parameter-free ops, input gradient) went bad
+            bad = [(self._order.get(self.param_modules[i], -1), self.param_modules[i])
+                   for i in np.flatnonzero(~np.isfinite(grads))]
+            bad += [(self._order.get(names[k[1]], -1), names[k[1]])
+                    for k, v in values if k[0] == "bwd" and not np.isfinite(v[0])]
+            order, module = max(bad)
+            self._event(module, "backward", rank, amp, {"modules_affected": len(bad)})
         params = vectors.get("param_norm")
         if params is not None and not grads_bad and not forward_bad:
             bad = np.flatnonzero(~np.isfinite(params))

@@ -57,14 +57,14 @@ class Recorder:
         self.grads = GradNorm([ps for _, ps in groups])
         self.updates = UpdateRatio(self.grads)
         self.smoothing = Smoothing(options.smoothing_samples)
-        modules = [{"name": n, "type": type(m).__name__,
+        modules = [{"name": n or "<root>", "type": type(m).__name__,
                     "params": sum(p.numel() for p in m.parameters(recurse=False)), "order": -1}
                    for n, m in named]
-        self.module_index = {m["name"]: i for i, m in enumerate(modules)}
+        self.module_index = {n: i for i, (n, _) in enumerate(named)}
         meta = {"model_class": type(model).__name__, "rank": rank, "world_size": world_size,
                 "created": time.time(), "path": str(path),
                 "device": str(next(model.parameters()).device) if groups else "cpu"}
-        self.journal = Journal(modules, [n for n, _ in groups], options.capacity,
+        self.journal = Journal(modules, [n or "<root>" for n, _ in groups], options.capacity,
                                options.max_events, meta)
         self.transfer = Transfer()
         self.seg = Segment()
@@ -79,6 +79,7 @@ class Recorder:
         self._last_flush = (0, time.monotonic())
         self._step = 0
         self.closed = False
+        self._grad_checked: set[str] = set()
         self._attach(named)
         if sites is not None:
             self._set_sites(sites)
@@ -109,6 +110,13 @@ class Recorder:
         self.hooks.forward_pre(root, self._guard("forward", self._begin_forward))
         self.hooks.forward(root, self._guard("forward", self._end_forward), always=True)
         if self.options.nonfinite:
+            # parameter-free leaf ops (custom functions) can create NaN in backward without any
+            # parameter gradient showing it first: their input gradient is checked too
+            self._grad_checked = {
+                n for n, m in named
+                if not isinstance(m, FINITE_PRESERVING) and not list(m.children())
+                and not any(True for _ in m.parameters())
+            }
             for name, module in named:
                 if not isinstance(module, FINITE_PRESERVING):
                     self.hooks.forward_pre(module, self._guard("forward", self._check_in(name)))
@@ -145,7 +153,7 @@ class Recorder:
             tracer, self._tracer = self._tracer, None
             tracer.__exit__(None, None, None)
             tracer.detach()
-            self.journal.set_order({n: i for i, n in enumerate(tracer.module_order)})
+            self.journal.set_order({n or "<root>": i for i, n in enumerate(tracer.module_order)})
             self._set_sites(sites_from(tracer, self.model))
         if not self._recording():
             return
@@ -196,7 +204,18 @@ class Recorder:
             norm_out = self._norms([t for _, t in iter_tensors(output)])
             with self._paused():
                 self.seg.add(("fwd", index), torch.stack([norm_in, norm_out]))
+            if name in self._grad_checked and torch.is_grad_enabled():
+                self._check_input_grads(index, args, kwargs)
         return hook
+
+    def _check_input_grads(self, index: int, args: Any, kwargs: Any) -> None:
+        def on_grad(g: torch.Tensor) -> None:
+            with torch.no_grad():
+                self.seg.add(("bwd", index), rms(g).reshape(1))
+
+        for _, t in iter_tensors((args, kwargs)):
+            if t.is_floating_point() and t.requires_grad:
+                t.register_hook(self._guard("backward", on_grad))
 
     # -- residual sites --------------------------------------------------------------------
     def _set_sites(self, sites: list[Site]) -> None:
@@ -346,7 +365,10 @@ class Recorder:
         if not self._backward_queued:
             self._backward_queued = True
             engine = torch.autograd.Variable._execution_engine  # type: ignore[attr-defined]
-            engine.queue_callback(self._guard("backward", self._after_backward))
+            measure = self._guard("backward", self._after_backward)
+            # queued again from inside the first callback, it runs after every callback queued
+            # during backward: DDP's all-reduce and FSDP's reduce-scatter have then finished
+            engine.queue_callback(lambda: engine.queue_callback(measure))
 
     def _after_backward(self) -> None:
         self._backward_queued = False
@@ -355,7 +377,7 @@ class Recorder:
             norms = self.grads()
             scale = getattr(self.scaler, "_scale", None)
             if isinstance(scale, torch.Tensor) and self.scaler.is_enabled():
-                norms = norms / scale.to(norms.device).float()
+                norms = norms / scale.to(norms.device).double()
         self.seg.vectors["grad_norm"] = norms  # with accumulation the last backward has the sum
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:

@@ -21,8 +21,11 @@ class GradNorm:
         self._device: torch.device | None = None
 
     def norms(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """``[M]`` float32 norms of per-parameter tensors (None = absent), grouped by module."""
-        present = [(i, t) for i, t in enumerate(tensors) if t is not None]
+        """``[M]`` float64 norms of per-parameter tensors (None = absent), grouped by module."""
+        # a DTensor (FSDP2, tensor parallel) is measured on this rank's shard: no collective;
+        # resdoctor.distributed combines the shards' norms when it merges the ranks' runs
+        present = [(i, t.to_local() if hasattr(t, "to_local") else t)
+                   for i, t in enumerate(tensors) if t is not None]
         if not present:
             return torch.zeros(self._modules)
         idx, ts = zip(*present)
@@ -30,9 +33,10 @@ class GradNorm:
         if self._device != device:
             self._owner = self._owner.to(device)
             self._device = device
-        per_param = torch.stack(torch._foreach_norm(list(ts))).float() ** 2  # [P']
+        # float64 accumulation: large but finite (e.g. loss-scaled) values must not overflow
+        per_param = torch.stack(torch._foreach_norm(list(ts), 2, dtype=torch.float64)) ** 2
         owner = self._owner[list(idx)] if len(idx) != len(self.params) else self._owner
-        out = torch.zeros(self._modules, device=device, dtype=torch.float32)
+        out = torch.zeros(self._modules, device=device, dtype=torch.float64)
         return out.index_add_(0, owner, per_param).sqrt_()
 
     def __call__(self) -> torch.Tensor:

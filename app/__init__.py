@@ -1,0 +1,1 @@
+"""The resdoctor Streamlit report (``streamlit run app/main.py -- RUN [RUN2]``)."""

@@ -1,0 +1,109 @@
+"""Altair chart builders: frames in, charts out. No streamlit and no rule logic here."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+NONFINITE_COLOR = "#e4007c"
+ONSET_COLOR = "#d62728"
+STEP_AXIS = alt.Axis(title="step", format="~s")
+
+
+def _log10(values: pd.Series) -> np.ndarray:
+    v = values.to_numpy(dtype=np.float64)
+    tiny = np.nanmin(v[v > 0]) if np.any(v > 0) else 1e-30
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(np.clip(v, tiny, None))
+
+
+def onset_rule(step: int | None, label: str = "first NaN/Inf") -> alt.Chart | None:
+    """A dashed vertical rule with a label at the first non-finite step."""
+    if step is None:
+        return None
+    df = pd.DataFrame({"step": [step], "label": [f"{label} @ {step}"]})
+    base = alt.Chart(df).encode(x=alt.X("step:Q"))
+    rule = base.mark_rule(color=ONSET_COLOR, strokeDash=[6, 3], strokeWidth=2)
+    text = base.mark_text(align="left", dx=4, dy=-6, color=ONSET_COLOR, fontWeight="bold").encode(
+        y=alt.value(0), text="label:N")
+    return rule + text
+
+
+def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
+            onset: int | None = None, scheme: str = "viridis",
+            domain: tuple[float, float] | None = None) -> alt.LayerChart:
+    """Name x step heatmap; non-finite cells in magenta; the NaN onset as a dashed rule."""
+    data = cells.assign(shown=_log10(cells["value"]) if log else cells["value"])
+    order = data.drop_duplicates("name").sort_values("depth")["name"].tolist()
+    title = f"log10 {value_title}" if log else value_title
+    base = alt.Chart(data).encode(
+        x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(nice=False)), x2="step_end:Q",
+        y=alt.Y("name:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
+        tooltip=[alt.Tooltip("name:N"), alt.Tooltip("step:Q", title="from step"),
+                 alt.Tooltip("step_end:Q", title="to step (excl.)"),
+                 alt.Tooltip("value:Q", title=value_title, format=".3~g"),
+                 alt.Tooltip("nonfinite:N", title="NaN/Inf seen")])
+    scale = alt.Scale(scheme=scheme, domain=list(domain) if domain else alt.Undefined)
+    finite = base.transform_filter("!datum.nonfinite").mark_rect().encode(
+        color=alt.Color("shown:Q", title=title, scale=scale,
+                        legend=alt.Legend(orient="right", gradientLength=160)))
+    bad = base.transform_filter("datum.nonfinite").mark_rect(color=NONFINITE_COLOR)
+    layers: list[alt.Chart] = [finite, bad]
+    rule = onset_rule(onset)
+    if rule is not None:
+        layers.append(rule)
+    height = int(min(560, max(160, 14 * len(order))))
+    return alt.layer(*layers).properties(height=height)
+
+
+def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | None = None,
+          color_title: str = "", height: int = 280) -> alt.LayerChart:
+    """One line per name over steps; click the legend to highlight, drag to zoom on steps."""
+    pick = alt.selection_point(fields=["name"], bind="legend")
+    y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    chart = alt.Chart(frame).mark_line(point=len(frame) <= 60, interpolate="linear").encode(
+        x=alt.X("step:Q", axis=STEP_AXIS),
+        y=alt.Y("value:Q", title=y_title, scale=y_scale),
+        color=alt.Color("name:N", title=color_title or None, sort=None),
+        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
+        tooltip=[alt.Tooltip("name:N"), alt.Tooltip("step:Q"),
+                 alt.Tooltip("value:Q", format=".4~g")],
+    ).add_params(pick)
+    chart = chart.add_params(alt.selection_interval(bind="scales", encodings=["x"]))
+    rule = onset_rule(onset)
+    layers = [chart] if rule is None else [chart, rule]
+    return alt.layer(*layers).properties(height=height)
+
+
+def profile(frame: pd.DataFrame, *, y_title: str, log: bool = False, color: str = "step",
+            height: int = 280, reference: float | None = None) -> alt.LayerChart:
+    """Value by depth (x = site or module in forward order), one line per ``color`` value."""
+    order = frame.drop_duplicates("name").sort_values("depth")["name"].tolist()
+    y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    color_enc = (alt.Color("step:O", title="step", scale=alt.Scale(scheme="blues"))
+                 if color == "step" else alt.Color(f"{color}:N", title=None))
+    chart = alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("name:N", sort=order, title="depth (forward order)",
+                axis=alt.Axis(labelAngle=-40, labelLimit=140)),
+        y=alt.Y("value:Q", title=y_title, scale=y_scale),
+        color=color_enc,
+        tooltip=[alt.Tooltip("name:N"), alt.Tooltip("depth:Q"), alt.Tooltip(f"{color}:N"),
+                 alt.Tooltip("value:Q", format=".4~g")],
+    )
+    layers: list[alt.Chart] = [chart]
+    if reference is not None:
+        ref = pd.DataFrame({"value": [reference]})
+        layers.append(alt.Chart(ref).mark_rule(color="gray", strokeDash=[4, 4]).encode(y="value:Q"))
+    return alt.layer(*layers).properties(height=height)
+
+
+def event_bars(marks: pd.DataFrame, *, title: str, color: str = "#ff7f0e",
+               height: int = 90) -> alt.Chart:
+    """Event steps as thin bars (one per event, or a count per step bucket)."""
+    return alt.Chart(marks).mark_rect(color=color).encode(
+        x=alt.X("step:Q", axis=STEP_AXIS), x2="step_end:Q",
+        y=alt.Y("count:Q", title=title),
+        tooltip=[alt.Tooltip("step:Q", title="from step"),
+                 alt.Tooltip("step_end:Q", title="to step (excl.)"), alt.Tooltip("count:Q")],
+    ).properties(height=height)

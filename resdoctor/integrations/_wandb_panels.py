@@ -1,0 +1,195 @@
+"""What the W&B integration shows, as plain data (no wandb import): per-step metrics, panel
+tables, alert texts. ``_wandb_html`` renders the HTML summary; ``wandb.py`` wraps all of it in
+wandb objects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from resdoctor.findings import Finding
+
+MODULE_SIGNALS = ("grad_norm", "update_ratio", "param_norm")
+SITE_SIGNALS = ("branch_ratio", "stream_norm", "grad_branch_share", "smoothing")
+DEFAULT_SIGNALS = ("grad_norm", "update_ratio", *SITE_SIGNALS)
+ROOT = "(root)"  # label of the root module, whose dotted path is ""
+FINDING_COLUMNS = ["severity", "code", "title", "step", "location", "phase", "message", "fix",
+                   "snippet"]
+
+
+@dataclass(frozen=True)
+class TableData:
+    """Columns and rows of one wandb Table."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass(frozen=True)
+class LineSeries:
+    """Arguments of ``wandb.plot.line_series``: one line per key."""
+
+    xs: list[list[float]]
+    ys: list[list[float]]
+    keys: list[str]
+
+
+def label(name: str) -> str:
+    return name or ROOT
+
+
+def step_metrics(last: dict[str, Any], modules: Sequence[str], sites: Sequence[str],
+                 prefix: str, signals: Iterable[str] = DEFAULT_SIGNALS) -> dict[str, Any]:
+    """The W&B row of one step from ``journal.last``: ``{prefix}/step``, every scalar and, per
+    module or site, each of ``signals`` under ``{prefix}/{signal}/{name}``."""
+    out: dict[str, Any] = {f"{prefix}/step": int(last["step"])}
+    out.update({f"{prefix}/{k}": float(v) for k, v in last.get("scalars", {}).items()})
+    if last.get("skipped"):
+        out[f"{prefix}/amp_skipped"] = 1
+    for signal in signals:
+        values = last.get(signal)
+        names = modules if signal in MODULE_SIGNALS else sites
+        if values is None or len(values) != len(names):
+            continue
+        for name, v in zip(names, np.asarray(values, dtype=np.float64)):
+            if not np.isnan(v) or signal in MODULE_SIGNALS:  # site NaN = not measured this step
+                out[f"{prefix}/{signal}/{label(name)}"] = float(v)
+    return out
+
+
+def _subsample(n: int, k: int) -> np.ndarray:
+    """At most ``k`` evenly spaced indices of ``range(n)``, always keeping the first and last."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max(k, 2)).round().astype(int))
+
+
+def depth_order(run: Any, names: Sequence[str]) -> list[str]:
+    """``names`` (modules) sorted input to output by forward completion order."""
+    order = dict(zip(run.modules["name"], run.modules["order"]))
+    index = {n: i for i, n in enumerate(names)}
+    return sorted(names, key=lambda n: (order.get(n, -1) if order.get(n, -1) >= 0 else 1e9,
+                                        index[n]))
+
+
+def _log10(v: float) -> float | None:
+    return math.log10(v) if math.isfinite(v) and v > 0 else None
+
+
+def gradient_flow(run: Any, max_rows: int = 20_000) -> TableData:
+    """Long table of module gradient norms: one row per (step, module), modules by depth.
+    Non-finite norms get ``nonfinite=True`` and no value, so a chart can paint them apart."""
+    columns = ["step", "module", "depth", "grad_norm", "log10_grad_norm", "nonfinite"]
+    df = run.series("grad_norm")
+    if df.empty:
+        return TableData(columns, [])
+    names = depth_order(run, list(df.columns))
+    df = df.iloc[_subsample(len(df), max(1, max_rows // len(names)))][names]
+    rows = []
+    for step, values in zip(df.index, df.to_numpy()):
+        for depth, (name, v) in enumerate(zip(names, values)):
+            finite = bool(math.isfinite(v))
+            rows.append([int(step), label(name), depth, float(v) if finite else None,
+                         _log10(v), not finite])
+    return TableData(columns, rows)
+
+
+def site_table(run: Any, signal: str = "branch_ratio", max_rows: int = 20_000) -> TableData:
+    """Long table of one site signal: one row per measured (step, site), sites by depth."""
+    columns = ["step", "site", "depth", signal]
+    df = run.series(signal)
+    if df.empty:
+        return TableData(columns, [])
+    df = df.iloc[_subsample(len(df), max(1, max_rows // len(df.columns)))]
+    rows = [[int(step), name, depth, float(v)]
+            for step, values in zip(df.index, df.to_numpy())
+            for depth, (name, v) in enumerate(zip(df.columns, values)) if math.isfinite(v)]
+    return TableData(columns, rows)
+
+
+def site_lines(run: Any, signal: str = "branch_ratio", max_points: int = 500) -> LineSeries:
+    """One line per site over steps (finite values only), for the built-in line-series chart."""
+    df = run.series(signal)
+    if df.empty:
+        return LineSeries([], [], [])
+    df = df.iloc[_subsample(len(df), max_points)]
+    lines = LineSeries([], [], [])
+    for name in df.columns:
+        col = df[name]
+        col = col[np.isfinite(col.to_numpy())]
+        if len(col):
+            lines.xs.append([int(s) for s in col.index])
+            lines.ys.append([float(v) for v in col])
+            lines.keys.append(str(name))
+    return lines
+
+
+def gradient_profile(run: Any, snapshots: int = 5) -> LineSeries:
+    """log10 gradient norm against depth (input to output) at a few steps: the classic
+    gradient-flow plot; a falling line towards the input is vanishing flow."""
+    df = run.series("grad_norm")
+    lines = LineSeries([], [], [])
+    if df.empty:
+        return lines
+    names = depth_order(run, list(df.columns))
+    for i in _subsample(len(df), snapshots):
+        pairs = [(d, _log10(v)) for d, v in enumerate(df.iloc[i][names].to_numpy())]
+        pairs = [(d, y) for d, y in pairs if y is not None]
+        if pairs:
+            lines.xs.append([d for d, _ in pairs])
+            lines.ys.append([y for _, y in pairs])
+            lines.keys.append(f"step {int(df.index[i])}")
+    return lines
+
+
+def findings_table(findings: Iterable[Finding]) -> TableData:
+    """One row per finding, worst first as given; ``fix`` is the first fix's title and detail."""
+    rows = []
+    for f in findings:
+        fix = f.fixes[0] if f.fixes else None
+        rows.append([f.severity, f.code, f.title, f.step, f.location, f.phase, f.message,
+                     f"{fix.title}: {fix.detail}" if fix else "", fix.snippet if fix else ""])
+    return TableData(list(FINDING_COLUMNS), rows)
+
+
+def where(step: int | None, location: str | None, phase: str | None) -> str:
+    parts = [f"step {step}" if step is not None else "",
+             f"in {label(location)}" if location is not None else "",
+             f"({phase})" if phase else ""]
+    return " ".join(p for p in parts if p)
+
+
+def alert_text(finding: Finding, run_path: str = "") -> tuple[str, str]:
+    """Title and text of the W&B alert for a finding: what, where, when, and the fixes."""
+    lines = [finding.message]
+    at = where(finding.step, finding.location, finding.phase)
+    if at:
+        lines.append(f"First seen: {at}.")
+    for fix in finding.fixes[:2]:
+        lines.append(f"Fix ({fix.code}): {fix.title}. {fix.detail}")
+        if fix.snippet:
+            lines.append(f"```\n{fix.snippet}\n```")
+    if run_path:
+        lines.append(f"Full diagnosis: resdoctor analyze {run_path}")
+    return _title(finding.title), "\n".join(lines)[:3000]
+
+
+def event_alert(event: dict[str, Any], run_path: str = "") -> tuple[str, str]:
+    """Alert for a raw non-finite onset when no rule produced a finding for it."""
+    at = where(event.get("step"), event.get("module"), event.get("phase"))
+    lines = [f"NaN/Inf first appeared at {at}, while that module's inputs were finite.",
+             "Fix: guard the operation there (clamp, eps in divisions and logs), or clip "
+             "gradients and lower the learning rate if the values grew before."]
+    if run_path:
+        lines.append(f"Full diagnosis: resdoctor analyze {run_path}")
+    return _title("non-finite values (NaN/Inf)"), "\n".join(lines)
+
+
+def _title(text: str) -> str:
+    """W&B alert titles must be shorter than 64 characters."""
+    title = f"resdoctor: {text}"
+    return title if len(title) < 64 else title[:62] + "…"

@@ -1,0 +1,250 @@
+"""watch(): lifecycle, hook hygiene, never hurting the run, steps, AMP, accumulation."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import resdoctor
+from resdoctor.models import ResidualMLP, ResNet, TinyTransformer
+from tests._faults import BackwardNaN, ForwardNaN, LogBlock
+
+
+def hooks_left(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+def mlp_step(model, opt, x, y):
+    opt.zero_grad()
+    loss = F.mse_loss(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def data(n=8):
+    return torch.randn(n, 16), torch.randn(n, 1)
+
+
+def test_no_hooks_after_close_exception_and_nesting(tmp_path):
+    model = ResidualMLP(depth=3)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "a.pt") as outer:
+        with resdoctor.watch(model, opt, tmp_path / "b.pt") as inner:
+            mlp_step(model, opt, x, y)
+            inner.log()
+        assert hooks_left(model) > 0  # the outer watcher's hooks stay
+        mlp_step(model, opt, x, y)
+        outer.log()
+    assert hooks_left(model) == 0
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    with pytest.raises(ZeroDivisionError):
+        with resdoctor.watch(model, opt, tmp_path / "c.pt"):
+            mlp_step(model, opt, x, y)
+            1 / 0
+    assert hooks_left(model) == 0
+    assert resdoctor.load(tmp_path / "c.pt").steps == 1  # what ran before the crash is saved
+    w = resdoctor.watch(model, opt, tmp_path / "d.pt")
+    w.close()
+    w.close()  # idempotent
+    assert hooks_left(model) == 0
+
+
+def train(model, opt, batches, doctor=None):
+    for x, y in batches:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if doctor is not None:
+            doctor.log(loss=loss)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (ResNet((1, 1)), [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))] * 4),
+    lambda: (TinyTransformer(depth=2, norm="post"),
+             [(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))] * 4),
+])
+def test_watched_training_is_bit_identical(tmp_path, make):
+    torch.manual_seed(1)
+    model, batches = make()
+    if isinstance(model, TinyTransformer):
+        model.blocks[0].attn.dropout = 0.1  # random ops must consume the same RNG stream
+        def loss_fn(out, y):
+            return F.cross_entropy(out.flatten(0, 1), y.flatten())
+    twin = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt2 = torch.optim.Adam(twin.parameters(), 1e-3)
+    torch.manual_seed(2)
+    _train_any(twin, opt2, batches)
+    torch.manual_seed(2)
+    with resdoctor.watch(model, opt, tmp_path / "r.pt", smoothing_every=1, update_every=1,
+                         grad_share_every=1) as doctor:
+        _train_any(model, opt, batches, doctor)
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resdoctor.load(tmp_path / "r.pt").errors.empty
+
+
+def _train_any(model, opt, batches, doctor=None):
+    for x, y in batches:
+        opt.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out.flatten(0, -2) if out.dim() > 2 else out, y.flatten())
+        loss.backward()
+        opt.step()
+        if doctor is not None:
+            doctor.log(loss=loss)
+
+
+def record_fault(tmp_path, block_insert, steps=8, model=None):
+    torch.manual_seed(0)
+    model = model or ResidualMLP(depth=4)
+    if block_insert is not None:
+        model.blocks[2].branch.insert(2, block_insert)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "nf.pt") as doctor:
+        for _ in range(steps):
+            doctor.log(loss=mlp_step(model, opt, x, y))
+    return resdoctor.load(tmp_path / "nf.pt")
+
+
+def test_forward_nan_onset_is_exact(tmp_path):
+    run = record_fault(tmp_path, ForwardNaN(at=5))
+    first = run.nonfinite.iloc[0]
+    assert (first.step, first.module, first.phase) == (5, "blocks.2.branch.2", "forward")
+
+
+def test_backward_nan_onset_is_backward_at_that_block_and_step(tmp_path):
+    run = record_fault(tmp_path, BackwardNaN(at=4))
+    first = run.nonfinite.iloc[0]
+    assert (first.step, first.module, first.phase) == (4, "blocks.2.branch.2", "backward")
+    assert not ((run.nonfinite.step == 4) & (run.nonfinite.phase == "forward")).any()
+
+
+def test_functional_nan_inside_a_block_is_located_at_the_block(tmp_path):
+    model = ResidualMLP(depth=4)
+    model.blocks[1] = LogBlock(64, at=3)
+    run = record_fault(tmp_path, None, model=model)
+    first = run.nonfinite.iloc[0]
+    assert (first.step, first.module, first.phase) == (3, "blocks.1", "forward")
+
+
+def test_optimizer_made_nonfinite_parameters(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "o.pt") as doctor:
+        for step in range(4):
+            if step == 2:
+                opt.param_groups[0]["lr"] = float("inf")
+            doctor.log(loss=mlp_step(model, opt, x, y))
+    first = resdoctor.load(tmp_path / "o.pt").nonfinite.iloc[0]
+    assert (first.step, first.phase) == (2, "optimizer")
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    with resdoctor.watch(model, opt, tmp_path / "acc.pt") as doctor:
+        for step in range(3):
+            opt.zero_grad()
+            for micro in range(4):
+                x, y = data()
+                loss = F.mse_loss(model(x), y) / 4
+                loss.backward()
+                doctor.log(loss=loss * 4)  # logged every micro-batch
+            opt.step()
+            doctor.log(loss=loss * 4)
+    run = resdoctor.load(tmp_path / "acc.pt")
+    assert run.steps == 3
+    assert len(run.scalar("loss")) == 3
+    assert len(run.skipped_steps) == 0
+
+
+def test_without_optimizer_each_log_is_a_step(tmp_path):
+    model = ResidualMLP(depth=2)
+    x, y = data()
+    with resdoctor.watch(model, path=tmp_path / "n.pt") as doctor:
+        for _ in range(5):
+            F.mse_loss(model(x), y).backward()
+            doctor.log(loss=1.0)
+    assert resdoctor.load(tmp_path / "n.pt").steps == 5
+
+
+def test_without_log_the_next_forward_ends_the_step(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "nolog.pt"):
+        for _ in range(6):
+            mlp_step(model, opt, x, y)
+    run = resdoctor.load(tmp_path / "nolog.pt")
+    assert run.steps == 6 and len(run.series("grad_norm")) == 6
+
+
+def test_gradscaler_skipped_steps_are_recorded_as_skipped(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    # 2**127 x gradients of ~1e3 overflow float32; each skip divides the scale by 2**10
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000,
+                                  backoff_factor=2.0**-10)
+    x, y = data()
+    truth = []  # the scaler lowers its scale exactly when it skipped the step
+    with resdoctor.watch(model, opt, tmp_path / "amp.pt", scaler=scaler) as doctor:
+        for step in range(12):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y) * 1e3
+            scaler.scale(loss).backward()
+            before = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            if scaler.get_scale() < before:
+                truth.append(step)
+            doctor.log(loss=loss)
+    run = resdoctor.load(tmp_path / "amp.pt")
+    assert run.steps == 12
+    assert truth and len(truth) < 12
+    assert [int(s) for s in run.skipped_steps] == truth
+    assert not run.nonfinite[~run.nonfinite.detail.map(lambda d: d["amp_skipped"])].shape[0]
+    # gradient norms are unscaled: the first stepped iteration (scale 1.7e35) shows the real
+    # magnitude, not the scaled one
+    stepped = min(set(range(12)) - set(truth))
+    assert run.scalar("grad_norm_total")[stepped] < 1e8
+
+
+def test_errors_inside_resdoctor_are_recorded_not_raised(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "e.pt", smoothing_every=1) as doctor:
+        def broken(_x):
+            raise RuntimeError("sensor bug")
+        doctor.recorder.smoothing = broken
+        for _ in range(4):
+            doctor.log(loss=mlp_step(model, opt, x, y))
+    errors = resdoctor.load(tmp_path / "e.pt").errors
+    assert errors.iloc[0]["type"] == "RuntimeError" and errors.iloc[0]["count"] >= 3
+
+
+def test_unknown_option_is_a_clear_error(tmp_path):
+    with pytest.raises(TypeError, match="smoothing_evry"):
+        resdoctor.watch(ResidualMLP(depth=1), path=tmp_path / "x.pt", smoothing_evry=3)
+
+
+def test_validation_forwards_under_no_grad_are_not_recorded(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "v.pt") as doctor:
+        for _ in range(3):
+            doctor.log(loss=mlp_step(model, opt, x, y))
+            with torch.no_grad():
+                model(x * 1e30)  # would be a huge activation if it were recorded
+    run = resdoctor.load(tmp_path / "v.pt")
+    assert run.steps == 3 and run.series("stream_norm").max().max() < 1e3
