@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -55,8 +56,7 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise RunFileError(f"{p}: refused to load (not plain data: {first[:160]})") from None
+        raise RunFileError(_unpickling_message(p, str(e))) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise RunFileError(f"{p}: not a readable run file ({_short(e)})") from None
     except Exception as e:  # noqa: BLE001 - any other loader failure is still bad input
@@ -80,6 +80,16 @@ def validate(state: Any, where: Any = "run") -> None:
         )
     if not isinstance(state["series"], dict) or not isinstance(state["events"], list):
         raise RunFileError(f"{where}: run file has a malformed series or events table")
+
+
+def _unpickling_message(p: Path, text: str) -> str:
+    """torch's weights-only errors are long; keep the one fact that says what was refused."""
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"{p}: refused to load: it references {refused.group(1)}, not plain data "
+                "(run files hold only numbers, strings and tensors)")
+    detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return f"{p}: not a readable run file ({(detail.group(1) if detail else 'not a torch file')[:160]})"
 
 
 def _short(e: BaseException) -> str:
