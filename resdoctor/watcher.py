@@ -27,9 +27,16 @@ class Watcher:
         if example_inputs is not None or example_kwargs:
             sites = discover(model, *(example_inputs or ()), **(example_kwargs or {}))
         rank, world = _dist_rank()
-        self.recorder = Recorder(model, optimizer, self.path, self.options, scaler=scaler,
+        record_to = self.path
+        if world > 1:  # each rank records run.rank{r}.pt; rank 0 merges them into path at close
+            from resdoctor import distributed
+
+            record_to = distributed.rank_path(self.path, rank)
+        self.recorder = Recorder(model, optimizer, record_to, self.options, scaler=scaler,
                                  sites=sites, rank=rank, world_size=world)
         self._integrations: list[Any] = []
+        if world > 1:
+            self._integrations.append(distributed.RankMerger(self))
 
     @property
     def sites(self) -> list[Site] | None:

@@ -1,0 +1,118 @@
+"""torchrun worker: trains a tiny residual MLP under DDP or FSDP2 with resdoctor watching.
+
+``python -m torch.distributed.run --nproc_per_node=2 worker.py MODE OUT``; MODE is ``ddp``,
+``fsdp`` or ``crash``. Rank 1 makes NaN in ``blocks.1.branch.1``'s forward at step 7 (``ddp``,
+``fsdp``); in ``crash`` rank 1 dies after step 4 without closing. Every rank saves the reference
+values (full gradient norms per module, loss, update ratios) to ``OUT/expected.rank{r}.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import resdoctor
+from resdoctor.models import ResidualMLP
+
+STEPS, NAN_STEP, NAN_RANK, NAN_MODULE = 10, 7, 1, "blocks.1.branch.1"
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def module_norms(model: nn.Module, names: list[str], grads: bool) -> list[float]:
+    """Reference norms of each module's full (unsharded) gradients or parameters."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        ps = list(modules[name].parameters(recurse=False))
+        ts = [full(p.grad if grads else p.detach()) for p in ps]
+        out.append(float(torch.sqrt(sum((t.double() ** 2).sum() for t in ts))))
+    return out
+
+
+def build(mode: str) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    model = ResidualMLP(d_in=8, dim=16, depth=3)
+    state = {"step": 0}
+
+    def inject(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if dist.get_rank() == NAN_RANK and state["step"] == NAN_STEP and mode != "crash":
+            return output * float("nan")
+        return None
+
+    # registered before watch(): resdoctor's check sees the faulty output of this very module
+    dict(model.named_modules())[NAN_MODULE].register_forward_hook(inject)
+    model.state = state  # type: ignore[assignment]
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model, model
+    return model, nn.parallel.DistributedDataParallel(model)
+
+
+def main(mode: str, out: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model, wrapped = build(mode)
+    names = [n for n, m in model.named_modules() if list(m.parameters(recurse=False))]
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+    doctor = resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "run.pt"),
+                             flush_every=2, flush_seconds=0, update_every=1)
+    expected: dict[str, list] = {"modules": names, "grad_norm": [], "loss": [], "update": []}
+    for step in range(STEPS):
+        model.state["step"] = step
+        gen = torch.Generator().manual_seed(1000 * rank + step)
+        x = torch.randn(4, 8, generator=gen)
+        loss = wrapped(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        expected["grad_norm"].append(module_norms(model, names, grads=True))
+        before = [full(p.detach()).clone() for p in model.parameters()]
+        opt.step()
+        after = [full(p.detach()) for p in model.parameters()]
+        expected["update"].append(update_ratios(model, names, before, after))
+        expected["loss"].append(float(loss))
+        doctor.log(loss=loss.detach())
+        if mode == "crash" and rank == 1 and step == 4:
+            torch.save(expected, os.path.join(out, f"expected.rank{rank}.pt"))
+            os._exit(3)  # a crash: no close(), no merged run
+    torch.save(expected, os.path.join(out, f"expected.rank{rank}.pt"))
+    doctor.close()
+    if mode == "ddp":  # only rank 0 watches a second run: close() must not wait for rank 1
+        if rank == 0:
+            with resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "partial.pt")):
+                for _ in range(2):
+                    wrapped(torch.randn(4, 8)).pow(2).mean().backward()
+                    opt.step()
+        else:
+            for _ in range(2):
+                wrapped(torch.randn(4, 8)).pow(2).mean().backward()
+                opt.step()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def update_ratios(model: nn.Module, names: list[str], before: list[torch.Tensor],
+                  after: list[torch.Tensor]) -> list[float]:
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        idx = [index[id(p)] for p in modules[name].parameters(recurse=False)]
+        delta = sum(((after[i] - before[i]).double() ** 2).sum() for i in idx)
+        norm = sum((before[i].double() ** 2).sum() for i in idx)
+        out.append(float(torch.sqrt(delta / norm)))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
