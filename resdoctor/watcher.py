@@ -107,15 +107,27 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
     into it; a step an AMP GradScaler skips is recorded as skipped); without one, each ``log()``
     call ends a step. Residual sites are discovered on the first forward pass, or up front from
     ``example_inputs``. Options: see ``resdoctor.options.Options``; also ``scaler=`` (a
-    GradScaler, so gradient norms are unscaled) and ``wandb=True`` / a wandb run.
+    GradScaler, so gradient norms are unscaled) and ``wandb=True`` / a wandb run, and
+    ``attribute_every=N, attribute_inputs=batch`` (plus ``attribute_samples``, ``_target``,
+    ``_method``, ``_mode``): every N steps the attribution share of each residual branch on a few
+    samples, stored as the series ``attribution_share`` (see ``resdoctor.attribute``).
     """
     wandb_arg = options.pop("wandb", None)
     wandb_every = options.pop("wandb_every", 10)
+    attribution = {k[len("attribute_"):]: options.pop(k) for k in list(options)
+                   if k.startswith("attribute_")}
+    monitor = None
+    if attribution.get("every"):  # built first: a bad setting fails before any hook is placed
+        from resdoctor._attribution_monitor import AttributionMonitor
+
+        monitor = AttributionMonitor.from_options(attribution)
     watcher = Watcher(model, optimizer, path, **options)
     if wandb_arg:
         from resdoctor.integrations.wandb import WandbLogger
 
         watcher._integrations.append(WandbLogger(wandb_arg, every=wandb_every))
+    if monitor is not None:
+        watcher._integrations.append(monitor)
     return watcher
 
 
