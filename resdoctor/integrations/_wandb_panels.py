@@ -55,7 +55,7 @@ def step_metrics(last: dict[str, Any], modules: Sequence[str], sites: Sequence[s
         names = modules if signal in MODULE_SIGNALS else sites
         if values is None or len(values) != len(names):
             continue
-        for name, v in zip(names, np.asarray(values, dtype=np.float64)):
+        for name, v in zip(names, np.asarray(values, dtype=np.float64), strict=True):
             if not np.isnan(v) or signal in MODULE_SIGNALS:  # site NaN = not measured this step
                 out[f"{prefix}/{signal}/{label(name)}"] = float(v)
     return out
@@ -70,7 +70,7 @@ def _subsample(n: int, k: int) -> np.ndarray:
 
 def depth_order(run: Any, names: Sequence[str]) -> list[str]:
     """``names`` (modules) sorted input to output by forward completion order."""
-    order = dict(zip(run.modules["name"], run.modules["order"]))
+    order = dict(zip(run.modules["name"], run.modules["order"], strict=True))
     index = {n: i for i, n in enumerate(names)}
     return sorted(names, key=lambda n: (order.get(n, -1) if order.get(n, -1) >= 0 else 1e9,
                                         index[n]))
@@ -90,8 +90,8 @@ def gradient_flow(run: Any, max_rows: int = 20_000) -> TableData:
     names = depth_order(run, list(df.columns))
     df = df.iloc[_subsample(len(df), max(1, max_rows // len(names)))][names]
     rows = []
-    for step, values in zip(df.index, df.to_numpy()):
-        for depth, (name, v) in enumerate(zip(names, values)):
+    for step, values in zip(df.index, df.to_numpy(), strict=True):
+        for depth, (name, v) in enumerate(zip(names, values, strict=True)):
             finite = bool(math.isfinite(v))
             rows.append([int(step), label(name), depth, float(v) if finite else None,
                          _log10(v), not finite])
@@ -106,8 +106,9 @@ def site_table(run: Any, signal: str = "branch_ratio", max_rows: int = 20_000) -
         return TableData(columns, [])
     df = df.iloc[_subsample(len(df), max(1, max_rows // len(df.columns)))]
     rows = [[int(step), name, depth, float(v)]
-            for step, values in zip(df.index, df.to_numpy())
-            for depth, (name, v) in enumerate(zip(df.columns, values)) if math.isfinite(v)]
+            for step, values in zip(df.index, df.to_numpy(), strict=True)
+            for depth, (name, v) in enumerate(zip(df.columns, values, strict=True))
+            if math.isfinite(v)]
     return TableData(columns, rows)
 
 
@@ -137,8 +138,8 @@ def gradient_profile(run: Any, snapshots: int = 5) -> LineSeries:
         return lines
     names = depth_order(run, list(df.columns))
     for i in _subsample(len(df), snapshots):
-        pairs = [(d, _log10(v)) for d, v in enumerate(df.iloc[i][names].to_numpy())]
-        pairs = [(d, y) for d, y in pairs if y is not None]
+        logs = [_log10(v) for v in df.iloc[i][names].to_numpy()]
+        pairs = [(d, y) for d, y in enumerate(logs) if y is not None]
         if pairs:
             lines.xs.append([d for d, _ in pairs])
             lines.ys.append([y for _, y in pairs])

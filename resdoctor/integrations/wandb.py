@@ -1,0 +1,314 @@
+"""Weights & Biases integration: live signals, panels, findings and alerts in a W&B run.
+
+``resdoctor.watch(model, opt, wandb=True)`` adds a ``WandbLogger``; ``attach_report`` adds a
+report to an existing run (``resdoctor analyze RUN --wandb``). Needs ``pip install
+resdoctor[wandb]``; wandb is imported only when one of these is used. See docs/wandb.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+from resdoctor.findings import Finding
+from resdoctor.integrations import _wandb_panels as panels
+from resdoctor.integrations._wandb_html import report_html
+
+__all__ = ["CHART_FIELDS", "WandbLogger", "attach_report", "publish_report", "vega_spec"]
+
+INSTALL_HINT = "resdoctor's W&B integration needs wandb: pip install resdoctor[wandb]"
+# fields of the shipped Vega-Lite specs (resdoctor/vega/<name>.json) -> table columns
+CHART_FIELDS: dict[str, dict[str, str]] = {
+    "gradient_flow": {"step": "step", "module": "module", "depth": "depth",
+                      "value": "log10_grad_norm", "nonfinite": "nonfinite"},
+    "branch_ratio": {"step": "step", "site": "site", "depth": "depth", "value": "branch_ratio"},
+}
+_TITLES = {"gradient_flow": "resdoctor: gradient flow (log10 gradient norm)",
+           "branch_ratio": "resdoctor: branch ratio ‖F(x)‖/‖x‖ per site"}
+
+
+def _import_wandb() -> Any:
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return wandb
+
+
+def vega_spec(name: str) -> dict[str, Any]:
+    """The shipped Vega-Lite spec ``name`` (a key of ``CHART_FIELDS``), to save as a W&B custom
+    chart preset; its ``${field:...}`` placeholders are the keys of ``CHART_FIELDS[name]``."""
+    if name not in CHART_FIELDS:
+        raise KeyError(f"no resdoctor chart {name!r}; one of {sorted(CHART_FIELDS)}")
+    text = (resources.files("resdoctor") / "vega" / f"{name}.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _table(wandb: Any, data: panels.TableData) -> Any:
+    return wandb.Table(columns=data.columns, data=data.rows)
+
+
+def _builtin_charts(wandb: Any, run: Any, prefix: str) -> dict[str, Any]:
+    """Charts from W&B's built-in presets: they render with no setup."""
+    out: dict[str, Any] = {}
+    ratio = panels.site_lines(run, "branch_ratio")
+    if ratio.keys:
+        out[f"{prefix}/charts/branch_ratio"] = wandb.plot.line_series(
+            xs=ratio.xs, ys=ratio.ys, keys=ratio.keys, title=_TITLES["branch_ratio"],
+            xname="step")
+    profile = panels.gradient_profile(run)
+    if profile.keys:
+        out[f"{prefix}/charts/gradient_profile"] = wandb.plot.line_series(
+            xs=profile.xs, ys=profile.ys, keys=profile.keys,
+            title="resdoctor: log10 gradient norm by depth (input → output)", xname="depth")
+    return out
+
+
+def publish_report(run: Any, report: Any, *, prefix: str = "resdoctor",
+                   charts: Mapping[str, str] | None = None, max_rows: int = 20_000,
+                   commit: bool = True) -> None:
+    """Log ``report`` into the W&B ``run``: the findings table, the panel tables and charts, the
+    HTML summary, and the verdict in the run summary.
+
+    Args:
+        charts: custom chart presets saved in W&B from ``vega_spec`` (``{"gradient_flow":
+            "entity/resdoctor-gradient-flow"}``); each is logged with ``wandb.plot_table``.
+    """
+    wandb = _import_wandb()
+    flow = panels.gradient_flow(report.run, max_rows)
+    data: dict[str, Any] = {
+        f"{prefix}/findings": _table(wandb, panels.findings_table(report.findings)),
+        f"{prefix}/tables/gradient_flow": _table(wandb, flow),
+        f"{prefix}/tables/branch_ratio": _table(wandb, panels.site_table(report.run,
+                                                                         max_rows=max_rows)),
+        f"{prefix}/report": wandb.Html(report_html(report, flow), inject=False),
+        **_builtin_charts(wandb, report.run, prefix),
+    }
+    for name, spec in (charts or {}).items():
+        table = data[f"{prefix}/tables/{name}"]  # KeyError: not a resdoctor chart
+        data[f"{prefix}/charts/{name}_custom"] = wandb.plot_table(
+            spec, table, dict(CHART_FIELDS[name]), {"title": _TITLES[name]})
+    if report.run.steps:
+        data[f"{prefix}/step"] = report.run.steps - 1
+    run.log(data, commit=commit)
+    run.summary.update({
+        f"{prefix}/verdict": report.verdict,
+        f"{prefix}/findings_count": len(report.findings),
+        f"{prefix}/critical_count": sum(f.severity == "critical" for f in report.findings),
+    })
+
+
+def _diagnose(watcher: Any) -> Any:
+    """Diagnose what the watcher has recorded so far (host memory only: no device sync); None
+    (error recorded) when the diagnosis itself fails, so alerts can still fall back on events."""
+    from resdoctor.report import analyze
+    from resdoctor.run import Run
+
+    try:
+        state = watcher.recorder.journal.state(watcher.options.to_dict())
+        return analyze(Run(state, watcher.path))
+    except Exception as e:  # noqa: BLE001 - reported, never raised into the training loop
+        watcher.recorder.record_error("wandb.analyze", e)
+        return None
+
+
+class WandbLogger:
+    """Streams resdoctor into a W&B run: the per-step signals every ``every`` steps, an alert as
+    soon as a critical problem (a NaN/Inf onset) shows up, and the report at close.
+
+    Args:
+        run: ``True`` for the active run (``wandb.run``, looked up when first needed), a wandb
+            ``Run``, or a dict of these arguments with the run under ``"run"``.
+        every: log the signals at every N-th step (the latest completed step at each multiple).
+        prefix: key prefix; every key uses ``{prefix}/step`` (the watcher's step) as its x-axis.
+        signals: per-module and per-site signals to log; default ``DEFAULT_SIGNALS``.
+        alerts: send a ``wandb.alert`` (with the fix) for each critical finding.
+        charts: custom chart presets saved in W&B (see ``publish_report``).
+        analyze_every: also run the rules every N steps while training (0: only at a NaN/Inf
+            onset and at close); host-side, but it costs a diagnosis each time.
+        commit: False merges resdoctor's rows into your next ``wandb.log`` row; use it if you
+            pass ``step=`` to ``wandb.log`` yourself with a step that grows slower than ours.
+        max_rows: rows at most in each panel table.
+    """
+
+    def __init__(self, run: Any = True, every: int = 10, *, prefix: str = "resdoctor",
+                 signals: Sequence[str] = panels.DEFAULT_SIGNALS, alerts: bool = True,
+                 charts: Mapping[str, str] | None = None, analyze_every: int = 0,
+                 commit: bool = True, max_rows: int = 20_000) -> None:
+        if isinstance(run, Mapping):
+            self.__init__(**{"every": every, **run})  # type: ignore[misc]
+            return
+        self._wandb = _import_wandb()
+        unknown = sorted(set(charts or {}) - set(CHART_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown resdoctor chart(s) {unknown}; known: {sorted(CHART_FIELDS)}")
+        self.target, self.every, self.prefix = run, max(1, int(every)), prefix
+        self.signals, self.alerts_on, self.charts = tuple(signals), alerts, dict(charts or {})
+        self.analyze_every, self.commit, self.max_rows = analyze_every, commit, max_rows
+        self.alerts: list[dict[str, Any]] = []  # every alert sent, also in the run summary
+        self._alerted: set[tuple[str, str | None]] = set()
+        self._used: Any = None  # the run we log to (its metrics are defined)
+        self._logged, self._next_due, self._seen_events = -1, 0, 0
+        self._live_gate = self._next_analysis = 0
+        self._warned = False
+
+    # -- the run ---------------------------------------------------------------------------
+    def _resolve(self, watcher: Any) -> Any:
+        run = self.target
+        if run is True:  # the active run; if it went away, the one we logged to (finished)
+            run = self._wandb.run or self._used
+        if run is None or getattr(run, "_is_finished", False):
+            if not self._warned and watcher.recorder.rank == 0:
+                self._warned = True
+                why = ("the wandb run has finished: close the watcher before wandb.finish()"
+                       if run is not None else
+                       "no wandb run is active: call wandb.init() before training")
+                warnings.warn(f"resdoctor: {why}. Nothing more is logged to W&B; the run file "
+                              "is still written.", stacklevel=3)
+            return None
+        if self._used is not run:
+            run.define_metric(f"{self.prefix}/step")
+            run.define_metric(f"{self.prefix}/*", step_metric=f"{self.prefix}/step")
+            self._used = run
+        return run
+
+    def _safely(self, watcher: Any, where: str, fn: Callable[..., Any], *args: Any) -> None:
+        """One failing part (a table, an alert) must not stop the others nor the training."""
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - reported, never raised into the training loop
+            watcher.recorder.record_error(f"wandb.{where}", e)
+            if watcher.closed:
+                warnings.warn(f"resdoctor: W&B {where} failed: {e}", stacklevel=3)
+
+    # -- integration protocol ----------------------------------------------------------------
+    def on_step(self, watcher: Any) -> None:
+        """After each ``log()``: log the latest step when due; react to new NaN/Inf onsets."""
+        journal = watcher.recorder.journal
+        if not journal.last:
+            return
+        run = self._resolve(watcher)
+        if run is None:
+            return
+        step = int(journal.last["step"])
+        if step >= self._next_due and step != self._logged:
+            self._safely(watcher, "log", self._log_step, run, journal)
+            self._next_due = (step // self.every + 1) * self.every
+        if len(journal.events) > self._seen_events and step >= self._live_gate:
+            self._live_gate = step + self.every  # at most one diagnosis per `every` steps
+            self._on_events(run, watcher)
+        elif self.analyze_every and step >= self._next_analysis:
+            self._next_analysis = step + self.analyze_every
+            self._check(run, watcher, [], log_table=False)
+
+    def on_close(self, watcher: Any) -> None:
+        """Log the last step, then the report (tables, charts, HTML) and the critical alerts."""
+        run = self._resolve(watcher)
+        if run is None:
+            return
+        journal = watcher.recorder.journal
+        if journal.last and int(journal.last["step"]) != self._logged:
+            self._safely(watcher, "log", self._log_step, run, journal)
+        report = _diagnose(watcher)
+        if report is not None:
+            self._safely(watcher, "report", lambda: publish_report(
+                run, report, prefix=self.prefix, charts=self.charts, max_rows=self.max_rows,
+                commit=self.commit))
+        self._alert_findings(run, watcher, report, self._new_onsets(journal))
+
+    # -- parts ---------------------------------------------------------------------------------
+    def _log_step(self, run: Any, journal: Any) -> None:
+        sites = [s["name"] for s in journal.sites]
+        row = panels.step_metrics(journal.last, journal.param_modules, sites, self.prefix,
+                                  self.signals)
+        run.log(row, commit=self.commit)
+        self._logged = int(journal.last["step"])
+
+    def _new_onsets(self, journal: Any) -> list[dict[str, Any]]:
+        """Non-finite onsets not seen yet; AMP-skipped overflows are normal and left out."""
+        new = journal.events[self._seen_events:]
+        self._seen_events = len(journal.events)
+        return [e for e in new if e.get("kind") == "nonfinite"
+                and not (e.get("detail") or {}).get("amp_skipped")]
+
+    def _on_events(self, run: Any, watcher: Any) -> None:
+        onsets = self._new_onsets(watcher.recorder.journal)
+        if onsets:
+            self._check(run, watcher, onsets, log_table=True)
+
+    def _check(self, run: Any, watcher: Any, onsets: list[dict[str, Any]],
+               log_table: bool) -> None:
+        """Diagnose now; log the findings table and alert new critical findings."""
+        report = _diagnose(watcher)
+        fresh = self._alert_findings(run, watcher, report, onsets)
+        if report is not None and (log_table or fresh):
+            table = _table(self._wandb, panels.findings_table(report.findings))
+            step = int(watcher.recorder.journal.last["step"])
+            row = {f"{self.prefix}/findings": table, f"{self.prefix}/step": step}
+            self._safely(watcher, "findings", lambda: run.log(row, commit=self.commit))
+
+    def _alert_findings(self, run: Any, watcher: Any, report: Any,
+                        onsets: list[dict[str, Any]]) -> int:
+        """Alert each critical finding once, or the raw onset when no rule reported it."""
+        if not self.alerts_on:
+            return 0
+        findings = report.findings if report is not None else ()
+        critical = [f for f in findings if f.severity == "critical"]
+        sent = 0
+        for f in critical:
+            sent += self._alert(run, watcher, (f.code, f.location), *panels.alert_text(
+                f, watcher.path), finding=f)
+        if onsets and not any(f.code == "nonfinite" for f in critical):
+            e = onsets[0]
+            title, text = panels.event_alert(e, watcher.path)
+            sent += self._alert(run, watcher, ("nonfinite", None), title, text,
+                                step=e.get("step"), location=e.get("module"))
+        return sent
+
+    def _alert(self, run: Any, watcher: Any, key: tuple[str, str | None], title: str,
+               text: str, finding: Finding | None = None, step: int | None = None,
+               location: str | None = None) -> int:
+        if key in self._alerted:
+            return 0
+        self._alerted.add(key)
+        record = {"title": title, "text": text, "level": "ERROR", "code": key[0],
+                  "step": finding.step if finding else step,
+                  "location": finding.location if finding else location}
+        self.alerts.append(record)
+        level = self._wandb.AlertLevel.ERROR
+        self._safely(watcher, "alert", lambda: run.alert(title=title, text=text, level=level))
+        self._safely(watcher, "summary", run.summary.update,
+                     {f"{self.prefix}/alerts": list(self.alerts)})
+        return 1
+
+
+def attach_report(report: Any, project: str | None = None, run_id: str | None = None,
+                  entity: str | None = None) -> str:
+    """Attach ``report`` (findings table, panels, HTML summary, verdict) to a W&B run.
+
+    With ``run_id`` that run is resumed (it must exist); otherwise the active run is used, or a
+    new run is started in ``project`` (default "resdoctor"). Returns where it went: the run's URL,
+    or its local directory in offline mode (``wandb sync`` it). A run opened here is finished here.
+    """
+    wandb = _import_wandb()
+    own = run_id is not None or wandb.run is None
+    if run_id is not None:
+        run = wandb.init(project=project, entity=entity, id=run_id, resume="must")
+    elif wandb.run is not None:
+        run = wandb.run
+    else:
+        name = os.path.basename(str(report.run.path or "run"))
+        run = wandb.init(project=project or "resdoctor", entity=entity,
+                         job_type="resdoctor-analyze", name=f"resdoctor {name}")
+    try:
+        run.define_metric("resdoctor/step")
+        run.define_metric("resdoctor/*", step_metric="resdoctor/step")
+        publish_report(run, report)
+        return run.url or os.path.dirname(run.dir)
+    finally:
+        if own:
+            run.finish()

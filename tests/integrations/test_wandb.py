@@ -1,0 +1,435 @@
+"""W&B integration against a real wandb run in offline mode (no mocks): everything is read back
+from what wandb wrote to disk, the run's ``.wandb`` transaction log and its media files."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resdoctor
+from resdoctor.findings import Finding, Fix
+from resdoctor.models import ResidualMLP
+from resdoctor.report import Report
+
+wandb = pytest.importorskip("wandb")
+from wandb.proto import wandb_internal_pb2 as pb  # noqa: E402
+
+from resdoctor.integrations import _wandb_panels as panels  # noqa: E402
+from resdoctor.integrations._wandb_html import heatmap_svg, report_html  # noqa: E402
+from resdoctor.integrations.wandb import (  # noqa: E402
+    CHART_FIELDS,
+    WandbLogger,
+    attach_report,
+    vega_spec,
+)
+
+# -- reading back an offline run -------------------------------------------------------------
+
+
+def read_records(run_dir: Path, timeout: float = 20.0) -> list[pb.Record]:
+    """The records of a finished run's ``.wandb`` file, once its ``exit`` record is on disk
+    (wandb's service process may still be writing when ``finish()`` returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _parse(next(run_dir.glob("run-*.wandb")).read_bytes())
+        except Exception:  # noqa: BLE001 - a record half written: read again
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"no exit record in {run_dir}"
+        time.sleep(0.1)
+
+
+def _parse(data: bytes) -> list[pb.Record]:
+    """A LevelDB-style log: 7-byte file header (":W&B", magic, version); 32 KiB blocks of
+    chunks (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    assert data[:4] == b":W&B"
+    block, pos, out, buf = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            out.append(buf)
+    records = []
+    for raw in out:
+        r = pb.Record()
+        r.ParseFromString(raw)
+        records.append(r)
+    return records
+
+
+class Offline:
+    """What one offline run wrote: history rows, summary, metrics, config, alerts, media."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.records = read_records(run_dir)
+        self.history: list[dict] = []
+        self.history_at: list[int] = []  # record index of each history row
+        self.summary: dict = {}
+        self.config: dict = {}
+        for at, r in enumerate(self.records):
+            kind = r.WhichOneof("record_type")
+            if kind == "history":
+                row: dict = {}
+                for item in r.history.item:
+                    _set(row, item)
+                self.history.append(row)
+                self.history_at.append(at)
+            for item in r.summary.update if kind == "summary" else ():
+                _set(self.summary, item)
+            for item in r.config.update if kind == "config" else ():
+                _set(self.config, item)
+        self.metrics = [r.metric for r in self.records if r.WhichOneof("record_type") == "metric"]
+        self.alerts = [r.alert for r in self.records if r.WhichOneof("record_type") == "alert"]
+        self.kinds = [r.WhichOneof("record_type") for r in self.records]
+
+    def rows(self, key: str) -> list[dict]:
+        return [h for h in self.history if key in h]
+
+    def first(self, key: str) -> int:
+        """Record index of the first history row holding ``key``."""
+        return next(at for at, h in zip(self.history_at, self.history, strict=True) if key in h)
+
+    def table(self, key: str) -> dict:
+        """The last logged table ``key`` as {"columns", "data"} from its media file."""
+        ref = self.summary[key]
+        assert ref["_type"] == "table-file"
+        return json.loads((self.dir / "files" / ref["path"]).read_text())
+
+    def visualize(self, key: str) -> dict:
+        return self.config["_wandb"]["visualize"][key]
+
+
+def _set(tree: dict, item) -> None:
+    """Apply one update item; ``nested_key`` is a path into nested dicts."""
+    path = list(item.nested_key) or [item.key]
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = json.loads(item.value_json)
+
+
+@pytest.fixture
+def wb(tmp_path, monkeypatch):
+    """Offline wandb writing under tmp_path; yields a function to read back a finished run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    yield lambda run: Offline(Path(run.dir).parent)
+    if wandb.run is not None:
+        wandb.run.finish()
+
+
+def init(**kwargs):
+    return wandb.init(project="resdoctor-tests", settings=wandb.Settings(x_disable_stats=True),
+                      **kwargs)
+
+
+def train(model, opt, doctor, steps, nan_at=None, user_run=None):
+    for i in range(steps):
+        if i == nan_at:  # a weight turns NaN: the forward onset is blocks.1.branch.1 at step i
+            with torch.no_grad():
+                model.blocks[1].branch[1].weight.fill_(float("nan"))
+        opt.zero_grad()
+        loss = F.mse_loss(model(torch.randn(8, 16)), torch.randn(8, 1))
+        loss.backward()
+        opt.step()
+        doctor.log(loss=loss)
+        if user_run is not None:
+            user_run.log({"user/metric": float(i)})
+
+
+def mlp(depth=3):
+    model = ResidualMLP(depth=depth, dim=16)
+    return model, torch.optim.SGD(model.parameters(), lr=0.05)
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_import_resdoctor_does_not_import_wandb():
+    code = ("import sys, resdoctor, resdoctor.integrations, resdoctor.integrations._wandb_panels, "
+            "resdoctor.integrations._wandb_html; print('wandb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_missing_wandb_gives_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what an uninstalled package looks like
+    with pytest.raises(ImportError, match=r"pip install resdoctor\[wandb\]"):
+        WandbLogger(True)
+
+
+def test_step_signals_under_stable_keys_on_their_own_axis(wb, tmp_path):
+    model, opt = mlp()
+    run = init()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True, wandb_every=5) as doc:
+        train(model, opt, doc, 23, user_run=run)
+    run.finish()
+    out, rec = wb(run), resdoctor.load(tmp_path / "run.pt")
+    ours = out.rows("resdoctor/loss")
+    assert [r["resdoctor/step"] for r in ours] == [0, 5, 10, 15, 20, 22]  # + the last at close
+    globs = {m.glob_name: m.step_metric for m in out.metrics if m.glob_name}
+    assert globs == {"resdoctor/*": "resdoctor/step"}
+    # the user's own rows are all there, in order: resdoctor did not fight their step
+    assert [r["user/metric"] for r in out.rows("user/metric")] == [float(i) for i in range(23)]
+    assert all(k.startswith("resdoctor/") or k.startswith("_") for r in ours for k in r)
+    row = ours[2]  # step 10
+    modules = list(rec.series("grad_norm").columns)
+    for m in modules:
+        name = m or "(root)"
+        assert row[f"resdoctor/grad_norm/{name}"] == pytest.approx(
+            rec.series("grad_norm").loc[10, m], rel=1e-6)
+    for site in ["blocks.0", "blocks.1", "blocks.2"]:
+        assert row[f"resdoctor/branch_ratio/{site}"] == pytest.approx(
+            rec.series("branch_ratio").loc[10, site], rel=1e-6)
+        assert f"resdoctor/stream_norm/{site}" in row
+    assert row["resdoctor/loss"] == pytest.approx(rec.scalar("loss")[10], rel=1e-6)
+    assert row["resdoctor/grad_norm_total"] > 0 and row["resdoctor/lr"] == 0.05
+    assert "resdoctor/update_ratio/head" in row  # update_every=10 samples step 10
+    assert "resdoctor/update_ratio/head" not in ours[1]  # ... and not step 5
+    # nothing that wandb.watch logs: no histograms anywhere
+    assert not any(isinstance(v, dict) and v.get("_type") == "histogram"
+                   for r in out.history for v in r.values())
+
+
+def test_report_at_close_tables_charts_html_and_summary(wb, tmp_path):
+    model, opt = mlp()
+    run = init()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=run, wandb_every=50) as doc:
+        train(model, opt, doc, 12)
+    run.finish()
+    out, rec = wb(run), resdoctor.load(tmp_path / "run.pt")
+    flow = out.table("resdoctor/tables/gradient_flow")
+    assert flow["columns"] == ["step", "module", "depth", "grad_norm", "log10_grad_norm",
+                               "nonfinite"]
+    modules = rec.series("grad_norm").columns
+    assert len(flow["data"]) == 12 * len(modules)
+    by_depth = {r[2]: r[1] for r in flow["data"]}
+    assert by_depth[0] == "proj" and by_depth[len(modules) - 1] == "head"  # input to output
+    first = [r for r in flow["data"] if r[0] == 3 and r[1] == "blocks.2.branch.1"][0]
+    assert first[3] == pytest.approx(rec.series("grad_norm").loc[3, "blocks.2.branch.1"])
+    assert first[4] == pytest.approx(np.log10(first[3])) and first[5] is False
+    ratio = out.table("resdoctor/tables/branch_ratio")
+    assert {r[1] for r in ratio["data"]} == {"blocks.0", "blocks.1", "blocks.2"}
+    assert out.table("resdoctor/findings")["columns"] == panels.FINDING_COLUMNS
+    for chart in ("branch_ratio", "gradient_profile"):
+        vis = out.visualize(f"resdoctor/charts/{chart}")
+        assert vis["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
+        assert out.table(f"resdoctor/charts/{chart}_table")["data"]
+    html_ref = out.summary["resdoctor/report"]
+    assert html_ref["_type"] == "html-file"
+    page = (out.dir / "files" / html_ref["path"]).read_text()
+    assert "resdoctor: " in page and "12 steps" in page and "<svg" in page
+    assert out.summary["resdoctor/verdict"] == resdoctor.analyze(rec).verdict
+    assert out.summary["resdoctor/findings_count"] == len(resdoctor.analyze(rec).findings)
+
+
+def test_nan_onset_alerts_during_training_with_the_fix(wb, tmp_path):
+    model, opt = mlp()
+    run = init()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True, wandb_every=100) as doc:
+        train(model, opt, doc, 6, nan_at=4)
+        logger = doc._integrations[0]
+        assert len(logger.alerts) == 1  # sent while training, not at close
+        train(model, opt, doc, 3)
+    run.finish()
+    out = wb(run)
+    live = logger.alerts[0]
+    [alert] = [a for a in out.alerts if a.title == live["title"]]  # once, not per step or module
+    assert alert.text == live["text"]
+    assert alert.level == "ERROR" and len(alert.title) < 64
+    assert "step 4" in alert.text and "blocks.1.branch.1" in alert.text
+    assert re.search(r"Fix\b", alert.text) and str(tmp_path / "run.pt") in alert.text
+    # it was written while training: before rows of later steps and the close-time report
+    at = next(i for i, r in enumerate(out.records) if r.alert.title == live["title"])
+    assert at < out.first("resdoctor/report")
+    assert out.summary["resdoctor/alerts"][0]["title"] == alert.title
+    assert out.summary["resdoctor/alerts"][0]["step"] == 4
+    report = resdoctor.analyze(tmp_path / "run.pt")
+    critical = [f for f in report.findings if f.severity == "critical"]
+    if critical:  # once the rules exist, the alert is the nonfinite finding with its fix
+        assert any(f.code == "nonfinite" for f in critical)
+        rows = out.table("resdoctor/findings")["data"]
+        assert rows[0][0] == "critical" and any(r[1] == "nonfinite" for r in rows)
+        nonfinite = next(f for f in critical if f.code == "nonfinite")
+        assert nonfinite.fixes[0].title in alert.text
+
+
+def _critical_report(run_pt: Path) -> Report:
+    rec = resdoctor.load(run_pt)
+    fix = Fix("clip-gradients", "Clip gradients", "Clip the global norm at 2.5 (p99).",
+              "torch.nn.utils.clip_grad_norm_(model.parameters(), 2.5)", {"max_norm": 2.5})
+    findings = (
+        Finding("exploding-gradients", "critical", "Exploding gradients",
+                "Gradient norms grew 1000x in 5 steps.", step=7, location="blocks.2",
+                fixes=(fix,)),
+        Finding("dead-branch", "warning", "Dead branch", "blocks.0 contributes nothing.",
+                step=2, location="blocks.0"),
+    )
+    return Report(rec, findings)
+
+
+def test_alert_for_a_critical_finding_carries_its_fix(wb, tmp_path):
+    model, opt = mlp()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
+        train(model, opt, doc, 8)
+    run = init()
+    logger = WandbLogger(run)
+    report = _critical_report(tmp_path / "run.pt")
+    assert logger._alert_findings(run, doc, report, []) == 1
+    assert logger._alert_findings(run, doc, report, []) == 0  # each finding alerts once
+    run.finish()
+    out = wb(run)
+    [alert] = out.alerts
+    assert alert.title == "resdoctor: Exploding gradients"
+    assert "step 7 in blocks.2" in alert.text
+    assert "Fix (clip-gradients): Clip gradients" in alert.text
+    assert "clip_grad_norm_(model.parameters(), 2.5)" in alert.text
+    assert out.summary["resdoctor/alerts"][0]["code"] == "exploding-gradients"
+
+
+def test_attach_report_resumes_the_run_by_id(wb, tmp_path):
+    model, opt = mlp()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
+        train(model, opt, doc, 8)
+    first = init(id="rdattach1")
+    first.log({"user/metric": 1.0})
+    first.finish()
+    report = _critical_report(tmp_path / "run.pt")
+    where = attach_report(report, project="resdoctor-tests", run_id="rdattach1")
+    assert wandb.run is None  # the run opened to attach was finished
+    out = Offline(Path(where))
+    assert out.records[1].run.run_id == "rdattach1" and Path(where) != Path(first.dir).parent
+    rows = out.table("resdoctor/findings")["data"]
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        ("critical", "exploding-gradients", 7, "blocks.2"),
+        ("warning", "dead-branch", 2, "blocks.0")]
+    assert rows[0][7] == "Clip gradients: Clip the global norm at 2.5 (p99)."
+    page = (out.dir / "files" / out.summary["resdoctor/report"]["path"]).read_text()
+    assert "critical" in page and "clip_grad_norm_" in page and "Exploding gradients" in page
+    assert out.summary["resdoctor/verdict"] == "critical"
+    assert out.summary["resdoctor/critical_count"] == 1
+    assert not out.alerts  # attaching a report afterwards pages nobody
+
+
+def test_attach_report_to_the_active_run_leaves_it_open(wb, tmp_path):
+    model, opt = mlp()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
+        train(model, opt, doc, 4)
+    run = init()
+    where = attach_report(resdoctor.analyze(tmp_path / "run.pt"))
+    assert wandb.run is run and where == str(Path(run.dir).parent)
+    run.finish()
+    assert wb(run).summary["resdoctor/findings_count"] == len(
+        resdoctor.analyze(tmp_path / "run.pt").findings)
+
+
+def test_custom_chart_presets_map_the_shipped_spec_fields(wb, tmp_path):
+    model, opt = mlp()
+    run = init()
+    charts = {"gradient_flow": "me/resdoctor-gradient-flow", "branch_ratio": "me/rd-branch"}
+    opts = {"run": run, "charts": charts, "prefix": "doc"}
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=opts, wandb_every=3) as doc:
+        train(model, opt, doc, 5)
+    run.finish()
+    out = wb(run)
+    assert [r["doc/step"] for r in out.rows("doc/loss")] == [0, 3, 4]
+    for name, spec in charts.items():
+        cfg = out.visualize(f"doc/charts/{name}_custom")["panel_config"]
+        assert cfg["panelDefId"] == spec and cfg["fieldSettings"] == CHART_FIELDS[name]
+        columns = out.table(f"doc/charts/{name}_custom_table")["columns"]
+        assert set(CHART_FIELDS[name].values()) <= set(columns)
+    with pytest.raises(ValueError, match="unknown resdoctor chart"):
+        WandbLogger(run, charts={"heatmap": "x"})
+
+
+@pytest.mark.parametrize("name", sorted(CHART_FIELDS))
+def test_vega_specs_are_valid_vega_lite_once_wandb_fills_the_fields(name, tmp_path):
+    altair = pytest.importorskip("altair")
+    import jsonschema
+
+    text = json.dumps(vega_spec(name))
+    assert set(re.findall(r"\$\{field:(\w+)\}", text)) == set(CHART_FIELDS[name])
+    for field, column in CHART_FIELDS[name].items():
+        text = text.replace(f"${{field:{field}}}", column)
+    text = text.replace("${string:title}", "t")
+    assert "${" not in text
+    spec = json.loads(text)
+    assert spec.pop("data") == {"name": "wandb"}  # W&B binds the logged table here
+    spec["data"] = {"values": [{"step": 0, "module": "a", "site": "a", "depth": 0,
+                                "log10_grad_norm": -1.0, "nonfinite": False,
+                                "branch_ratio": 0.5}]}
+    jsonschema.validate(spec, altair.vegalite.v6.schema.load_schema())
+
+
+def test_no_run_warns_once_and_training_goes_on(wb, tmp_path):
+    model, opt = mlp()
+    with pytest.warns(UserWarning, match="no wandb run is active") as caught:
+        with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True) as doc:
+            train(model, opt, doc, 4)
+    assert sum("wandb" in str(w.message) for w in caught) == 1
+    assert resdoctor.load(tmp_path / "run.pt").steps == 4
+
+
+def test_run_finished_before_close_warns_and_keeps_the_run_file(wb, tmp_path):
+    model, opt = mlp()
+    run = init()
+    with pytest.warns(UserWarning, match="has finished: close the watcher before"):
+        with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True, wandb_every=1) as doc:
+            train(model, opt, doc, 2)
+            run.finish()
+            train(model, opt, doc, 2)
+    assert resdoctor.load(tmp_path / "run.pt").steps == 4
+    assert [r["resdoctor/step"] for r in wb(run).rows("resdoctor/loss")] == [0, 1]
+
+
+def test_step_metrics_and_heatmap_from_a_nan_run(tmp_path):
+    model, opt = mlp()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
+        train(model, opt, doc, 6, nan_at=4)
+        journal = doc.recorder.journal
+        row = panels.step_metrics(journal.last, journal.param_modules,
+                                  [s["name"] for s in journal.sites], "rd")
+    assert row["rd/step"] == 5 and np.isnan(row["rd/loss"])
+    assert np.isnan(row["rd/grad_norm/blocks.1.branch.1"])  # measured NaN is kept
+    assert not any(k.startswith("rd/branch_ratio/") and np.isnan(v) for k, v in row.items())
+    flow = panels.gradient_flow(resdoctor.load(tmp_path / "run.pt"))
+    bad = [r for r in flow.rows if r[5]]
+    assert bad and min(r[0] for r in bad) == 4 and all(r[3] is None for r in bad)
+    svg = heatmap_svg(flow)
+    assert svg.count("<rect") == len(flow.rows) and svg.count("#e53935") == len(bad)
+    page = report_html(_critical_report(tmp_path / "run.pt"), flow)
+    assert "<script" not in page and "Exploding gradients" in page
+
+
+def test_tables_stay_bounded(tmp_path):
+    model, opt = mlp(depth=2)
+    with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
+        train(model, opt, doc, 40)
+    rec = resdoctor.load(tmp_path / "run.pt")
+    modules = len(rec.series("grad_norm").columns)
+    flow = panels.gradient_flow(rec, max_rows=10 * modules)
+    steps = sorted({r[0] for r in flow.rows})
+    assert len(flow.rows) == 10 * modules and steps[0] == 0 and steps[-1] == 39
+    assert len(panels.site_table(rec, max_rows=20).rows) <= 20
