@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-Target = Union[None, int, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+Target = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Batch:
     def rebuild(self, tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` with the top-level tensors replaced by ``tensors`` (same order)."""
         args, kwargs = list(self.args), dict(self.kwargs)
-        for (slot, _), t in zip(self._slots(), tensors):
+        for (slot, _), t in zip(self._slots(), tensors, strict=True):
             if isinstance(slot, int):
                 args[slot] = t
             else:

@@ -12,7 +12,7 @@ captum ablates. The model is not modified; with identity routes the values are t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from resdoctor._trace import Tap
 from resdoctor.discovery import Site
 
 # (slot, skip, branch) -> what to add instead, or None to leave the addition alone
-Route = Callable[[int, torch.Tensor, torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]
+Route = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
 _ADD = frozenset({"add", "__add__", "__radd__"})
 _INPLACE_ADD = frozenset({"add_", "__iadd__"})
 

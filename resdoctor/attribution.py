@@ -39,11 +39,15 @@ from resdoctor.discovery import Site, discover
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Attribution", "SiteAttribution", "attribute", "preserved"]
+__all__ = ["Attribution", "SiteAttribution", "UnknownSiteError", "attribute", "preserved"]
 
 Method = Literal["gradient", "ablation"]
 Mode = Literal["eval", "train"]
 METHODS: tuple[str, ...] = ("gradient", "ablation")
+
+
+class UnknownSiteError(ValueError):
+    """A site name that the model does not have."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def _choose(found: list[Site], wanted: Sequence[Site | str] | None) -> list[Site
     names = {s.name: s for s in found}
     missing = [w for w in wanted if isinstance(w, str) and w not in names]
     if missing:
-        raise ValueError(f"no residual site named {', '.join(map(repr, missing))}; "
+        raise UnknownSiteError(f"no residual site named {', '.join(map(repr, missing))}; "
                          f"sites: {', '.join(names) or 'none'}")
     return [names[w] if isinstance(w, str) else w for w in wanted]
 
