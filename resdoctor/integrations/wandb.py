@@ -102,15 +102,18 @@ def publish_report(run: Any, report: Any, *, prefix: str = "resdoctor",
     })
 
 
-def _diagnose(watcher: Any) -> Any:
+def _diagnose(watcher: Any, at_close: bool = False) -> Any:
     """Diagnose what the watcher has recorded so far (host memory only: no device sync); None
-    (error recorded) when the diagnosis itself fails, so alerts can still fall back on events."""
+    (error recorded) when the diagnosis itself fails, so alerts can still fall back on events.
+    At close under torch.distributed, rank 0 diagnoses the merged run file instead."""
     from resdoctor.report import analyze
     from resdoctor.run import Run
 
+    journal = watcher.recorder.journal
     try:
-        state = watcher.recorder.journal.state(watcher.options.to_dict())
-        return analyze(Run(state, watcher.path))
+        if at_close and journal.meta.get("world_size", 1) > 1 and os.path.exists(watcher.path):
+            return analyze(Run.load(watcher.path))
+        return analyze(Run(journal.state(watcher.options.to_dict()), watcher.path))
     except Exception as e:  # noqa: BLE001 - reported, never raised into the training loop
         watcher.recorder.record_error("wandb.analyze", e)
         return None
@@ -213,7 +216,7 @@ class WandbLogger:
         journal = watcher.recorder.journal
         if journal.last and int(journal.last["step"]) != self._logged:
             self._safely(watcher, "log", self._log_step, run, journal)
-        report = _diagnose(watcher)
+        report = _diagnose(watcher, at_close=True)
         if report is not None:
             self._safely(watcher, "report", lambda: publish_report(
                 run, report, prefix=self.prefix, charts=self.charts, max_rows=self.max_rows,
