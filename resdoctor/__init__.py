@@ -1,6 +1,7 @@
 """resdoctor: a training-health doctor for residual networks.
 
-``watch`` records, ``load`` reads a run, ``analyze`` diagnoses it, ``discover`` finds residual sites.
+``watch`` records, ``load`` reads a run, ``analyze`` diagnoses it, ``discover`` finds
+residual sites.
 Heavy dependencies (pandas for ``load``, the rules for ``analyze``) load on first use.
 """
 

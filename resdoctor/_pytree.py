@@ -10,7 +10,9 @@ import torch
 Path = tuple[Any, ...]
 
 
-def iter_tensors(obj: Any, prefix: Path = (), depth: int = 3) -> Iterator[tuple[Path, torch.Tensor]]:
+def iter_tensors(
+    obj: Any, prefix: Path = (), depth: int = 3
+) -> Iterator[tuple[Path, torch.Tensor]]:
     """Yield ``(path, tensor)`` for tensors in tuples, lists and mappings, ``depth`` levels deep."""
     if isinstance(obj, torch.Tensor):
         yield prefix, obj

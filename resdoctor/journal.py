@@ -102,7 +102,7 @@ class Journal:
         self._commit(values, vectors, meta, skipped)
 
     def _classify(self, meta: SegmentMeta, vectors: dict[str, np.ndarray]) -> bool | None:
-        """False: a step; True: a step the AMP GradScaler skipped; None: an accumulation micro-step."""
+        """False: a step; True: a step the GradScaler skipped; None: an accumulation micro-step."""
         if not meta.has_optimizer or meta.stepped:
             return False
         grads = vectors.get("grad_norm")

@@ -331,23 +331,9 @@ class Recorder:
     def _hook_shortcut(self, skip: torch.Tensor, x: torch.Tensor, box: dict) -> bool:
         """Hook the autograd nodes of the shortcut path that consume x: their input gradient is
         the gradient reaching x through the skip."""
-        target = x.grad_fn
-        if target is None or skip.grad_fn is None:
+        if x.grad_fn is None or skip.grad_fn is None:
             return False
-        found: list[tuple[Any, int]] = []
-        todo, seen = [skip.grad_fn], set()
-        while todo and len(seen) < 64:
-            node = todo.pop()
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            for k, (nxt, _) in enumerate(node.next_functions):
-                if nxt is target:
-                    found.append((node, k))
-                elif nxt is not None:
-                    todo.append(nxt)
-        if not found:
-            return False
+        found = _consumers(skip.grad_fn, x.grad_fn)
 
         def collect(k: int) -> Callable[..., None]:
             def hook(grad_inputs: Any, grad_outputs: Any) -> None:
@@ -358,7 +344,7 @@ class Recorder:
 
         for node, k in found:
             node.register_hook(self._guard("backward", collect(k)))
-        return True
+        return bool(found)
 
     # -- backward and optimizer ------------------------------------------------------------
     def _on_output_grad(self, grad: torch.Tensor) -> None:
@@ -373,12 +359,12 @@ class Recorder:
     def _after_backward(self) -> None:
         self._backward_queued = False
         self.seg.backwards += 1
+        scale = getattr(self.scaler, "_scale", None)
+        if not (isinstance(scale, torch.Tensor) and self.scaler.is_enabled()):
+            scale = None
         with torch.no_grad():
-            norms = self.grads()
-            scale = getattr(self.scaler, "_scale", None)
-            if isinstance(scale, torch.Tensor) and self.scaler.is_enabled():
-                norms = norms / scale.to(norms.device).double()
-        self.seg.vectors["grad_norm"] = norms  # with accumulation the last backward has the sum
+            # with accumulation, the last backward of the step holds the accumulated gradient
+            self.seg.vectors["grad_norm"] = self.grads(scale)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _due(self.options.update_every, self._step):
@@ -459,6 +445,24 @@ class _Null:
 
 
 _NULL = _Null()
+
+
+def _consumers(start: Any, target: Any, limit: int = 64) -> list[tuple[Any, int]]:
+    """Autograd nodes reachable from ``start`` (before ``target``) that take ``target``'s output
+    as their k-th input: ``[(node, k), ...]``."""
+    found: list[tuple[Any, int]] = []
+    todo, seen = [start], set()
+    while todo and len(seen) < limit:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for k, (nxt, _) in enumerate(node.next_functions):
+            if nxt is target:
+                found.append((node, k))
+            elif nxt is not None:
+                todo.append(nxt)
+    return found
 
 
 def _due(every: int, step: int) -> bool:

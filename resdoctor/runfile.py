@@ -89,7 +89,8 @@ def _unpickling_message(p: Path, text: str) -> str:
         return (f"{p}: refused to load: it references {refused.group(1)}, not plain data "
                 "(run files hold only numbers, strings and tensors)")
     detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
-    return f"{p}: not a readable run file ({(detail.group(1) if detail else 'not a torch file')[:160]})"
+    reason = detail.group(1) if detail else "not a torch file"
+    return f"{p}: not a readable run file ({reason[:160]})"
 
 
 def _short(e: BaseException) -> str:

@@ -13,7 +13,7 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: post-activation, projection shortcut, in-place ``out += identity``."""
+    """torchvision's BasicBlock: post-activation, projection shortcut, ``out += identity``."""
 
     expansion = 1
 

@@ -33,11 +33,20 @@ class GradNorm:
         if self._device != device:
             self._owner = self._owner.to(device)
             self._device = device
-        # float64 accumulation: large but finite (e.g. loss-scaled) values must not overflow
-        per_param = torch.stack(torch._foreach_norm(list(ts), 2, dtype=torch.float64)) ** 2
+        # fp32 norms (a float64 _foreach_norm is ~100x slower on CPU); squares and sums in
+        # float64 so per-parameter norms up to float32's range combine without overflow
+        per_param = torch.stack(torch._foreach_norm(list(ts))).double() ** 2
         owner = self._owner[list(idx)] if len(idx) != len(self.params) else self._owner
         out = torch.zeros(self._modules, device=device, dtype=torch.float64)
         return out.index_add_(0, owner, per_param).sqrt_()
 
-    def __call__(self) -> torch.Tensor:
-        return self.norms([p.grad.detach() if p.grad is not None else None for p in self.params])
+    def __call__(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
+        loss-scaled gradients cannot overflow float32 inside the norm."""
+        grads = [p.grad.detach() if p.grad is not None else None for p in self.params]
+        if scale is not None:
+            present = [g for g in grads if g is not None]
+            if present:
+                unscaled = iter(torch._foreach_mul(present, scale.reciprocal()))
+                grads = [next(unscaled) if g is not None else None for g in grads]
+        return self.norms(grads)
