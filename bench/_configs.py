@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -86,6 +87,7 @@ class Wandb(Config):
 
     name = "wandb"
     _run: Any = None
+    _dir: str | None = None
 
     def setup(self, work: Workload, tmp: Path) -> None:
         if Wandb._run is None:
@@ -93,8 +95,8 @@ class Wandb(Config):
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
-            wandb_dir = tempfile.mkdtemp(prefix="resdoctor-bench-wandb-")
-            Wandb._run = wandb.init(mode="offline", dir=wandb_dir, project="resdoctor-bench",
+            Wandb._dir = tempfile.mkdtemp(prefix="resdoctor-bench-wandb-")
+            Wandb._run = wandb.init(mode="offline", dir=Wandb._dir, project="resdoctor-bench",
                                     settings=wandb.Settings(silent=True, console="off"))
         self.model = work.model
         Wandb._run.watch(work.model, log="gradients", log_freq=1)
@@ -109,8 +111,11 @@ class Wandb(Config):
     @classmethod
     def finish(cls) -> None:
         if cls._run is not None:
-            cls._run.finish(quiet=True)
-            cls._run = None
+            run, cls._run = cls._run, None
+            run.finish()
+        if cls._dir is not None:
+            shutil.rmtree(cls._dir, ignore_errors=True)
+            cls._dir = None
 
 
 class Anomaly(Config):

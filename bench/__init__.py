@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.overhead``, ``bench.scale``, ``bench.profile_overhead``."""

@@ -1,0 +1,201 @@
+"""Overhead of watching a training step: resdoctor against the tools users would pick instead.
+
+In one process, round by round, every configuration is set up, warmed up, timed for ``--steps``
+training steps and torn down (so slow drift of a shared machine hits them all alike, and a hook
+census proves that nothing leaks from one configuration into the next). A configuration's ratio
+is the median over rounds of (its median step time / plain's median step time in that round).
+
+    python -m bench.overhead                       # both models, CPU, 2 threads
+    python -m bench.overhead --models resnet --rounds 12 --steps 10
+    python -m bench.overhead --device cuda         # GPU timings + host-sync census (skips without)
+    python -m bench.overhead --quick               # tiny models, a few steps: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import _machine
+from bench._configs import CONFIGS, TITLES, Config, Wandb, hook_census, make
+from bench._workloads import WORKLOADS, Workload, build
+
+TARGETS = {"cpu": {"resdoctor": 1.05, "resdoctor-all": 1.10}, "cuda": {"resdoctor": 1.03}}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(WORKLOADS), help="comma list: resnet,gpt2")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma list; plain is always run")
+    p.add_argument("--rounds", type=int, default=None, help="alternation rounds (default 6)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 8)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps after setup (2)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="tiny models, 2 rounds of 2 steps")
+    p.add_argument("--sync-steps", type=int, default=None,
+                   help="CUDA only: steps per configuration in the host-sync census (5)")
+    p.add_argument("--out", default="bench/results/overhead.json", help="JSON results ('' = none)")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds or (2 if quick else 6)
+    args.steps = args.steps or (2 if quick else 8)
+    args.warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
+    args.sync_steps = args.sync_steps or (2 if quick else 5)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    args.configs = ["plain"] + [c for c in names if c != "plain"]
+    return args
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_config(work: Workload, config: Config, args: argparse.Namespace, tmp: Path,
+                device: torch.device) -> dict[str, Any]:
+    """Set up, warm up, time ``args.steps`` steps, tear down: one configuration, one round."""
+    t0 = time.perf_counter()
+    config.setup(work, tmp)
+    setup_s = time.perf_counter() - t0
+    times: list[float] = []
+    first = 0.0
+    try:
+        for i in range(args.warmup + args.steps):
+            _sync(device)
+            t0 = time.perf_counter()
+            config.after_step(work.step())
+            _sync(device)
+            dt = time.perf_counter() - t0
+            if i == 0:
+                first = dt
+            if i >= args.warmup:
+                times.append(dt)
+    finally:
+        t0 = time.perf_counter()
+        config.teardown()
+        teardown_s = time.perf_counter() - t0
+    return {"times": times, "setup_s": setup_s, "first_step_s": first, "teardown_s": teardown_s}
+
+
+def measure(work: Workload, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Alternate every configuration round by round; returns per-configuration statistics."""
+    configs = [make(name) for name in args.configs]
+    baseline = hook_census(work.model, work.optimizer)
+    rounds: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
+    with tempfile.TemporaryDirectory(prefix="resdoctor-bench-") as tmp:
+        for r in range(args.rounds):
+            k = r % len(configs)
+            for config in configs[k:] + configs[:k]:  # rotate: every position, every config
+                rounds[config.name].append(time_config(work, config, args, Path(tmp), device))
+                left = hook_census(work.model, work.optimizer)
+                if left != baseline:
+                    diff = dict((left - baseline) + (baseline - left))
+                    raise RuntimeError(f"{config.name} left instrumentation behind: {diff}")
+            print(f"  {work.name}: round {r + 1}/{args.rounds} done", file=sys.stderr)
+    return summarize(rounds)
+
+
+def summarize(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    plain = [statistics.median(r["times"]) for r in rounds["plain"]]
+    out: dict[str, Any] = {}
+    for name, rs in rounds.items():
+        medians = [statistics.median(r["times"]) for r in rs]
+        ratios = [m / p for m, p in zip(medians, plain, strict=True)]
+        out[name] = {
+            "title": TITLES.get(name, name),
+            "median_step_ms": 1e3 * statistics.median(t for r in rs for t in r["times"]),
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "round_ratios": ratios,
+            "timed_steps": sum(len(r["times"]) for r in rs),
+            "first_step_ms": 1e3 * statistics.median(r["first_step_s"] for r in rs),
+            "setup_ms": 1e3 * statistics.median(r["setup_s"] for r in rs),
+            "teardown_ms": 1e3 * statistics.median(r["teardown_s"] for r in rs),
+        }
+    return out
+
+
+def table(results: dict[str, Any], configs: list[str]) -> str:
+    """A plain-text table: one row per model, plain step time then each ratio (min-max)."""
+    head = ["model", "plain ms/step"] + [c for c in configs if c != "plain"]
+    rows = [head]
+    for model, res in results.items():
+        row = [model, f"{res['plain']['median_step_ms']:.1f}"]
+        for c in head[2:]:
+            r = res.get(c)
+            row.append("-" if r is None else
+                       f"{r['ratio']:.3f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def check_targets(results: dict[str, Any], device: str) -> list[str]:
+    """Human-readable misses of the TARGETS for ``device`` (empty when all are met)."""
+    misses = []
+    for model, res in results.items():
+        for name, limit in TARGETS[device].items():
+            if name in res and res[name]["ratio"] > limit:
+                misses.append(f"{model}: {name} {res[name]['ratio']:.3f}x > {limit:.2f}x")
+    return misses
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench.overhead: skipped, no CUDA device", file=sys.stderr)
+        return 0
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    report: dict[str, Any] = {
+        "command": "python -m bench.overhead " + " ".join(argv if argv is not None else
+                                                           sys.argv[1:]),
+        "machine": _machine.describe(device),
+        "settings": {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads",
+                                                   "quick", "configs")},
+        "targets": TARGETS[args.device],
+        "models": {},
+        "titles": {},
+    }
+    try:
+        for name in args.models:
+            work = build(name, device, quick=args.quick)
+            report["titles"][name] = work.title
+            report["models"][name] = measure(work, args, device)
+            if device.type == "cuda":
+                from bench._cuda import sync_census
+
+                report.setdefault("sync_census", {})[name] = sync_census(
+                    work, args.sync_steps, tempfile.gettempdir())
+    finally:
+        Wandb.finish()
+    report["machine"]["loadavg_end"] = _machine.loadavg()
+    print(table(report["models"], args.configs))
+    report["misses"] = check_targets(report["models"], args.device)
+    for miss in report["misses"]:
+        print("target missed:", miss)
+    for model, census in report.get("sync_census", {}).items():
+        print(f"{model}: host syncs per step", json.dumps(census["syncs_per_step"]))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if args.check and report["misses"] else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Where resdoctor's overhead goes: the default configuration on the ResNet, profiled on CPU.
+
+Three views of the same workload:
+
+1. timing: plain and watched steps alternated round by round; the overhead in ms per step.
+2. cProfile of watched steps: resdoctor's functions by cumulative time per step, and the
+   functions they call (torch ops, numpy) by the time spent in them from resdoctor's code.
+3. torch.profiler: aten ops per step, watched minus plain (count and self CPU time), which
+   shows the extra device work without the Python profiler's own cost.
+
+    python -m bench.profile_overhead                 # ResNet-20, batch 64
+    python -m bench.profile_overhead --model gpt2 --config resdoctor-all
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import _machine
+from bench._configs import Config, make
+from bench._workloads import Workload, build
+
+PACKAGE = "/resdoctor/"
+MODELS = "/resdoctor/models/"  # the benchmark's model, not resdoctor's overhead
+
+
+def _run(work: Workload, config: Config, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        config.after_step(work.step())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def timing(work: Workload, name: str, rounds: int, steps: int, tmp: Path) -> dict[str, float]:
+    """Median step time of plain and ``name``, alternated; overhead in ms per step."""
+    medians: dict[str, list[float]] = {"plain": [], name: []}
+    for r in range(rounds):
+        order = ["plain", name] if r % 2 == 0 else [name, "plain"]
+        for config_name in order:
+            config = make(config_name)
+            config.setup(work, tmp)
+            try:
+                _run(work, config, 2)
+                medians[config_name].append(statistics.median(_run(work, config, steps)))
+            finally:
+                config.teardown()
+    plain = 1e3 * statistics.median(medians["plain"])
+    watched = 1e3 * statistics.median(medians[name])
+    pairs = list(zip(medians[name], medians["plain"], strict=True))
+    return {"plain_ms": plain, "watched_ms": watched,
+            "overhead_ms": statistics.median(1e3 * (w - p) for w, p in pairs),
+            "ratio": statistics.median(w / p for w, p in pairs)}
+
+
+def _label(func: tuple[str, int, str]) -> str:
+    file, line, name = func
+    if file == "~":
+        return name
+    if PACKAGE in file:
+        file = "resdoctor/" + file.split(PACKAGE, 1)[1]
+    else:
+        file = Path(file).name
+    return f"{file}:{line}({name})"
+
+
+def python_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -> dict[str, Any]:
+    """cProfile of ``steps`` watched steps, reduced to resdoctor's share."""
+    config = make(name)
+    config.setup(work, tmp)
+    prof = cProfile.Profile()
+    try:
+        _run(work, config, 2)
+        prof.enable()
+        _run(work, config, steps)
+        prof.disable()
+    finally:
+        config.teardown()
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    own, called = [], Counter()
+    for func, (_, ncalls, tottime, cumtime, callers) in stats.items():
+        if MODELS in func[0]:
+            continue
+        if PACKAGE in func[0]:
+            own.append({"function": _label(func), "calls": ncalls / steps,
+                        "self_ms": 1e3 * tottime / steps, "cum_ms": 1e3 * cumtime / steps})
+        else:
+            for caller, edge in callers.items():
+                if PACKAGE in caller[0] and MODELS not in caller[0]:
+                    called[_label(func)] += 1e3 * edge[2] / steps  # self time via this edge
+    own.sort(key=lambda r: -r["cum_ms"])
+    total_self = sum(r["self_ms"] for r in own) + sum(called.values())
+    return {"resdoctor_functions": own[:top],
+            "called_from_resdoctor": [{"function": f, "self_ms": ms}
+                                      for f, ms in called.most_common(top)],
+            "resdoctor_self_ms_per_step_under_cprofile": total_self}
+
+
+def _ops(work: Workload, config: Config, steps: int) -> dict[str, tuple[float, float]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    _run(work, config, 2)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _run(work, config, steps)
+    return {e.key: (e.count / steps, e.self_cpu_time_total / 1e3 / steps)
+            for e in prof.key_averages()}
+
+
+def op_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -> list[dict]:
+    """Ops that watching adds, per step: extra calls times the op's mean self CPU time."""
+    result = {}
+    for config_name in ("plain", name):
+        config = make(config_name)
+        config.setup(work, tmp)
+        try:
+            result[config_name] = _ops(work, config, steps)
+        finally:
+            config.teardown()
+    rows = []
+    for op, (c1, t1) in result[name].items():
+        c0 = result["plain"].get(op, (0.0, 0.0))[0]
+        if c1 - c0 < 0.5:  # an op resdoctor does not add: its time difference is noise
+            continue
+        rows.append({"op": op, "extra_calls": c1 - c0, "extra_self_ms": (c1 - c0) * t1 / c1,
+                     "watched_calls": c1, "watched_self_ms": t1})
+    rows.sort(key=lambda r: -r["extra_self_ms"])
+    return rows[:top]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.profile_overhead",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet", choices=("resnet", "gpt2"))
+    p.add_argument("--config", default="resdoctor", choices=("resdoctor", "resdoctor-all"))
+    p.add_argument("--rounds", type=int, default=6, help="timing rounds (alternated)")
+    p.add_argument("--steps", type=int, default=10, help="steps per round / per profile")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="tiny model, 2 rounds of 2 steps")
+    p.add_argument("--out", default="bench/results/profile.json", help="JSON ('' = none)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps = 2, 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    work = build(args.model, device, quick=args.quick)
+    out: dict[str, Any] = {"machine": _machine.describe(device), "workload": work.title,
+                           "config": args.config}
+    with tempfile.TemporaryDirectory(prefix="resdoctor-profile-") as tmp:
+        out["timing"] = timing(work, args.config, args.rounds, args.steps, Path(tmp))
+        out["cprofile"] = python_profile(work, args.config, args.steps, Path(tmp), args.top)
+        out["ops"] = op_profile(work, args.config, args.steps, Path(tmp), args.top)
+    print(render(out))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def render(out: dict[str, Any]) -> str:
+    t = out["timing"]
+    lines = [f"{out['workload']}: {out['config']}",
+             f"plain {t['plain_ms']:.1f} ms/step, watched {t['watched_ms']:.1f} ms/step, "
+             f"overhead {t['overhead_ms']:.1f} ms/step ({t['ratio']:.3f}x)", "",
+             "resdoctor functions (per step, under cProfile):",
+             f"  {'cum ms':>8} {'self ms':>8} {'calls':>7}  function"]
+    for r in out["cprofile"]["resdoctor_functions"]:
+        lines.append(f"  {r['cum_ms']:8.2f} {r['self_ms']:8.2f} {r['calls']:7.0f}  {r['function']}")
+    lines += ["", "called from resdoctor (self ms per step):"]
+    lines += [f"  {r['self_ms']:8.2f}  {r['function']}"
+              for r in out["cprofile"]["called_from_resdoctor"]]
+    lines += ["", "aten ops, watched minus plain (per step):",
+              f"  {'+ms':>8} {'+calls':>7}  op"]
+    lines += [f"  {r['extra_self_ms']:8.2f} {r['extra_calls']:7.0f}  {r['op']}" for r in out["ops"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Scale: a synthetic run of 1,000,000 steps x 100 residual blocks, recorded on the host side.
+
+No model runs: the recorder's host side (``Journal`` and its ``Series``) is driven directly with
+synthetic per-step vectors for 302 parameterised modules and 100 residual sites, including AMP
+skipped steps and a NaN onset near the end. Measured: the memory of recording, the run file's
+size, the time to write it, ``resdoctor.load`` and ``resdoctor analyze``.
+
+Two modes. ``consume`` hands every step to ``Journal.consume`` exactly as the recorder does
+(faithful, but slow for a million steps). ``fast`` (default) appends the committed rows straight
+into the journal's series, as ``Journal._commit`` would, and sends only event steps (skipped
+steps, the NaN onset) through ``consume``; the smoke test checks both give the same run file.
+
+    python -m bench.scale                          # 1,000,000 steps x 100 blocks
+    python -m bench.scale --steps 20000 --mode consume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resdoctor import runfile
+from resdoctor.journal import Journal, SegmentMeta
+from resdoctor.options import Options
+
+TARGETS = {"file_mb": 50.0, "analyze_s": 5.0}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The synthetic model: ``blocks`` pre-LN MLP blocks, each one residual site."""
+
+    blocks: int = 100
+
+    def modules(self) -> list[dict[str, Any]]:
+        names = [("", "Model"), ("embed", "Embedding"), ("blocks", "Sequential")]
+        for i in range(self.blocks):
+            names += [(f"blocks.{i}", "Block"), (f"blocks.{i}.norm", "LayerNorm"),
+                      (f"blocks.{i}.fc1", "Linear"), (f"blocks.{i}.fc2", "Linear")]
+        names.append(("head", "Linear"))
+        return [{"name": n, "type": t, "params": 0 if t in ("Model", "Sequential", "Block")
+                 else 1000, "order": k} for k, (n, t) in enumerate(names)]
+
+    def param_modules(self) -> list[str]:
+        return [m["name"] for m in self.modules() if m["params"]]
+
+    def checked(self) -> list[int]:
+        """Modules whose outputs the recorder checks (not finite-preserving): fwd entries."""
+        skip = ("Embedding", "LayerNorm")
+        return [k for k, m in enumerate(self.modules()) if m["type"] not in skip]
+
+    def sites(self) -> list[dict[str, Any]]:
+        return [{"name": f"blocks.{i}", "kind": "identity", "module": "Block", "index": i,
+                 "owner": f"blocks.{i}"} for i in range(self.blocks)]
+
+
+class Synthetic:
+    """Per-step measurements: a pool of noisy templates scaled by slow trends, plus events."""
+
+    def __init__(self, shape: Shape, steps: int, seed: int = 0, every: int = 10) -> None:
+        rng = np.random.default_rng(seed)
+        self.shape, self.steps, self.every = shape, steps, every
+        p, s, pool = len(shape.param_modules()), shape.blocks, 64
+        self.grad = rng.lognormal(-3, 0.5, (pool, p))
+        self.param = rng.lognormal(1, 0.1, (pool, p))
+        self.update = rng.lognormal(-7, 0.3, (pool, p))
+        self.site = rng.lognormal(0, 0.2, (pool, s, 3)) * np.sqrt(1 + np.arange(s))[:, None] / 5
+        self.smooth = rng.uniform(0.1, 0.4, (pool, s, 2))
+        self.share = rng.uniform(0.3, 0.6, (pool, s))
+        self.noise = rng.normal(0, 0.02, pool)
+        self.nan_at = steps - max(steps // 1000, 5)  # the run diverges near its end
+        self.nan_module = shape.checked()[len(shape.checked()) * 2 // 3]
+        self.skip_every = 997
+
+    def skipped(self, step: int) -> bool:
+        return step % self.skip_every == self.skip_every - 1 and step < self.nan_at
+
+    def event(self, step: int) -> bool:
+        """Steps that go through ``Journal.consume`` in fast mode."""
+        return self.skipped(step) or step == self.nan_at
+
+    def values(self, step: int) -> dict[str, Any]:
+        """Everything one step measured, as the host sees it after the transfer."""
+        k = step % len(self.noise)
+        decay = 1 / math.sqrt(1 + step / 10_000)
+        due = step % self.every == 0
+        out: dict[str, Any] = {
+            "grad_norm": self.grad[k] * decay, "param_norm": self.param[k],
+            "update_ratio": self.update[k] * decay if due else None,
+            "site": self.site[k], "smooth": self.smooth[k] if due else None,
+            "gshare": self.share[k] if due else None,
+            "loss": 0.5 + 2.5 * math.exp(-step / 200_000) + self.noise[k],
+            "lr": 1e-3 * 0.5 * (1 + math.cos(math.pi * step / self.steps)),
+        }
+        if self.skipped(step):
+            out["grad_norm"] = np.where(np.arange(len(out["grad_norm"])) % 7 == 0, np.inf,
+                                        out["grad_norm"])
+        if step >= self.nan_at:  # diverged: everything downstream of the onset is NaN
+            for key in ("grad_norm", "param_norm", "update_ratio", "site", "smooth", "gshare"):
+                if out[key] is not None:
+                    out[key] = np.full_like(out[key], np.nan)
+            out["loss"] = math.nan
+        return out
+
+    def segment(self, step: int, v: dict[str, Any]) -> tuple[SegmentMeta, list]:
+        """The step as the recorder hands it to ``Journal.consume``."""
+        nan, onset = step >= self.nan_at, step == self.nan_at
+        values: list[tuple[Any, np.ndarray]] = []
+        for m in self.shape.checked():
+            bad_in = nan and (not onset or m > self.nan_module)
+            bad_out = nan and (not onset or m >= self.nan_module)
+            values.append((("fwd", m), np.array([np.nan if bad_in else 1.0,
+                                                 np.nan if bad_out else 1.0])))
+        for i in range(self.shape.blocks):
+            values.append((("site", i), v["site"][i]))
+            if v["smooth"] is not None:
+                values.append((("smooth", i), v["smooth"][i]))
+            if v["gshare"] is not None:
+                values.append((("gshare", i), v["gshare"][i: i + 1]))
+        for name in ("grad_norm", "param_norm", "update_ratio"):
+            if v[name] is not None:
+                values.append((("vec", name), v[name]))
+        skipped = self.skipped(step)
+        meta = SegmentMeta(1, 1, not skipped, {"loss": v["loss"], "lr": v["lr"]}, True)
+        return meta, values
+
+
+def fast_commit(journal: Journal, v: dict[str, Any]) -> None:
+    """Append one step's rows straight into the series, as ``Journal._commit`` would."""
+    step, series = journal.steps, journal.series
+    every = np.ones(len(journal.param_modules), bool)
+    for name in ("grad_norm", "param_norm", "update_ratio"):
+        if v[name] is not None:
+            series[name].append(step, v[name], present=every)
+    sites = np.ones(len(journal.sites), bool)
+    site = np.abs(v["site"])  # the RMS of one forward is itself
+    for j, name in enumerate(("skip_norm", "branch_norm", "stream_norm")):
+        series[name].append(step, site[:, j], sites)
+    if v["smooth"] is not None:
+        series["smoothing"].append(step, v["smooth"][:, 0], sites)
+        series["smoothing_energy"].append(step, v["smooth"][:, 1], sites)
+    if v["gshare"] is not None:
+        series["grad_branch_share"].append(step, v["gshare"], sites)
+    measured = ~np.isnan(site[:, 0]) | ~np.isnan(site[:, 1])
+    if measured.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            series["branch_ratio"].append(step, site[:, 1] / site[:, 0], measured)
+    scalars = series["scalars"]
+    total = float(np.sqrt(np.sum(v["grad_norm"] ** 2)))
+    row = {"grad_norm_total": total, "loss": float(v["loss"]), "lr": float(v["lr"])}
+    scalars.add_columns(sorted(row))
+    scalars.append(step, np.array([row[c] for c in scalars.columns]),
+                   present=np.array([c in row for c in scalars.columns]))
+    journal.steps += 1
+
+
+def new_journal(shape: Shape, options: Options) -> Journal:
+    journal = Journal(shape.modules(), shape.param_modules(), options.capacity,
+                      options.max_events, {"model_class": "Synthetic", "rank": 0,
+                                           "world_size": 1, "device": "cpu"})
+    journal.set_sites(shape.sites())
+    return journal
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def record(steps: int, blocks: int = 100, mode: str = "fast", seed: int = 0,
+           progress: bool = False) -> tuple[Journal, dict[str, Any]]:
+    """Record a synthetic run; returns the journal and what recording cost (time, memory)."""
+    options = Options()
+    shape = Shape(blocks)
+    synth = Synthetic(shape, steps, seed, every=options.grad_share_every)
+    rss0 = peak = _rss()
+    journal = new_journal(shape, options)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        v = synth.values(step)
+        if mode == "consume" or synth.event(step):
+            journal.consume(*synth.segment(step, v))
+        else:
+            fast_commit(journal, v)
+        if step % 20_000 == 0:
+            peak = max(peak, _rss())
+            if progress and step:
+                rate = step / (time.perf_counter() - t0)
+                print(f"  step {step:,} ({rate:,.0f} steps/s)", file=sys.stderr)
+    seconds = time.perf_counter() - t0
+    peak = max(peak, _rss())
+    nbytes = sum(a.nbytes for s in journal.series.values()
+                 for a in (s._steps, s._count, s._sum, s._n, s._max, s._min))
+    return journal, {
+        "record_s": seconds, "host_us_per_step": 1e6 * seconds / max(steps, 1),
+        "rss_delta_mb": (peak - rss0) / 2**20, "series_arrays_mb": nbytes / 2**20,
+        "nan_onset_step": synth.nan_at, "skipped_steps": len(journal.skipped),
+    }
+
+
+def write_and_read(journal: Journal, path: Path) -> dict[str, Any]:
+    """Write the run file as a flush does, then time ``load`` and ``analyze`` on it."""
+    import resdoctor
+
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    state = journal.state(Options().to_dict())
+    out["state_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runfile.write(state, path)
+    out["write_s"] = time.perf_counter() - t0
+    out["flush_ms_per_step_at_default"] = 1e3 * (out["state_s"] + out["write_s"]) / (
+        Options().flush_every)
+    out["file_mb"] = path.stat().st_size / 2**20
+    t0 = time.perf_counter()
+    run = resdoctor.load(path)
+    out["load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for signal in run.signals:
+        run.series(signal)
+    out["load_all_series_s"] = out["load_s"] + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = resdoctor.analyze(path)
+    out["analyze_s"] = time.perf_counter() - t0
+    out["verdict"], out["findings"] = report.verdict, [f.code for f in report.findings]
+    out["cli_analyze_s"], out["cli_rc"] = _cli(path)
+    return out
+
+
+def _cli(path: Path) -> tuple[float, int]:
+    """``resdoctor analyze RUN --json`` end to end in a fresh process (imports included)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli", "analyze", str(path), "--json"],
+                          capture_output=True, text=True, check=False)
+    return time.perf_counter() - t0, proc.returncode
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=1_000_000)
+    p.add_argument("--blocks", type=int, default=100)
+    p.add_argument("--mode", choices=("fast", "consume"), default="fast")
+    p.add_argument("--keep", default="", help="also keep the run file at this path")
+    p.add_argument("--out", default="bench/results/scale.json", help="JSON results ('' = none)")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from bench import _machine
+
+    result: dict[str, Any] = {
+        "command": "python -m bench.scale " + " ".join(argv if argv is not None else
+                                                        sys.argv[1:]),
+        "machine": _machine.describe(torch.device("cpu")),
+        "steps": args.steps, "blocks": args.blocks, "mode": args.mode, "targets": TARGETS,
+    }
+    journal, cost = record(args.steps, args.blocks, args.mode, progress=True)
+    result["recording"] = cost
+    with tempfile.TemporaryDirectory(prefix="resdoctor-scale-") as tmp:
+        path = Path(args.keep or os.path.join(tmp, "run.pt"))
+        result["run_file"] = write_and_read(journal, path)
+    result["misses"] = [f"{k} {result['run_file'][k]:.2f} > {v}" for k, v in TARGETS.items()
+                        if result["run_file"][k] > v]
+    print(summary(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if args.check and result["misses"] else 0
+
+
+def summary(result: dict[str, Any]) -> str:
+    rec, f = result["recording"], result["run_file"]
+    lines = [
+        f"{result['steps']:,} steps x {result['blocks']} blocks ({result['mode']} mode)",
+        f"  recording: {rec['record_s']:.1f} s ({rec['host_us_per_step']:.0f} us/step host), "
+        f"RSS +{rec['rss_delta_mb']:.0f} MB, series arrays {rec['series_arrays_mb']:.0f} MB",
+        f"  run file: {f['file_mb']:.1f} MB (target < {TARGETS['file_mb']:.0f}), "
+        f"state {f['state_s']:.2f} s + write {f['write_s']:.2f} s "
+        f"(= {f['flush_ms_per_step_at_default']:.2f} ms/step at flush_every=500)",
+        f"  load: {f['load_s']:.2f} s ({f['load_all_series_s']:.2f} s with every series)",
+        f"  analyze: {f['analyze_s']:.2f} s in-process (target < {TARGETS['analyze_s']:.0f}), "
+        f"CLI {f['cli_analyze_s']:.2f} s (rc {f['cli_rc']}), verdict {f['verdict']}",
+    ]
+    lines += [f"  target missed: {m}" for m in result["misses"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Smoke tests of the benchmark scripts: each runs in its quickest mode. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import overhead, profile_overhead, scale  # noqa: E402
+from bench._configs import CONFIGS, hook_census, make  # noqa: E402
+from bench._workloads import build  # noqa: E402
+
+
+def test_overhead_quick_runs_every_configuration_on_both_models(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    assert overhead.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["models"]) == {"resnet", "gpt2"}
+    for results in report["models"].values():
+        assert set(results) == set(CONFIGS)
+        assert results["plain"]["ratio"] == 1.0
+        assert all(r["timed_steps"] == 4 and r["ratio"] > 0 for r in results.values())
+    assert report["machine"]["torch_threads"] == 2
+
+
+def test_every_configuration_tears_down_completely(tmp_path: Path) -> None:
+    work = build("resnet", torch.device("cpu"), quick=True)
+    before = hook_census(work.model, work.optimizer)
+    for name in ("resdoctor", "anomaly", "naive"):
+        config = make(name)
+        config.setup(work, tmp_path)
+        config.after_step(work.step())
+        assert hook_census(work.model, work.optimizer) != before, name
+        config.teardown()
+        assert hook_census(work.model, work.optimizer) == before, name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without a GPU")
+def test_overhead_cuda_skips_cleanly_without_a_gpu(tmp_path: Path) -> None:
+    assert overhead.main(["--device", "cuda", "--quick", "--out", str(tmp_path / "o.json")]) == 0
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_overhead_cuda_watching_adds_no_host_sync(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    args = ["--device", "cuda", "--quick", "--models", "resnet", "--configs", "resdoctor",
+            "--out", str(out)]
+    assert overhead.main(args) == 0
+    census = json.loads(out.read_text())["sync_census"]["resnet"]
+    syncs = census["syncs_per_step"]
+    assert syncs["resdoctor"] == syncs["plain"] and syncs["resdoctor-all"] == syncs["plain"]
+    assert census["profiler_per_step"]["resdoctor"].get("device_to_host_copies", 0) <= 1
+
+
+def test_scale_fast_mode_records_what_consume_records() -> None:
+    fast, _ = scale.record(120, blocks=4, mode="fast")
+    slow, _ = scale.record(120, blocks=4, mode="consume")
+    a, b = fast.state({}), slow.state({})
+    assert a["events"] == b["events"] and len(a["events"]) == 2
+    assert torch.equal(a["skipped_steps"], b["skipped_steps"])
+    for name, series in a["series"].items():
+        other = b["series"][name]
+        assert series["columns"] == other["columns"], name
+        for field in ("steps", "count", "n", "mean", "max", "min"):
+            assert torch.allclose(series[field].double(), other[field].double(),
+                                  equal_nan=True), (name, field)
+
+
+def test_scale_small_run_writes_loads_and_analyzes(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    assert scale.main(["--steps", "300", "--blocks", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["run_file"]["file_mb"] > 0 and result["recording"]["skipped_steps"] == 0
+    assert result["run_file"]["load_s"] >= 0
+
+
+def test_profile_quick_names_resdoctor_functions(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    assert profile_overhead.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = [r["function"] for r in result["cprofile"]["resdoctor_functions"]]
+    assert any("recorder.py" in n for n in names)
+    assert not any("models/" in n for n in names)
