@@ -8,7 +8,8 @@ import pandas as pd
 
 NONFINITE_COLOR = "#e4007c"
 ONSET_COLOR = "#d62728"
-STEP_AXIS = alt.Axis(title="step", format="~s")
+CANVAS = {"embedOptions": {"renderer": "canvas"}}  # thousands of marks: canvas, not SVG
+STEP_AXIS = alt.Axis(title="step", format="~s", tickMinStep=1)
 
 
 def _log10(values: pd.Series) -> np.ndarray:
@@ -33,28 +34,33 @@ def onset_rule(step: int | None, label: str = "first NaN/Inf") -> alt.Chart | No
 def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
             onset: int | None = None, scheme: str = "viridis",
             domain: tuple[float, float] | None = None) -> alt.LayerChart:
-    """Name x step heatmap; non-finite cells in magenta; the NaN onset as a dashed rule."""
-    data = cells.assign(shown=_log10(cells["value"]) if log else cells["value"])
-    order = data.drop_duplicates("name").sort_values("depth")["name"].tolist()
+    """Name x step heatmap; non-finite cells in magenta; the NaN onset as a dashed rule.
+
+    One mark layer with a conditional colour (no filter transforms: streamlit evaluates
+    expressions with an interpreter, once per datum), drawn on a canvas.
+    """
+    order = cells.drop_duplicates("name").sort_values("depth")["name"].tolist()
+    data = cells.drop(columns="depth").assign(
+        shown=_log10(cells["value"]) if log else cells["value"])
     title = f"log10 {value_title}" if log else value_title
-    base = alt.Chart(data).encode(
+    scale = alt.Scale(scheme=scheme, domain=list(domain) if domain else alt.Undefined)
+    color = alt.condition("datum.nonfinite", alt.value(NONFINITE_COLOR), alt.Color(
+        "shown:Q", title=title, scale=scale, legend=alt.Legend(orient="right",
+                                                                 gradientLength=160)))
+    cells_chart = alt.Chart(data).mark_rect(strokeWidth=0).encode(
         x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(nice=False)), x2="step_end:Q",
         y=alt.Y("name:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
+        color=color,
         tooltip=[alt.Tooltip("name:N"), alt.Tooltip("step:Q", title="from step"),
                  alt.Tooltip("step_end:Q", title="to step (excl.)"),
                  alt.Tooltip("value:Q", title=value_title, format=".3~g"),
                  alt.Tooltip("nonfinite:N", title="NaN/Inf seen")])
-    scale = alt.Scale(scheme=scheme, domain=list(domain) if domain else alt.Undefined)
-    finite = base.transform_filter("!datum.nonfinite").mark_rect().encode(
-        color=alt.Color("shown:Q", title=title, scale=scale,
-                        legend=alt.Legend(orient="right", gradientLength=160)))
-    bad = base.transform_filter("datum.nonfinite").mark_rect(color=NONFINITE_COLOR)
-    layers: list[alt.Chart] = [finite, bad]
+    layers: list[alt.Chart] = [cells_chart]
     rule = onset_rule(onset)
     if rule is not None:
         layers.append(rule)
-    height = int(min(560, max(160, 14 * len(order))))
-    return alt.layer(*layers).properties(height=height)
+    height = int(min(560, max(200, 22 * len(order))))
+    return alt.layer(*layers).properties(height=height, usermeta=CANVAS)
 
 
 def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | None = None,
@@ -65,7 +71,8 @@ def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | 
     chart = alt.Chart(frame).mark_line(point=len(frame) <= 60, interpolate="linear").encode(
         x=alt.X("step:Q", axis=STEP_AXIS),
         y=alt.Y("value:Q", title=y_title, scale=y_scale),
-        color=alt.Color("name:N", title=color_title or None, sort=None),
+        color=alt.Color("name:N", title=color_title or None, sort=None,
+                        legend=alt.Legend() if frame["name"].nunique() > 1 else None),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
         tooltip=[alt.Tooltip("name:N"), alt.Tooltip("step:Q"),
                  alt.Tooltip("value:Q", format=".4~g")],
@@ -98,11 +105,12 @@ def profile(frame: pd.DataFrame, *, y_title: str, log: bool = False, color: str 
     return alt.layer(*layers).properties(height=height)
 
 
-def event_bars(marks: pd.DataFrame, *, title: str, color: str = "#ff7f0e",
-               height: int = 90) -> alt.Chart:
-    """Event steps as thin bars (one per event, or a count per step bucket)."""
-    return alt.Chart(marks).mark_rect(color=color).encode(
-        x=alt.X("step:Q", axis=STEP_AXIS), x2="step_end:Q",
+def event_bars(marks: pd.DataFrame, *, title: str, steps: int, color: str = "#ff7f0e",
+               height: int = 120) -> alt.Chart:
+    """Event steps as bars over ``[0, steps)`` (one per event, or a count per step bucket)."""
+    return alt.Chart(marks).mark_bar(color=color, minBandSize=1).encode(
+        x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(domain=[0, steps], nice=False)),
+        x2="step_end:Q",
         y=alt.Y("count:Q", title=title),
         tooltip=[alt.Tooltip("step:Q", title="from step"),
                  alt.Tooltip("step_end:Q", title="to step (excl.)"), alt.Tooltip("count:Q")],

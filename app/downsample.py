@@ -14,6 +14,7 @@ import pandas as pd
 
 MAX_HEATMAP_COLS = 500  # step buckets per heatmap
 MAX_HEATMAP_ROWS = 200  # modules or sites per heatmap (adjacent ones merged beyond this)
+MAX_HEATMAP_CELLS = 40_000  # cells per heatmap: 200 modules x 200 steps, 80 sites x 500 steps
 MAX_LINE_POINTS = 2000  # points per line
 MAX_CHART_POINTS = 20_000  # points per line chart, all lines together
 MAX_EVENT_MARKS = 500  # individual event marks (skipped steps) before they become counts
@@ -66,14 +67,15 @@ def _merge_names(names: list[str], max_rows: int) -> tuple[np.ndarray, list[str]
 
 
 def heatmap_frame(df: pd.DataFrame, *, last_step: int, present: np.ndarray | None = None,
-                  max_cols: int = MAX_HEATMAP_COLS,
-                  max_rows: int = MAX_HEATMAP_ROWS) -> pd.DataFrame:
+                  max_cols: int = MAX_HEATMAP_COLS, max_rows: int = MAX_HEATMAP_ROWS,
+                  max_cells: int = MAX_HEATMAP_CELLS) -> pd.DataFrame:
     """Long frame of cells (step, step_end, name, depth, value, nonfinite) for a step x name table.
 
     Columns of ``df`` must be in depth order. ``present`` marks measured cells (default: the
     non-NaN ones), so a measured NaN is told apart from "not measured". A cell is ``nonfinite`` if
     any measured value merged into it was NaN or Inf; ``value`` is the mean of the finite ones.
-    ``step_end`` is exclusive. Cells never measured are dropped.
+    ``step_end`` is exclusive. Cells never measured are dropped. At most ``max_rows`` rows and
+    ``max_cells`` cells: the number of step buckets is ``min(max_cols, max_cells // rows)``.
     """
     cols = ["step", "step_end", "name", "depth", "value", "nonfinite"]
     if df.empty or not len(df.columns):
@@ -82,7 +84,7 @@ def heatmap_frame(df: pd.DataFrame, *, last_step: int, present: np.ndarray | Non
     measured = ~np.isnan(values) if present is None else np.asarray(present, dtype=bool)
     groups, labels = _merge_names([str(c) for c in df.columns], max_rows)
     value, bad = _merge_columns(values, measured, groups, len(labels))
-    rows = bucket_edges(len(df), max_cols)
+    rows = bucket_edges(len(df), min(max_cols, max(1, max_cells // len(labels))))
     steps = df.index.to_numpy(dtype=np.int64)
     starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
     ends = np.r_[steps[starts[1:]], max(int(last_step), int(steps[-1]) + 1)]

@@ -70,7 +70,7 @@ class View:
 
     # -- chart frames --------------------------------------------------------------------------
     def heatmap(self, signal: str) -> pd.DataFrame:
-        """Cells (step, step_end, name, depth, value, nonfinite), at most 500 x 200."""
+        """Cells (step, step_end, name, depth, value, nonfinite), bounded (see downsample)."""
         return self._cached(("heatmap", signal), lambda: downsample.heatmap_frame(
             self.table(signal), last_step=self.run.steps, present=self.present(signal)))
 

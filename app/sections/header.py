@@ -14,7 +14,7 @@ VERDICT = {"healthy": st.success, "warning": st.warning, "critical": st.error}
 
 def render(opened: Opened) -> None:
     run, report = opened.run, opened.report
-    st.title(f"resdoctor · {os.path.basename(opened.path)}")
+    st.markdown(f"## resdoctor · {os.path.basename(opened.path)}")
     meta = run.meta
     st.caption(f"{opened.path} · model {meta.get('model_class') or '?'} · resdoctor "
                f"{meta.get('resdoctor_version') or '?'} · torch {meta.get('torch_version') or '?'}"

@@ -1,0 +1,63 @@
+"""A synthetic run of a million steps, 200 modules with parameters and 100 residual sites.
+
+Built with the recorder's own ``Journal`` and ``Series`` (filled to capacity, so every series holds
+the most rows a real run file can), written with ``runfile.write``. Used by the app's scale test;
+``python tests/app/large_run.py OUT.pt`` writes one to open with ``streamlit run app/main.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from resdoctor import runfile
+from resdoctor.journal import Journal
+from resdoctor.options import Options
+
+STEPS = 1 << 20  # 1,048,576
+
+
+def large_state(blocks: int = 100, steps: int = STEPS, capacity: int = 4096,
+                skipped: int = 20_000, seed: int = 0) -> dict:
+    """Run-file state of ``blocks`` blocks (2 modules with parameters each), series at capacity."""
+    rng = np.random.default_rng(seed)
+    modules = [{"name": "", "type": "Net", "params": 0, "order": -1}]
+    params = []
+    for b in range(blocks):
+        for j in (1, 2):
+            name = f"blocks.{b}.fc{j}"
+            modules.append({"name": name, "type": "Linear", "params": 4160, "order": 2 * b + j})
+            params.append(name)
+    journal = Journal(modules, params, capacity, 1000, {"model_class": "SyntheticNet",
+                                                         "rank": 0, "world_size": 1})
+    journal.set_sites([{"name": f"blocks.{b}", "kind": "identity", "module": "Block", "index": b,
+                        "owner": f"blocks.{b}"} for b in range(blocks)])
+    stride = steps // capacity
+    for name, series in journal.series.items():
+        if name == "scalars":
+            series.add_columns(["grad_norm_total", "loss", "lr"])
+        _fill(series, stride, capacity, rng)
+    journal.steps = steps
+    journal.events = [{"kind": "nonfinite", "step": steps - 12_345, "module": params[150],
+                       "phase": "backward", "rank": 0, "detail": {"amp_skipped": False}}]
+    journal.skipped = sorted(rng.choice(steps, skipped, replace=False).tolist())
+    return journal.state(Options().to_dict())
+
+
+def _fill(series, stride: int, capacity: int, rng: np.random.Generator) -> None:
+    """``capacity`` rows, one per ``stride`` steps: a drifting positive signal per column."""
+    n = len(series.columns)
+    level = np.exp(rng.normal(0.0, 1.0, n))
+    drift = rng.normal(0.0, 0.002, (capacity, n)).cumsum(axis=0)
+    values = level * np.exp(drift)
+    values[-5:, n // 2] = np.nan  # a measured NaN near the end
+    for i in range(capacity):
+        series.append(i * stride, values[i], present=np.ones(n, dtype=bool))
+    series.stride = stride
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "large_run.pt"
+    runfile.write(large_state(), out)
+    print(out)
