@@ -173,10 +173,10 @@ class Recorder:
         self._norm_cache[id(t)] = (weakref.ref(t), version, value)
         return value
 
-    def _norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+    def _norms(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
         floats = [t for t in tensors if t.is_floating_point()]
         if not floats:
-            return torch.zeros(())
+            return None
         total = self._norm(floats[0])
         with self._paused():
             for t in floats[1:]:
@@ -202,7 +202,11 @@ class Recorder:
                 return
             norm_in = stack.pop()
             norm_out = self._norms([t for _, t in iter_tensors(output)])
+            if norm_out is None:
+                return
             with self._paused():
+                if norm_in is None or norm_in.device != norm_out.device:
+                    norm_in = torch.zeros_like(norm_out)  # e.g. token ids into an embedding
                 self.seg.add(("fwd", index), torch.stack([norm_in, norm_out]))
             if name in self._grad_checked and torch.is_grad_enabled():
                 self._check_input_grads(index, args, kwargs)

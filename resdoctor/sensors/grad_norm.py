@@ -21,24 +21,29 @@ class GradNorm:
         self._device: torch.device | None = None
 
     def norms(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """``[M]`` float64 norms of per-parameter tensors (None = absent), grouped by module."""
-        # a DTensor (FSDP2, tensor parallel) is measured on this rank's shard: no collective;
-        # resdoctor.distributed combines the shards' norms when it merges the ranks' runs
-        present = [(i, t.to_local() if hasattr(t, "to_local") else t)
-                   for i, t in enumerate(tensors) if t is not None]
+        """``[M]`` float64 norms of per-parameter tensors (None = absent), grouped by module.
+
+        Absent tensors count as 0 through a masked multiply, so no index list is built on the
+        host and copied to the device (which would synchronise on CUDA).
+        """
+        present = [t for t in tensors if t is not None]
         if not present:
-            return torch.zeros(self._modules)
-        idx, ts = zip(*present)
-        device = ts[0].device
+            return torch.zeros(self._modules, dtype=torch.float64)
+        device = present[0].device
         if self._device != device:
             self._owner = self._owner.to(device)
             self._device = device
+        if len(present) == len(tensors):
+            stacked = torch.stack(torch._foreach_norm(present))
+        else:
+            norms = iter(torch._foreach_norm(present))
+            zero = present[0].new_zeros(())
+            stacked = torch.stack([next(norms) if t is not None else zero for t in tensors])
         # fp32 norms (a float64 _foreach_norm is ~100x slower on CPU); squares and sums in
         # float64 so per-parameter norms up to float32's range combine without overflow
-        per_param = torch.stack(torch._foreach_norm(list(ts))).double() ** 2
-        owner = self._owner[list(idx)] if len(idx) != len(self.params) else self._owner
+        per_param = stacked.double() ** 2  # [P]
         out = torch.zeros(self._modules, device=device, dtype=torch.float64)
-        return out.index_add_(0, owner, per_param).sqrt_()
+        return out.index_add_(0, self._owner, per_param).sqrt_()
 
     def __call__(self, scale: torch.Tensor | None = None) -> torch.Tensor:
         """Gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
