@@ -213,6 +213,25 @@ def test_step_signals_under_stable_keys_on_their_own_axis(wb, tmp_path):
                    for r in out.history for v in r.values())
 
 
+def test_commit_false_rides_on_the_users_explicit_steps(wb, tmp_path):
+    """A user logging with step=epoch: resdoctor's rows join theirs and none of theirs is lost."""
+    model, opt = mlp()
+    run = init()
+    opts = {"run": run, "commit": False}
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=opts, wandb_every=1) as doc:
+        for epoch in range(4):
+            train(model, opt, doc, 3)
+            run.log({"user/epoch": epoch}, step=epoch)
+    run.finish()
+    out = wb(run)
+    assert [r["user/epoch"] for r in out.rows("user/epoch")] == [0, 1, 2, 3]
+    assert [r["_step"] for r in out.rows("user/epoch")] == [0, 1, 2, 3]
+    # a row is committed when the user's next step arrives: it carries the latest resdoctor
+    # values up to then, each on resdoctor's own x-axis (the last row: the values at close)
+    assert [r["resdoctor/step"] for r in out.rows("user/epoch")] == [5, 8, 11, 11]
+    assert len(out.rows("resdoctor/loss")) == 3 and "resdoctor/report" in out.history[-1]
+
+
 def test_report_at_close_tables_charts_html_and_summary(wb, tmp_path):
     model, opt = mlp()
     run = init()
