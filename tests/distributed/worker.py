@@ -1,9 +1,10 @@
 """torchrun worker: trains a tiny residual MLP under DDP or FSDP2 with resdoctor watching.
 
-``python -m torch.distributed.run --nproc_per_node=2 worker.py MODE OUT``; MODE is ``ddp``,
-``fsdp`` or ``crash``. Rank 1 makes NaN in ``blocks.1.branch.1``'s forward at step 7 (``ddp``,
-``fsdp``); in ``crash`` rank 1 dies after step 4 without closing. Every rank saves the reference
-values (full gradient norms per module, loss, update ratios) to ``OUT/expected.rank{r}.pt``.
+``python -m torch.distributed.run --nproc_per_node=2 worker.py MODE OUT``; MODE is ``ddp`` or
+``fsdp``. Rank 1 makes NaN in ``blocks.1.branch.1``'s forward at step 7. Every rank saves the
+reference values (full gradient norms per module, loss, update ratios, hook counts) to
+``OUT/expected.rank{r}.pt``. ``ddp`` then records ``partial.pt`` on rank 0 only, and
+``crash.pt`` on every rank until all ranks die without ``close()``.
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ def module_norms(model: nn.Module, names: list[str], grads: bool) -> list[float]
     return out
 
 
+def hook_count(model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    modules = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                  for m in model.modules())
+    return modules + len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
+
+
 def build(mode: str) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     model = ResidualMLP(d_in=8, dim=16, depth=3)
     state = {"step": 0}
 
     def inject(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if dist.get_rank() == NAN_RANK and state["step"] == NAN_STEP and mode != "crash":
+        if dist.get_rank() == NAN_RANK and state["step"] == NAN_STEP:
             return output * float("nan")
         return None
 
@@ -65,6 +72,7 @@ def main(mode: str, out: str) -> None:
     model, wrapped = build(mode)
     names = [n for n, m in model.named_modules() if list(m.parameters(recurse=False))]
     opt = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+    hooks_before = hook_count(model, opt)
     doctor = resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "run.pt"),
                              flush_every=2, flush_seconds=0, update_every=1)
     expected: dict[str, list] = {"modules": names, "grad_norm": [], "loss": [], "update": []}
@@ -80,25 +88,41 @@ def main(mode: str, out: str) -> None:
         opt.step()
         after = [full(p.detach()) for p in model.parameters()]
         expected["update"].append(update_ratios(model, names, before, after))
-        expected["loss"].append(float(loss))
+        expected["loss"].append(float(loss.detach()))
         doctor.log(loss=loss.detach())
-        if mode == "crash" and rank == 1 and step == 4:
-            torch.save(expected, os.path.join(out, f"expected.rank{rank}.pt"))
-            os._exit(3)  # a crash: no close(), no merged run
-    torch.save(expected, os.path.join(out, f"expected.rank{rank}.pt"))
     doctor.close()
-    if mode == "ddp":  # only rank 0 watches a second run: close() must not wait for rank 1
-        if rank == 0:
-            with resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "partial.pt")):
-                for _ in range(2):
-                    wrapped(torch.randn(4, 8)).pow(2).mean().backward()
-                    opt.step()
-        else:
-            for _ in range(2):
-                wrapped(torch.randn(4, 8)).pow(2).mean().backward()
-                opt.step()
+    expected["hooks"] = [hooks_before, hook_count(model, opt)]
+    torch.save(expected, os.path.join(out, f"expected.rank{rank}.pt"))
+    if mode == "ddp":
+        watch_on_rank_0_only(model, wrapped, opt, out, rank)
+        dist.barrier()
+        crash(model, wrapped, opt, out)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def watch_on_rank_0_only(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer,
+                         out: str, rank: int) -> None:
+    """Only rank 0 watches: its close() must not wait for rank 1."""
+    path = os.path.join(out, "partial.pt")
+    doctor = resdoctor.watch(model, optimizer=opt, path=path) if rank == 0 else None
+    for _ in range(2):
+        wrapped(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+        if doctor is not None:
+            doctor.log()
+    if doctor is not None:
+        doctor.close()
+
+
+def crash(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer, out: str) -> None:
+    """Every rank dies after 5 steps without close(): only the periodic flushes remain."""
+    doctor = resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "crash.pt"),
+                             flush_every=2, flush_seconds=0)
+    for _ in range(5):
+        wrapped(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+    os._exit(0 if doctor.step == 4 else 1)
 
 
 def update_ratios(model: nn.Module, names: list[str], before: list[torch.Tensor],
