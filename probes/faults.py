@@ -1,34 +1,32 @@
-"""Fault modules that turn finite values into NaN/Inf at a step the probe controls.
+"""Fault modules that turn finite values into NaN at a step the probe controls.
 
-``Gate`` multiplies its input by ``op(g)`` for a learned scalar ``g`` that an L1 sparsity penalty
-drives through zero (as in network slimming). ``op`` is ``sqrt`` or ``log``: once ``g < 0`` the
-forward output is NaN. ``WhereGate`` is the classic ``torch.where(g > 0, sqrt(g), 0)`` trap:
-its forward stays finite but its backward is NaN as soon as ``g < 0``. ``NaNGrad`` is an
-identity whose backward returns NaN at one chosen step. ``guard_eps`` (the guard-op fix) clamps
-the operand / cleans the gradient so none of them can produce a non-finite value.
+``Gate`` multiplies its input by ``sqrt(g)`` for a learned scalar ``g`` that an L1 sparsity
+penalty drives through zero (as in network slimming): once ``g < 0`` the forward output is NaN.
+``WhereGate`` is the classic ``torch.where(g > 0, sqrt(g), 0)`` trap: its forward stays finite
+but its backward is NaN as soon as ``g < 0``. ``NaNGrad`` is an identity whose backward returns
+NaN at one chosen step. ``guard_eps`` (the guard-op fix) clamps the operand or cleans the
+gradient, so none of them can produce a non-finite value.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 
 class Gate(nn.Module):
-    """``x * op(g)``: NaN in the forward pass once ``g`` crosses zero (unless guarded)."""
+    """``x * sqrt(g)``: NaN in the forward pass once ``g`` crosses zero (unless guarded)."""
 
-    def __init__(self, init: float, op: Literal["sqrt", "log"] = "sqrt",
-                 guard_eps: float | None = None) -> None:
+    def __init__(self, init: float, guard_eps: float | None = None) -> None:
         super().__init__()
         self.g = nn.Parameter(torch.tensor(float(init)))
-        self.op = op
         self.guard_eps = guard_eps
 
     def factor(self) -> torch.Tensor:
         g = self.g if self.guard_eps is None else self.g.clamp_min(self.guard_eps)
-        return torch.sqrt(g) if self.op == "sqrt" else 1.0 + torch.log(g)
+        return torch.sqrt(g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.factor()
@@ -51,7 +49,7 @@ class _NaNGradFn(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, poison: bool,  # type: ignore[override]
                 guard: bool) -> torch.Tensor:
         ctx.poison, ctx.guard = poison, guard
-        return x.view_as(x)
+        return x.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]

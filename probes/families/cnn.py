@@ -1,0 +1,58 @@
+"""CIFAR-style ResNets (post-activation torchvision blocks and pre-activation blocks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from probes import data
+from probes.faults import NaNGrad, Wrapped
+from probes.measure import At, SiteTap
+from probes.recipe import Recipe
+from probes.train import Setup
+from resdoctor.models import PreActResNet, ResNet
+
+
+def build(r: Recipe) -> Setup:
+    """arch: layers, widths, norm, preact, zero_init, nan_grad (block path, step), guard_eps,
+    frozen (parameter-name substrings kept out of the optimizer), residual_scale, init."""
+    a: dict[str, Any] = {"layers": (1, 1, 1), "widths": (8, 16, 16), "norm": True, **r.arch}
+    layers = tuple(a["layers"])[: a["depth"]] if "depth" in a else tuple(a["layers"])
+    if a.get("preact"):
+        model: nn.Module = PreActResNet(layers, a["widths"][: len(layers)])
+    else:
+        model = ResNet(layers, "basic", a["widths"][: len(layers)], norm=bool(a["norm"]),
+                       zero_init_residual=bool(a.get("zero_init")))
+        if a.get("init") == "kaiming":
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    blocks = _blocks(model)
+    if a.get("nan_grad") and not a.get("preact"):
+        path, step = a["nan_grad"]
+        block = dict(model.named_modules())[path]
+        block.bn2 = Wrapped(block.bn2, NaNGrad(step, a.get("guard_eps")))
+    scale = float(a.get("residual_scale", 1.0))
+    if scale != 1.0:
+        for _, block in blocks:
+            last = block.conv2 if a.get("preact") else block.bn2
+            last.register_forward_hook(lambda m, i, o, s=scale: o * s)
+    return Setup(model, data.images(seed=r.seed), data.cross_entropy,
+                 taps(model, bool(a.get("preact"))), frozen=tuple(a.get("frozen", ())))
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "conv2")]
+
+
+def taps(model: nn.Module, preact: bool) -> list[SiteTap]:
+    out = []
+    for name, block in _blocks(model):
+        if preact:
+            skip = At(f"{name}.shortcut") if block.shortcut is not None else At(name, "in")
+            out.append(SiteTap(name, branch=At(f"{name}.conv2"), skip=skip))
+        else:
+            skip = At(f"{name}.downsample") if block.downsample is not None else At(name, "in")
+            out.append(SiteTap(name, branch=At(f"{name}.bn2"), skip=skip))
+    return out

@@ -1,0 +1,59 @@
+"""Residual and plain MLPs (``resdoctor.models.ResidualMLP``) on a teacher regression task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from probes import data
+from probes.faults import Gate
+from probes.measure import At, SiteTap
+from probes.recipe import Recipe
+from probes.train import Setup
+from resdoctor.models import ResidualMLP
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh,
+                                           "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+
+
+def _dead_branches(model: ResidualMLP, bias: float, norm: bool) -> None:
+    """End every branch with a ReLU after a bias of ``bias`` (< 0: the ReLU never fires).
+    With ``norm`` (the add-normalization fix) a LayerNorm re-centres it before the ReLU."""
+    for block in model.blocks:
+        last = block.branch[-1]
+        nn.init.constant_(last.bias, bias)
+        tail = [nn.LayerNorm(last.out_features)] if norm else []
+        block.branch.extend([*tail, nn.ReLU()])
+
+
+def build(r: Recipe) -> Setup:
+    """arch: depth, dim, norm, residual, activation, residual_scale, gate (block, init),
+    guard_eps, dead_bias, task ("teacher" | "linear"), init ("kaiming")."""
+    a: dict[str, Any] = {"depth": 8, "dim": 32, "norm": False, "residual": True,
+                         "activation": "relu", "residual_scale": 1.0, "task": "teacher", **r.arch}
+    dead = a.get("dead_bias")
+    model = ResidualMLP(16, a["dim"], a["depth"], 1, norm=bool(a["norm"]) and dead is None,
+                        residual=bool(a["residual"]), activation=ACTIVATIONS[a["activation"]],
+                        scale=float(a["residual_scale"]))
+    if a.get("init") == "kaiming":  # He init on every branch layer, no residual scaling
+        for block in model.blocks:
+            for layer in block.branch:
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    if dead is not None:
+        _dead_branches(model, float(dead), bool(a["norm"]))
+    gate = a.get("gate")
+    if gate is not None and gate[0] < a["depth"]:
+        model.blocks[gate[0]].branch.append(Gate(gate[1], a.get("guard_eps")))
+    batch = data.linear_regression(seed=r.seed) if a["task"] == "linear" \
+        else data.regression(seed=r.seed)
+    return Setup(model, batch, data.mse, taps(a["depth"], bool(a["residual"])),
+                 l1=float(a.get("l1", 0.0)))
+
+
+def taps(depth: int, residual: bool) -> list[SiteTap]:
+    if not residual:
+        return [SiteTap(f"blocks.{i}", branch=At(f"blocks.{i}")) for i in range(depth)]
+    return [SiteTap(f"blocks.{i}", skip=At(f"blocks.{i}", "in"), result=At(f"blocks.{i}"))
+            for i in range(depth)]

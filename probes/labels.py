@@ -1,0 +1,189 @@
+"""Measured labels: which conditions a ``Measurement`` shows, computed without resdoctor.
+
+Each condition is ``present``, ``absent`` or ``borderline`` (between the two thresholds). A probe's
+declared truth must agree: expected codes are present, forbidden codes are absent, and a code
+that is present or borderline must be expected or allowed. Thresholds are keyword constants
+below, each with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from probes.measure import Measurement
+
+Status = Literal["present", "absent", "borderline"]
+
+EXPLODE_GROWTH = (10.0, 100.0)  # grad-norm growth over the run, or first/last depth ratio
+VANISH_RATIO = (1e-1, 1e-2)  # dL/dh at the first vs the last site ("orders of magnitude")
+CONVERGED = 0.1  # final loss below this fraction of the initial loss: converged, not vanishing
+DOMINANCE = (2.5, 5.0)  # median ||F(x)|| / ||x|| at the worst site ("much greater than 1")
+DEAD = (0.05, 0.01)  # ratio below 0.01 for 90% of steps after warm-up; absent if all >= 0.05
+GROWTH = (4.0, 10.0)  # stream RMS last/first site (with a per-site rate >= 1.2 when present)
+SMOOTH = (0.8, 0.9)  # cosine similarity of positions at the last site
+DIVERGE = (0.25, 0.5)  # fraction of the loss progress lost after the best (smoothed) loss
+
+
+@dataclass(frozen=True)
+class Label:
+    code: str
+    status: Status
+    value: float
+    note: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "status": self.status, "value": self.value, "note": self.note}
+
+
+def _status(value: float, low: float, high: float, up: bool = True) -> Status:
+    """``up``: present at or above ``high``, absent below ``low``; reversed when not ``up``."""
+    if math.isnan(value):
+        return "absent"
+    if up:
+        return "present" if value >= high else "absent" if value < low else "borderline"
+    return "present" if value <= high else "absent" if value > low else "borderline"
+
+
+def _before_onset(m: Measurement, name: str) -> np.ndarray:
+    """Rows before the first non-finite step, without the steps an AMP GradScaler skipped."""
+    arr = m.array(name)
+    keep = np.ones(len(arr), bool)
+    keep[[s for s in m.skipped if s < len(arr)]] = False
+    if m.onset is not None:
+        keep[m.onset.step:] = False
+    return arr[keep]
+
+
+def nonfinite(m: Measurement) -> Label:
+    o = m.onset
+    note = f"step {o.step}, {o.module}, {o.phase}" if o else "all finite"
+    return Label("nonfinite", "present" if o else "absent", float(o.step) if o else math.nan, note)
+
+
+def _depth_ratio(m: Measurement) -> float:
+    """Median over steps of RMS(dL/dh) at the first site / at the last site."""
+    g = _before_onset(m, "act_grad")
+    if g.ndim < 2 or g.shape[1] < 2 or len(g) == 0:
+        return math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = g[:, 0] / g[:, -1]
+    r = r[np.isfinite(r)]
+    return float(np.median(r)) if len(r) else math.nan
+
+
+def _surge(x: np.ndarray) -> float:
+    """Largest value relative to the median of the values before it (from the 4th step on)."""
+    if len(x) < 4:
+        return math.nan
+    prior = np.array([np.median(x[:t]) for t in range(3, len(x))])
+    return float(np.max(x[3:] / np.maximum(prior, 1e-30)))
+
+
+def exploding(m: Measurement) -> Label:
+    g = _before_onset(m, "grad")
+    total = np.sqrt(np.sum(g**2, 1)) if len(g) else np.array([])
+    finite = total[np.isfinite(total)]
+    growth = _surge(finite)
+    depth = _depth_ratio(m)
+    value = max(growth if not math.isnan(growth) else 0.0, depth if not math.isnan(depth) else 0.0)
+    if len(total) and not np.all(np.isfinite(total)):
+        value = math.inf
+    status = _status(value, *EXPLODE_GROWTH)
+    return Label("exploding-gradients", status, value,
+                 f"grad-norm growth x{growth:.3g}, first/last site dL/dh x{depth:.3g}")
+
+
+def vanishing(m: Measurement) -> Label:
+    ratio = _depth_ratio(m)
+    loss = m.array("loss")
+    loss = loss[np.isfinite(loss)]
+    converged = len(loss) > 5 and np.mean(loss[-5:]) < CONVERGED * np.median(loss[:3])
+    status = "absent" if converged else _status(ratio, *VANISH_RATIO, up=False)
+    return Label("vanishing-gradients", status, ratio,
+                 f"first/last site dL/dh {ratio:.3g}" + (" (loss converged)" if converged else ""))
+
+
+def _after_warmup(m: Measurement, name: str) -> np.ndarray:
+    arr = _before_onset(m, name)
+    return arr[max(1, len(arr) // 10):]
+
+
+def dominance(m: Measurement) -> Label:
+    r = _after_warmup(m, "ratio")
+    worst = float(np.nanmax(np.nanmedian(r, 0))) if r.size and not np.isnan(r).all() else math.nan
+    return Label("branch-dominance", _status(worst, *DOMINANCE), worst,
+                 f"worst site median ||F(x)||/||x|| = {worst:.3g}")
+
+
+def dead(m: Measurement) -> Label:
+    r = _after_warmup(m, "ratio")
+    if not r.size or np.isnan(r).all():
+        return Label("dead-branch", "absent", math.nan, "no residual site")
+    dead_share = np.nanmean(r < DEAD[1], 0)  # [sites]
+    lowest = float(np.nanmin(np.nanmedian(r, 0)))
+    if dead_share.max() >= 0.9:
+        status: Status = "present"
+    else:
+        status = "absent" if lowest >= DEAD[0] else "borderline"
+    return Label("dead-branch", status, lowest,
+                 f"{int((dead_share >= 0.9).sum())} dead sites, lowest median ratio {lowest:.3g}")
+
+
+def growth(m: Measurement) -> Label:
+    s = _before_onset(m, "stream")
+    s = s[:, ~np.isnan(s).all(0)] if s.size else s
+    if s.ndim < 2 or s.shape[1] < 3:
+        return Label("activation-growth", "absent", math.nan, "fewer than 3 sites")
+    prof = np.nanmedian(s, 0)
+    total = float(prof[-1] / max(prof[0], 1e-30))
+    rate = float(np.exp(np.polyfit(np.arange(len(prof)), np.log(np.maximum(prof, 1e-30)), 1)[0]))
+    status = _status(total, *GROWTH)
+    if status == "present" and rate < 1.2:
+        status = "borderline"
+    return Label("activation-growth", status, total,
+                 f"stream RMS last/first x{total:.3g}, x{rate:.3g} per site")
+
+
+def smoothing(m: Measurement) -> Label:
+    sim = _before_onset(m, "similarity")
+    sim = sim[~np.isnan(sim).all(1)] if sim.size else sim
+    if not sim.size:
+        return Label("oversmoothing", "absent", math.nan, "not measured")
+    prof = np.nanmedian(sim, 0)
+    return Label("oversmoothing", _status(float(prof[-1]), *SMOOTH), float(prof[-1]),
+                 f"similarity first {prof[0]:.3f} -> last {prof[-1]:.3f}")
+
+
+def divergence(m: Measurement) -> Label:
+    loss = m.array("loss")
+    stop = m.onset.step if m.onset else len(loss)
+    finite = loss[:stop]
+    if not np.all(np.isfinite(finite)):
+        return Label("loss-divergence", "present", math.inf, "loss overflowed to inf")
+    if len(finite) < 6:
+        return Label("loss-divergence", "absent", math.nan, "too short")
+    w = max(5, len(finite) // 8)  # mini-batch noise must not read as divergence
+    sm = np.convolve(finite, np.ones(w) / w, mode="valid")
+    best, start, end = float(sm.min()), float(sm[0]), float(sm[-1])
+    if start - best >= 0.05 * abs(start):
+        lost = min((end - best) / (start - best), 1e6)
+    else:  # no real progress to lose: diverging means rising above the start (10% -> 0.5)
+        lost = max(0.0, 5 * (end - start) / max(abs(start), 1e-30))
+    return Label("loss-divergence", _status(lost, *DIVERGE), lost,
+                 f"smoothed loss {start:.3g} -> best {best:.3g} -> end {end:.3g}")
+
+
+RULES = (nonfinite, exploding, vanishing, dominance, dead, growth, smoothing, divergence)
+
+
+def labels(m: Measurement) -> dict[str, Label]:
+    """Every condition's measured label, by finding code."""
+    return {label.code: label for label in (rule(m) for rule in RULES)}
+
+
+def present(m: Measurement) -> set[str]:
+    return {code for code, label in labels(m).items() if label.status == "present"}

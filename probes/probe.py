@@ -1,0 +1,109 @@
+"""Probe: one small seeded run with a declared ground truth, and the registry of all probes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from probes.labels import labels
+from probes.measure import Measurement, Onset
+from probes.recipe import Recipe, apply_fix
+from probes.train import Result, Setup, run
+
+CODES = (
+    "nonfinite", "exploding-gradients", "vanishing-gradients", "branch-dominance",
+    "dead-branch", "activation-growth", "oversmoothing", "loss-divergence",
+)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth: codes that must be found, codes that may be found; all others are forbidden.
+
+    ``onset``: for NaN probes, the exact first non-finite step, module and phase.
+    """
+
+    expect: frozenset[str]
+    allow: frozenset[str] = frozenset()
+    onset: Onset | None = None
+
+    @property
+    def forbid(self) -> frozenset[str]:
+        return frozenset(CODES) - self.expect - self.allow
+
+    @property
+    def healthy(self) -> bool:
+        return not self.expect
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A named run: ``build(recipe)`` makes the model and data; ``fixes`` are the fix codes it
+    can apply (``apply_fix``)."""
+
+    name: str
+    family: str
+    summary: str
+    truth: Truth
+    recipe: Recipe
+    build: Callable[[Recipe], Setup]
+    fixes: frozenset[str] = frozenset()
+    fast: bool = False
+    cause: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def setup(self, recipe: Recipe | None = None) -> Setup:
+        r = recipe or self.recipe
+        torch.manual_seed(r.seed)
+        return self.build(r)
+
+    def measure(self, recipe: Recipe | None = None) -> Result:
+        """Run with plain hooks only (no resdoctor): the label's evidence."""
+        r = recipe or self.recipe
+        return run(self.setup(r), r, measure=True)
+
+    def record(self, path: str | os.PathLike[str] | None = None,
+               recipe: Recipe | None = None) -> Result:
+        """Run under ``resdoctor.watch``; the run file goes to ``path`` (a temp file if None)."""
+        r = recipe or self.recipe
+        if path is None:
+            fd, path = tempfile.mkstemp(prefix=f"probe-{self.name}-", suffix=".pt")
+            os.close(fd)
+        return run(self.setup(r), r, watch_path=os.fspath(path))
+
+    def fixed(self, code: str, params: dict | None = None) -> Recipe:
+        """The recipe with fix ``code`` applied (raises ``FixNotApplicable``)."""
+        return apply_fix(self.recipe, code, params, self.fixes)
+
+
+REGISTRY: dict[str, Probe] = {}
+
+
+def register(probe: Probe) -> Probe:
+    if probe.name in REGISTRY:
+        raise ValueError(f"duplicate probe name {probe.name!r}")
+    REGISTRY[probe.name] = probe
+    return probe
+
+
+def label_problems(truth: Truth, m: Measurement) -> list[str]:
+    """Where a measurement disagrees with a declared truth (empty: the label holds).
+
+    Expected codes must be measured present and every code measured present must be expected;
+    a borderline code must be expected or allowed; the NaN onset must match exactly.
+    """
+    problems = []
+    for code, label in labels(m).items():
+        if code in truth.expect and label.status != "present":
+            problems.append(f"{code}: expected, measured {label.status} ({label.note})")
+        elif code not in truth.expect and label.status == "present":
+            problems.append(f"{code}: measured present but not expected ({label.note})")
+        elif label.status == "borderline" and code not in truth.allow:
+            problems.append(f"{code}: measured borderline but not allowed ({label.note})")
+    if truth.onset is not None and m.onset != truth.onset:
+        problems.append(f"onset: declared {truth.onset}, measured {m.onset}")
+    return problems
