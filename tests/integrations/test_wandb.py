@@ -33,6 +33,10 @@ from resdoctor.integrations.wandb import (  # noqa: E402
     vega_spec,
 )
 
+# a W&B failure at close is a "resdoctor: ..." warning (during training: an error in the run
+# file): either one fails these tests
+pytestmark = pytest.mark.filterwarnings("error:resdoctor")
+
 # -- reading back an offline run -------------------------------------------------------------
 
 
@@ -187,6 +191,7 @@ def test_step_signals_under_stable_keys_on_their_own_axis(wb, tmp_path):
         train(model, opt, doc, 23, user_run=run)
     run.finish()
     out, rec = wb(run), resdoctor.load(tmp_path / "run.pt")
+    assert rec.errors.empty
     ours = out.rows("resdoctor/loss")
     assert [r["resdoctor/step"] for r in ours] == [0, 5, 10, 15, 20, 22]  # + the last at close
     globs = {m.glob_name: m.step_metric for m in out.metrics if m.glob_name}
@@ -224,6 +229,7 @@ def test_commit_false_rides_on_the_users_explicit_steps(wb, tmp_path):
             run.log({"user/epoch": epoch}, step=epoch)
     run.finish()
     out = wb(run)
+    assert resdoctor.load(tmp_path / "run.pt").errors.empty
     assert [r["user/epoch"] for r in out.rows("user/epoch")] == [0, 1, 2, 3]
     assert [r["_step"] for r in out.rows("user/epoch")] == [0, 1, 2, 3]
     # a row is committed when the user's next step arrives: it carries the latest resdoctor
@@ -274,6 +280,7 @@ def test_nan_onset_alerts_during_training_with_the_fix(wb, tmp_path):
         train(model, opt, doc, 3)
     run.finish()
     out = wb(run)
+    assert resdoctor.load(tmp_path / "run.pt").errors.empty
     live = logger.alerts[0]
     [alert] = [a for a in out.alerts if a.title == live["title"]]  # once, not per step or module
     assert alert.text == live["text"]
@@ -373,6 +380,7 @@ def test_custom_chart_presets_map_the_shipped_spec_fields(wb, tmp_path):
         train(model, opt, doc, 5)
     run.finish()
     out = wb(run)
+    assert resdoctor.load(tmp_path / "run.pt").errors.empty
     assert [r["doc/step"] for r in out.rows("doc/loss")] == [0, 3, 4]
     for name, spec in charts.items():
         cfg = out.visualize(f"doc/charts/{name}_custom")["panel_config"]
@@ -452,3 +460,33 @@ def test_tables_stay_bounded(tmp_path):
     steps = sorted({r[0] for r in flow.rows})
     assert len(flow.rows) == 10 * modules and steps[0] == 0 and steps[-1] == 39
     assert len(panels.site_table(rec, max_rows=20).rows) <= 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_logging_and_live_alerts_add_no_sync(wb, tmp_path):
+    """doctor.log() with W&B logging every step and a NaN onset diagnosed live: any host-device
+    synchronisation in it raises (sync debug mode) and would be recorded as an error."""
+    model = ResidualMLP(depth=3, dim=16).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 16, device="cuda"), torch.randn(8, 1, device="cuda")
+    run = init()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True, wandb_every=1,
+                         flush_every=0, flush_seconds=0) as doc:
+        for i in range(8):
+            if i == 4:
+                with torch.no_grad():
+                    model.blocks[1].branch[1].weight.fill_(float("nan"))
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                doc.log(loss=loss)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    run.finish()
+    assert resdoctor.load(tmp_path / "run.pt").errors.empty
+    out = wb(run)
+    assert len(out.rows("resdoctor/loss")) >= 6 and out.alerts
