@@ -18,9 +18,13 @@ Key = tuple[str, int]  # (kind, index): ("fwd", module), ("site", site), ("smoot
 
 @dataclass
 class Segment:
-    """Device-side measurements of one segment plus the host-side facts about it."""
+    """Device-side measurements of one segment plus the host-side facts about it.
 
-    entries: list[tuple[Key, torch.Tensor]] = field(default_factory=list)
+    Entries are grouped by kind ("fwd", "bwd", "site", "smooth", "gshare"): each kind has a fixed
+    width, so the host gets one ``[n, width]`` block per kind with its index vector.
+    """
+
+    groups: dict[str, tuple[list[int], list[torch.Tensor]]] = field(default_factory=dict)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_norm, param_norm, ...
     scalars: dict[str, float] = field(default_factory=dict)
     tensor_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -29,26 +33,28 @@ class Segment:
     stepped: bool = False
 
     def add(self, key: Key, value: torch.Tensor) -> None:
-        self.entries.append((key, value))
+        idx, values = self.groups.setdefault(key[0], ([], []))
+        idx.append(key[1])
+        values.append(value.reshape(-1))
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.vectors or self.scalars or self.tensor_scalars
+        return not (self.groups or self.vectors or self.scalars or self.tensor_scalars
                     or self.forwards or self.backwards or self.stepped)
 
-    def pack(self) -> tuple[torch.Tensor | None, list[tuple[Any, int]]]:
-        """One flat float32 tensor and the layout ``[(key, length), ...]`` to split it."""
+    def pack(self) -> tuple[torch.Tensor | None, list[tuple[Any, Any, int]]]:
+        """One flat float32 tensor and the layout ``[(kind, index, width), ...]`` to split it."""
         parts: list[torch.Tensor] = []
-        layout: list[tuple[Any, int]] = []
-        for key, t in self.entries:
-            parts.append(t.reshape(-1).float())
-            layout.append((key, parts[-1].numel()))
+        layout: list[tuple[Any, Any, int]] = []
+        for kind, (idx, values) in self.groups.items():
+            parts.append(torch.cat(values).float())
+            layout.append((kind, np.asarray(idx, dtype=np.int64), values[0].numel()))
         for name, t in self.vectors.items():
             parts.append(t.reshape(-1).float())  # a float64 norm beyond float32 range is inf
-            layout.append((("vec", name), parts[-1].numel()))
+            layout.append(("vec", name, parts[-1].numel()))
         for name, t in self.tensor_scalars.items():
             parts.append(t.detach().reshape(-1)[:1].float())
-            layout.append((("scalar", name), 1))
+            layout.append(("scalar", name, 1))
         if not parts:
             return None, layout
         device = parts[0].device
@@ -56,14 +62,21 @@ class Segment:
         return torch.cat(parts), layout
 
 
-def unpack(flat: np.ndarray | None, layout: list[tuple[Any, int]]) -> list[tuple[Any, np.ndarray]]:
-    """Split a transferred flat array back into ``(key, values)`` in recording order."""
-    out = []
+def unpack(flat: np.ndarray | None, layout: list[tuple[Any, Any, int]]) -> dict[str, Any]:
+    """Split a transferred flat array: ``{kind: (index [n], values [n, width])}``,
+    ``{"vec": {name: values}}`` and ``{"scalar": {name: value}}``."""
+    out: dict[str, Any] = {"vec": {}, "scalar": {}}
     offset = 0
-    for key, n in layout:
+    for kind, key, width in layout:
         assert flat is not None
-        out.append((key, flat[offset: offset + n]))
-        offset += n
+        if kind in ("vec", "scalar"):
+            chunk = flat[offset: offset + width]
+            out[kind][key] = chunk if kind == "vec" else float(chunk[0])
+            offset += width
+        else:
+            n = len(key) * width
+            out[kind] = (key, flat[offset: offset + n].reshape(len(key), width))
+            offset += n
     return out
 
 

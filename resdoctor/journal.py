@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,12 +27,46 @@ class SegmentMeta:
     has_optimizer: bool
 
 
-@dataclass
-class _Pending:
-    """Values of micro-segments (gradient accumulation) waiting for their optimizer step."""
+class _Accumulator:
+    """Per-site sums of one step (several segments when gradient accumulation folds them)."""
 
-    sums: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
-    scalars: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # kind -> (series names, how to combine): "rms" averages squares, "mean" averages values
+    SPEC: dict[str, tuple[tuple[str, ...], str]] = {
+        "site": (SITE_QUANTITIES, "rms"),
+        "smooth": (("smoothing", "smoothing_energy"), "mean"),
+        "gshare": (("grad_branch_share",), "mean"),
+    }
+
+    def __init__(self, sites: int) -> None:
+        self.sites = sites
+        self.sums = {k: np.zeros((sites, len(v[0]))) for k, v in self.SPEC.items()}
+        self.counts = {k: np.zeros(sites) for k in self.SPEC}
+        self.scalars: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, blocks: dict[str, Any], scalars: dict[str, float]) -> None:
+        for kind, (_, combine) in self.SPEC.items():
+            if kind not in blocks or not self.sites:
+                continue
+            idx, values = blocks[kind]
+            values = values ** 2 if combine == "rms" else values
+            for j in range(values.shape[1]):
+                self.sums[kind][:, j] += np.bincount(idx, values[:, j], minlength=self.sites)
+            self.counts[kind] += np.bincount(idx, minlength=self.sites)
+        for name, x in scalars.items():
+            self.scalars[name].append(x)
+
+    def rows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{series name: (values [sites], present mask)}``."""
+        out = {}
+        for kind, (names, combine) in self.SPEC.items():
+            n = self.counts[kind]
+            present = n > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = self.sums[kind] / np.maximum(n, 1)[:, None]
+            mean = np.sqrt(mean) if combine == "rms" else mean
+            for j, name in enumerate(names):
+                out[name] = (np.where(present, mean[:, j], np.nan), present)
+        return out
 
 
 class Journal:
@@ -56,8 +90,9 @@ class Journal:
         self._event_keys: set[tuple[str, str, bool]] = set()
         self.skipped: list[int] = []
         self.errors: list[dict[str, Any]] = []
-        self._pending = _Pending()
+        self._acc: _Accumulator | None = None
         self._order = {m["name"]: m["order"] for m in modules}
+        self._names = [m["name"] for m in modules]
         self._param_order = np.array([self._order.get(n, -1) for n in param_modules])
         self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
 
@@ -88,18 +123,17 @@ class Journal:
         self._param_order = np.array([self._order.get(n, -1) for n in self.param_modules])
 
     # -- one transferred segment ---------------------------------------------------------------
-    def consume(self, meta: SegmentMeta, values: list[tuple[Any, np.ndarray]],
-                rank: int = 0) -> None:
-        vectors = {key[1]: v for key, v in values if key[0] == "vec"}
-        for key, v in values:
-            if key[0] == "scalar":
-                meta.scalars[key[1]] = float(v[0])
+    def consume(self, meta: SegmentMeta, blocks: dict[str, Any], rank: int = 0) -> None:
+        """Fold one transferred segment (see ``_segment.unpack``) into the run."""
+        vectors = blocks["vec"]
+        meta.scalars.update(blocks["scalar"])
         skipped = self._classify(meta, vectors)
-        self._onsets(values, vectors, skipped, rank)
-        if skipped is None:  # micro-step of gradient accumulation: wait for the optimizer step
-            self._hold(values, meta)
-            return
-        self._commit(values, vectors, meta, skipped)
+        self._onsets(blocks, vectors, skipped, rank)
+        if self._acc is None or self._acc.sites != len(self.sites):
+            self._acc = _Accumulator(len(self.sites))
+        self._acc.add(blocks, meta.scalars)
+        if skipped is not None:  # None: a micro-step of gradient accumulation, wait for the step
+            self._commit(vectors, skipped)
 
     def _classify(self, meta: SegmentMeta, vectors: dict[str, np.ndarray]) -> bool | None:
         """False: a step; True: a step the GradScaler skipped; None: an accumulation micro-step."""
@@ -110,30 +144,24 @@ class Journal:
             return True
         return None if (meta.backwards or meta.forwards) else False
 
-    def _hold(self, values: list[tuple[Any, np.ndarray]], meta: SegmentMeta) -> None:
-        for key, v in values:
-            if key[0] in ("site", "smooth", "gshare"):
-                for j, x in enumerate(v):
-                    self._pending.sums[(f"{key[0]}{j}", key[1])].append(float(x))
-        for name, x in meta.scalars.items():
-            self._pending.scalars[name].append(x)
-
-    def _commit(self, values: list[tuple[Any, np.ndarray]], vectors: dict[str, np.ndarray],
-                meta: SegmentMeta, skipped: bool) -> None:
+    def _commit(self, vectors: dict[str, np.ndarray], skipped: bool) -> None:
         step = self.steps
-        pend, self._pending = self._pending, _Pending()
-        for key, v in values:
-            if key[0] in ("site", "smooth", "gshare"):
-                for j, x in enumerate(v):
-                    pend.sums[(f"{key[0]}{j}", key[1])].append(float(x))
-        self._site_rows(step, pend.sums)
+        acc, self._acc = self._acc, None
+        assert acc is not None
+        rows = acc.rows() if self.sites else {}
+        for name, (values, present) in rows.items():
+            if present.any():
+                self.series[name].append(step, values, present)
+        if "skip_norm" in rows and rows["skip_norm"][1].any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = rows["branch_norm"][0] / rows["skip_norm"][0]
+            rows["branch_ratio"] = (ratio, rows["skip_norm"][1])
+            self.series["branch_ratio"].append(step, ratio, rows["skip_norm"][1])
+        everywhere = np.ones(len(self.param_modules), bool)
         for name in ("grad_norm", "param_norm", "update_ratio"):
             if name in vectors and len(vectors[name]) == len(self.param_modules):
-                self.series[name].append(step, vectors[name],
-                                         present=np.ones(len(self.param_modules), bool))
-        scalars = {k: float(np.mean(v)) for k, v in pend.scalars.items()}
-        scalars.update({k: float(np.mean([*pend.scalars.get(k, []), x]))
-                        for k, x in meta.scalars.items()})
+                self.series[name].append(step, vectors[name], everywhere)
+        scalars = {k: float(np.mean(v)) for k, v in acc.scalars.items()}
         if "grad_norm" in vectors:
             scalars["grad_norm_total"] = float(np.sqrt(np.sum(vectors["grad_norm"] ** 2)))
         if scalars:
@@ -143,77 +171,45 @@ class Journal:
             s.append(step, row, present=np.array([c in scalars for c in s.columns]))
         if skipped:
             self.skipped.append(step)
-        self.last = {"step": step, "skipped": skipped, "scalars": scalars,
-                     **{k: v for k, v in vectors.items()}, **self._last_sites(step)}
+        self.last = {"step": step, "skipped": skipped, "scalars": scalars, **vectors,
+                     **{k: v[0] for k, v in rows.items()}}
         self.steps += 1
 
-    def _last_sites(self, step: int) -> dict[str, np.ndarray]:
-        """Site signals of ``step`` if that step is still its own row (stride 1)."""
-        out = {}
-        for name in ("branch_ratio", "stream_norm", "smoothing", "grad_branch_share"):
-            s = self.series.get(name)
-            last = s.last() if s is not None and s.stride == 1 else None
-            if last is not None and last[0] == step:
-                out[name] = last[1]
-        return out
-
-    def _site_rows(self, step: int, sums: dict[tuple[str, int], list[float]]) -> None:
-        if not self.sites:
-            return
-        n = len(self.sites)
-        cols: dict[str, np.ndarray] = {}
-        spec = [("site0", "skip_norm"), ("site1", "branch_norm"), ("site2", "stream_norm"),
-                ("smooth0", "smoothing"), ("smooth1", "smoothing_energy"),
-                ("gshare0", "grad_branch_share")]
-        for part, name in spec:
-            arr = np.full(n, np.nan)
-            present = np.zeros(n, bool)
-            for i in range(n):
-                xs = sums.get((part, i))
-                if xs:
-                    arr[i] = _rms_mean(xs) if part.startswith("site") else float(np.mean(xs))
-                    present[i] = True
-            cols[name] = arr
-            if present.any():
-                self.series[name].append(step, arr, present)
-        present = ~np.isnan(cols["skip_norm"]) | ~np.isnan(cols["branch_norm"])
-        if present.any():
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = cols["branch_norm"] / cols["skip_norm"]
-            self.series["branch_ratio"].append(step, ratio, present)
-
     # -- non-finite onsets ---------------------------------------------------------------------
-    def _onsets(self, values: list[tuple[Any, np.ndarray]], vectors: dict[str, np.ndarray],
+    def _onsets(self, blocks: dict[str, Any], vectors: dict[str, np.ndarray],
                 skipped: bool | None, rank: int) -> None:
         amp = bool(skipped)
-        names = [m["name"] for m in self.modules]
+        names = self._names
         forward_bad = False
-        for key, v in values:
-            if key[0] != "fwd":
-                continue
-            bad_out = not np.isfinite(v[1])
-            if bad_out:
-                forward_bad = True
-                if np.isfinite(v[0]):
-                    self._event(names[key[1]], "forward", rank, amp, {"input_rms": float(v[0])})
+        if "fwd" in blocks:
+            idx, v = blocks["fwd"]  # in completion order: [n, (input rms, output rms)]
+            bad = ~np.isfinite(v[:, 1])
+            forward_bad = bool(bad.any())
+            for k in np.flatnonzero(bad & np.isfinite(v[:, 0])):
+                self._event(names[idx[k]], "forward", rank, amp, {"input_rms": float(v[k, 0])})
         grads = vectors.get("grad_norm")
         grads_bad = grads is not None and not np.all(np.isfinite(grads))
         if grads_bad and not forward_bad:
-            # backward runs in reverse: the NaN was made by the latest module in forward order
-            # whose parameter gradients (or, for parameter-free ops, input gradient) went bad
-            bad = [(self._order.get(self.param_modules[i], -1), self.param_modules[i])
-                   for i in np.flatnonzero(~np.isfinite(grads))]
-            bad += [(self._order.get(names[k[1]], -1), names[k[1]])
-                    for k, v in values if k[0] == "bwd" and not np.isfinite(v[0])]
-            order, module = max(bad)
-            self._event(module, "backward", rank, amp, {"modules_affected": len(bad)})
+            self._backward_onset(blocks, grads, names, rank, amp)
         params = vectors.get("param_norm")
         if params is not None and not grads_bad and not forward_bad:
-            bad = np.flatnonzero(~np.isfinite(params))
-            if len(bad):
-                first = bad[np.argmin(self._param_order[bad])]
+            bad_idx = np.flatnonzero(~np.isfinite(params))
+            if len(bad_idx):
+                first = bad_idx[np.argmin(self._param_order[bad_idx])]
                 self._event(self.param_modules[first], "optimizer", rank, amp,
-                            {"modules_affected": int(len(bad))})
+                            {"modules_affected": int(len(bad_idx))})
+
+    def _backward_onset(self, blocks: dict[str, Any], grads: np.ndarray, names: list[str],
+                        rank: int, amp: bool) -> None:
+        """Backward runs in reverse: the NaN was made by the latest module in forward order whose
+        parameter gradients (or, for parameter-free ops, input gradient) went bad."""
+        bad = [(self._order.get(self.param_modules[i], -1), self.param_modules[i])
+               for i in np.flatnonzero(~np.isfinite(grads))]
+        if "bwd" in blocks:
+            idx, v = blocks["bwd"]
+            bad += [(self._order.get(names[i], -1), names[i]) for i in idx[~np.isfinite(v[:, 0])]]
+        _, module = max(bad)
+        self._event(module, "backward", rank, amp, {"modules_affected": len(bad)})
 
     def _event(self, module: str, phase: str, rank: int, amp: bool, detail: dict) -> None:
         key = (module, phase, amp)
@@ -241,8 +237,3 @@ class Journal:
             "skipped_steps": torch.tensor(self.skipped[-100_000:], dtype=torch.long),
             "errors": [dict(e) for e in self.errors],
         }
-
-
-def _rms_mean(xs: list[float]) -> float:
-    """Combine RMS values of several forwards of one step (accumulation) into one RMS."""
-    return float(np.sqrt(np.mean(np.square(xs))))

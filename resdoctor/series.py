@@ -64,14 +64,19 @@ class Series:
             self._steps[row] = step
         if present is None:
             present = ~np.isnan(values)
-        v = np.where(present, values, 0.0)
-        with np.errstate(invalid="ignore"):
-            self._sum[row] += v
         self._n[row] += present
         self._count[row] += 1
+        if np.isfinite(values).all():
+            self._fold(row, values, present)
+        else:  # inf - inf is a legitimate NaN here, not a warning for the user
+            with np.errstate(invalid="ignore"):
+                self._fold(row, values, present)
+
+    def _fold(self, row: int, values: np.ndarray, present: np.ndarray) -> None:
+        np.add(self._sum[row], values, out=self._sum[row], where=present)
         # a measured NaN must survive max/min (np.maximum propagates it, np.fmax would drop it)
-        self._max[row] = np.where(present, np.maximum(self._max[row], values), self._max[row])
-        self._min[row] = np.where(present, np.minimum(self._min[row], values), self._min[row])
+        np.maximum(self._max[row], values, out=self._max[row], where=present)
+        np.minimum(self._min[row], values, out=self._min[row], where=present)
 
     def _compact(self) -> None:
         half = self.capacity // 2
