@@ -1,0 +1,45 @@
+"""The fix catalogue (DESIGN.md section 7): one builder per fix code.
+
+Every builder takes parameters measured on the run and returns a ``Fix`` whose ``params`` hold
+them and whose ``snippet`` is Python that runs as is (or, for architectural changes, a template
+that compiles). Snippets assume your objects are called ``model`` and ``optimizer``.
+"""
+
+from __future__ import annotations
+
+from resdoctor.fixes.arch import (
+    add_normalization,
+    add_normalization_layers,
+    add_residual,
+    guard_op,
+    pre_activation,
+    pre_layernorm,
+    reduce_depth,
+    residual_scaling,
+)
+from resdoctor.fixes.graph import initial_residual, pairnorm
+from resdoctor.fixes.optim import clip_gradients, lower_lr, lr_warmup, mixed_precision
+
+FIX_CODES = (
+    "clip-gradients", "lower-lr", "lr-warmup", "pre-activation", "pre-layernorm",
+    "add-normalization", "residual-scaling", "guard-op", "mixed-precision", "reduce-depth",
+    "initial-residual", "pairnorm", "add-residual",
+)
+
+__all__ = [
+    "FIX_CODES",
+    "add_normalization",
+    "add_normalization_layers",
+    "add_residual",
+    "clip_gradients",
+    "guard_op",
+    "initial_residual",
+    "lower_lr",
+    "lr_warmup",
+    "mixed_precision",
+    "pairnorm",
+    "pre_activation",
+    "pre_layernorm",
+    "reduce_depth",
+    "residual_scaling",
+]

@@ -1,0 +1,298 @@
+"""Architectural fixes: residual-scaling, add-normalization, pre-activation, pre-layernorm,
+guard-op and reduce-depth. Each names the modules to change, taken from the run's sites."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from resdoctor.findings import Fix
+from resdoctor.fixes._common import REPLACE_MODULE, branch_taps, names_literal, short_list, sig
+
+NORM_TYPES = ("LayerNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "RMSNorm",
+              "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+
+WRAPPER = '''
+class BranchWrapper(nn.Module):
+    """Applies ``post`` to a residual branch's output (element ``index`` of a tuple output)."""
+
+    def __init__(self, inner: nn.Module, post: nn.Module, index: int | None = None) -> None:
+        super().__init__()
+        self.inner, self.post, self.index = inner, post, index
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if self.index is None:
+            return self.post(out)
+        out = list(out)
+        out[self.index] = self.post(out[self.index])
+        return tuple(out)
+'''.strip()
+
+SCALE = '''
+class Scale(nn.Module):
+    """Multiplies by alpha: learnable (SkipInit / ReZero) or fixed."""
+
+    def __init__(self, alpha: float, learnable: bool = True) -> None:
+        super().__init__()
+        value = torch.tensor(float(alpha))
+        if learnable:
+            self.alpha = nn.Parameter(value)
+        else:
+            self.register_buffer("alpha", value)
+
+    def forward(self, x):
+        return self.alpha * x
+'''.strip()
+
+ADD_NEW_PARAMS = (
+    "new = [p for n, p in model.named_parameters() if \".post.\" in n]\n"
+    "if new:  # the wrappers' parameters are new: give them to the optimizer\n"
+    "    optimizer.add_param_group({\"params\": new})\n"
+)
+
+
+def _header() -> str:
+    return "import torch\nfrom torch import nn\n\n\n" + WRAPPER + "\n\n\n" + REPLACE_MODULE
+
+
+def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: bool = False,
+                     reason: str = "") -> Fix:
+    """Scale each residual branch by alpha = 1/sqrt(N) (or DeepNorm's 1/alpha for post-LN)."""
+    n = max(int(depth), 1)
+    scale = sig(1.0 / math.sqrt(n), 3)
+    deep_alpha, deep_beta = sig((2 * n) ** 0.25, 3), sig((8 * n) ** -0.25, 3)
+    taps = [(m, i) for _, m, i in branch_taps(sites)]
+    entries = [m if i is None else f"{m}|{i}" for m, i in taps]
+    if post_norm:  # LN(alpha*x + F(x)) == LN(x + F(x)/alpha): DeepNorm as a branch scale
+        alpha = sig(1.0 / deep_alpha, 3)
+        formula = f"DeepNorm: 1/alpha, alpha=(2N)^(1/4)={deep_alpha}"
+        beta_line = (f"    for p in model.get_submodule(name).parameters():  # DeepNorm init\n"
+                     f"        if p.dim() > 1:\n            p.data.mul_({deep_beta})\n")
+    else:
+        alpha, formula, beta_line = scale, "1/sqrt(N)", ""
+    body = (f"\n\n\n{SCALE}\n\n\nALPHA = {alpha}  # {formula}, N = {n} residual branches\n"
+            f"BRANCHES = {names_literal(entries)}\n"
+            "for entry in BRANCHES:\n"
+            "    name, _, index = entry.partition(\"|\")\n"
+            f"{beta_line}"
+            "    wrapped = BranchWrapper(model.get_submodule(name), Scale(ALPHA),\n"
+            "                            int(index) if index else None)\n"
+            "    replace_module(model, name, wrapped)\n" + ADD_NEW_PARAMS)
+    return Fix(
+        code="residual-scaling",
+        title=f"Scale the {len(taps)} residual branches by alpha={alpha}",
+        detail=(f"{reason} Multiply each branch by a learnable alpha initialised at {formula} "
+                f"(N = {n}); 1/sqrt(N) keeps the stream's variance O(1) with depth (Hayou et al. "
+                "2021). Alternatives: SkipInit / ReZero alpha = 0 (De & Smith 2020; Bachlechner "
+                f"et al. 2020); DeepNorm alpha = (2N)^(1/4) = {deep_alpha}, beta = (8N)^(-1/4) = "
+                f"{deep_beta} for post-LN (Wang et al. 2022).").strip(),
+        snippet=_header() + body,
+        params={"scale": alpha, "formula": formula, "N": n, "branches": [m for m, _ in taps],
+                "rezero_alpha": 0.0, "deepnorm_alpha": deep_alpha, "deepnorm_beta": deep_beta,
+                "post_norm": bool(post_norm)},
+    )
+
+
+def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "") -> Fix:
+    """Normalise each branch output (LayerNorm over features; BatchNorm2d for feature maps)."""
+    entries, names = [], []
+    for site, module, index in branch_taps(sites):
+        shape = list(site.get("shape") or [])
+        if len(shape) == 4:
+            norm = f"nn.BatchNorm2d({shape[1]})"
+        elif shape:
+            norm = f"nn.LayerNorm({shape[-1]})"
+        else:
+            continue
+        entries.append(f"    ({module!r}, {index!r}, {norm}),\n")
+        names.append(module)
+    body = ("\n\n\nfor name, index, norm in [\n" + "".join(entries) + "]:\n"
+            "    wrapped = BranchWrapper(model.get_submodule(name), norm, index)\n"
+            "    replace_module(model, name, wrapped)\n"
+            + ADD_NEW_PARAMS)
+    return Fix(
+        code="add-normalization",
+        title=f"Normalise the output of {len(names)} residual branches",
+        detail=(f"{reason} A normalisation at the end of each branch bounds what it adds to the "
+                "stream (res-post-norm: Liu et al. 2022, Swin V2; BatchNorm in ResNet branches: "
+                f"He et al. 2016). Branches: {short_list(names)}.").strip(),
+        snippet=_header() + body,
+        params={"branches": names},
+    )
+
+
+def pre_activation(blocks: Sequence[str], block_type: str) -> Fix:
+    """Convert post-activation blocks to He et al. 2016 pre-activation blocks."""
+    snippet = (
+        "from torch import nn\n\n\n"
+        f"class PreAct{block_type}(nn.Module):\n"
+        "    \"\"\"x + conv(relu(bn(conv(relu(bn(x)))))): nothing after the addition.\"\"\"\n\n"
+        "    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:\n"
+        "        super().__init__()\n"
+        "        self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)\n"
+        "        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)\n"
+        "        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)\n"
+        "        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)\n"
+        "                         if stride != 1 or cin != cout else None)\n\n"
+        "    def forward(self, x):\n"
+        "        out = self.bn1(x).relu()\n"
+        "        skip = x if self.shortcut is None else self.shortcut(out)\n"
+        "        out = self.conv2(self.bn2(self.conv1(out)).relu())\n"
+        "        return out + skip\n\n\n"
+        f"BLOCKS = {names_literal(list(blocks))}  # rebuild these with PreAct{block_type}\n"
+    )
+    return Fix(
+        code="pre-activation",
+        title=f"Use pre-activation blocks for {short_list(blocks, 3)}",
+        detail=("Move BatchNorm and ReLU before the convolutions and leave the addition "
+                "unobstructed (He et al. 2016, 'Identity mappings in deep residual networks'); "
+                "add a final BN-ReLU before the head."),
+        snippet=snippet, params={"blocks": list(blocks), "block_type": block_type},
+    )
+
+
+def pre_layernorm(blocks: Sequence[str], dim: int | None) -> Fix:
+    """Move each block's LayerNorm onto the branch input (pre-LN; Xiong et al. 2020)."""
+    d = dim or 512
+    snippet = (
+        "from torch import nn\n\n\n"
+        "class PreLNBlock(nn.Module):\n"
+        "    \"\"\"x + attn(LN(x)), then x + mlp(LN(x)): the stream is never normalised.\"\"\"\n\n"
+        f"    def __init__(self, dim: int = {d}, heads: int = 4) -> None:\n"
+        "        super().__init__()\n"
+        "        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)\n"
+        "        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)\n"
+        "        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(),\n"
+        "                                 nn.Linear(4 * dim, dim))\n\n"
+        "    def forward(self, x):\n"
+        "        h = self.ln1(x)\n"
+        "        x = x + self.attn(h, h, h, need_weights=False)[0]\n"
+        "        return x + self.mlp(self.ln2(x))\n\n\n"
+        f"BLOCKS = {names_literal(list(blocks))}  # rebuild these as PreLNBlock; add a final LN\n"
+    )
+    return Fix(
+        code="pre-layernorm",
+        title=f"Use pre-LayerNorm for {short_list(blocks, 3)}",
+        detail=("Post-LN blocks amplify updates through the normalised stream and need warm-up "
+                "(Xiong et al. 2020; Liu et al. 2020): normalise the branch input instead, and "
+                "add one LayerNorm before the head."),
+        snippet=snippet, params={"blocks": list(blocks), "dim": d},
+    )
+
+
+def guard_op(module: str, module_type: str, phase: str, input_rms: float | None = None) -> Fix:
+    """Keep one module from producing (or passing on) a non-finite value."""
+    if module_type in NORM_TYPES:
+        snippet = f"model.get_submodule({module!r}).eps = 1e-3  # default 1e-5\n"
+        eps = 1e-3
+        how = f"raise {module_type}.eps to 1e-3 so a near-constant input cannot divide by ~0"
+    elif phase == "backward":
+        snippet = (f"for p in model.get_submodule({module!r}).parameters():\n"
+                   "    p.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, "
+                   "neginf=0.0))\n")
+        eps = 1e-6
+        how = ("clamp the operand of sqrt / log / division with eps=1e-6 (a finite forward can "
+               "still have an infinite derivative, e.g. sqrt at 0); meanwhile zero non-finite "
+               "gradients of its parameters")
+    else:
+        limit = sig(max(10.0 * (input_rms or 0.0), 1e4), 2)
+        snippet = (
+            "# inside the op: torch.sqrt(x.clamp_min(EPS)), torch.log(x.clamp_min(EPS)), "
+            "a / b.clamp_min(EPS)\n"
+            "EPS = 1e-6\n"
+            f"LIMIT = {limit!r}\n\n\n"
+            "def guard(module, args, output):\n"
+            "    return torch.nan_to_num(output, nan=0.0, posinf=LIMIT, neginf=-LIMIT)\n\n\n"
+            f"handle = model.get_submodule({module!r}).register_forward_hook(guard)\n"
+        )
+        eps, how = 1e-6, (f"clamp the operands of sqrt / log / division inside it with eps=1e-6, "
+                          f"and bound its output at {limit:g} meanwhile")
+    return Fix(
+        code="guard-op",
+        title=f"Guard {module or 'the model'} ({module_type}) against non-finite values",
+        detail=f"The first non-finite value came out of {module or 'the model'} in the {phase} "
+               f"pass while its inputs were finite: {how}.",
+        snippet="import torch\n\n" + snippet,
+        params={"module": module, "module_type": module_type, "phase": phase, "eps": eps},
+    )
+
+
+def reduce_depth(blocks: Sequence[str], depth: int, keep: int, reason: str) -> Fix:
+    """Drop ``blocks`` (residual blocks whose branch adds ~nothing): ``keep`` of ``depth`` stay."""
+    snippet = (
+        "from torch import nn\n\n\n" + REPLACE_MODULE + "\n\n\n"
+        f"for name in {names_literal(list(blocks))}:\n"
+        "    # an identity-skip block whose branch adds ~0 computes ~x: drop it\n"
+        "    replace_module(model, name, nn.Identity())\n"
+    )
+    return Fix(
+        code="reduce-depth",
+        title=f"Reduce depth from {depth} to {keep} residual blocks",
+        detail=f"{reason} Blocks: {short_list(blocks)}. Or rebuild the model with depth {keep}.",
+        snippet=snippet,
+        params={"blocks": list(blocks), "depth": int(keep), "depth_before": int(depth)},
+    )
+
+
+LAYER_NORM_FOR = '''
+def norm_for(layer: nn.Module) -> nn.Module:
+    """BatchNorm2d after a convolution, LayerNorm after a linear layer."""
+    if isinstance(layer, nn.Conv2d):
+        return nn.BatchNorm2d(layer.out_channels)
+    if isinstance(layer, nn.Linear):
+        return nn.LayerNorm(layer.out_features)
+    raise TypeError(f"pick a normalisation for {type(layer).__name__} by hand")
+'''.strip()
+
+
+def add_normalization_layers(layers: Sequence[str], types: Sequence[str]) -> Fix:
+    """Normalise the output of plain layers (LayerNorm after Linear, BatchNorm2d after Conv2d)."""
+    usable = [n for n, t in zip(layers, types, strict=False) if t in ("Linear", "Conv2d")]
+    snippet = (
+        "from torch import nn\n\n\n" + REPLACE_MODULE + "\n\n\n" + LAYER_NORM_FOR + "\n\n\n"
+        "new_params = []\n"
+        f"for name in {names_literal(usable)}:\n"
+        "    layer = model.get_submodule(name)\n"
+        "    norm = norm_for(layer)\n"
+        "    new_params += list(norm.parameters())\n"
+        "    replace_module(model, name, nn.Sequential(layer, norm))\n"
+        "optimizer.add_param_group({\"params\": new_params})\n"
+    )
+    return Fix(
+        code="add-normalization",
+        title=f"Normalise the outputs of {short_list(usable, 3) or 'the early layers'}",
+        detail=("Normalisation keeps each layer's output at unit scale so the backward signal "
+                "is not shrunk layer after layer (Ioffe & Szegedy 2015; Ba et al. 2016)."),
+        snippet=snippet, params={"layers": usable},
+    )
+
+
+def add_residual(layers: Sequence[str]) -> Fix:
+    """Wrap shape-preserving layers as ``x + layer(x)`` (He et al. 2016)."""
+    snippet = (
+        "from torch import nn\n\n\n" + REPLACE_MODULE + "\n\n\n"
+        "class Residual(nn.Module):\n"
+        "    \"\"\"x + inner(x): an identity path for the gradient.\"\"\"\n\n"
+        "    def __init__(self, inner: nn.Module) -> None:\n"
+        "        super().__init__()\n"
+        "        self.inner = inner\n\n"
+        "    def forward(self, x):\n"
+        "        return x + self.inner(x)\n\n\n"
+        f"for name in {names_literal(list(layers))}:\n"
+        "    layer = model.get_submodule(name)\n"
+        "    square = (isinstance(layer, nn.Linear) and layer.in_features == layer.out_features)"
+        " or (\n"
+        "        isinstance(layer, nn.Conv2d) and layer.in_channels == layer.out_channels\n"
+        "        and layer.stride in (1, (1, 1)))\n"
+        "    if square:  # only shape-preserving layers can take a skip\n"
+        "        replace_module(model, name, Residual(layer))\n"
+    )
+    return Fix(
+        code="add-residual",
+        title=f"Add skip connections around {short_list(layers, 3)}",
+        detail=("An identity path carries the gradient to early layers undiminished (He et al. "
+                "2016); wrap the shape-preserving layers or blocks as x + F(x)."),
+        snippet=snippet, params={"layers": list(layers)},
+    )

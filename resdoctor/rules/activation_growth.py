@@ -1,0 +1,110 @@
+"""activation-growth: the residual stream grows exponentially with depth (not like sqrt)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from resdoctor import fixes
+from resdoctor.findings import Finding, Fix
+from resdoctor.fixes._common import sig
+from resdoctor.rules._common import has_norm, post_norm_sites, site_dicts, site_frame
+from resdoctor.rules._registry import rule
+from resdoctor.rules._timeline import timeline
+from resdoctor.run import Run
+
+
+@rule("activation-growth", requires=("stream_norm",))
+def activation_growth(run: Run, *, per_block: float = 1.2, total: float = 100.0,
+                      min_sites: int = 4, min_fraction: float = 0.5,
+                      critical_total: float = 1e4) -> list[Finding]:
+    """Fit log(stream RMS) against site depth: exponential growth fires, power-law growth
+    (a pre-activation ResNet's ~sqrt(depth)) does not.
+
+    Args:
+        per_block: stream RMS growth factor per residual site (from the log-linear fit) at or
+            above which growth is exponential. An unnormalised ResNet doubles its variance per
+            block, x1.41 in RMS (De & Smith 2020; Hanin & Rolnick 2018); sqrt(depth) growth is
+            under x1.2 per block past the first few blocks.
+        total: growth over all sites (last / first, from the fit) needed as well.
+        min_sites: residual sites needed for a fit.
+        min_fraction: share of recorded steps that must show exponential growth (or the last
+            step before a failure).
+        critical_total: total growth at which the finding is critical.
+    """
+    tl = timeline(run)
+    sn = site_frame(run, "stream_norm", tl, start=1)
+    sn = sn.where(sn > 0)
+    if sn.shape[1] < min_sites or sn.empty:
+        return []
+    fits = pd.DataFrame([_fit(row) for _, row in sn.iterrows()], index=sn.index)
+    fits = fits.dropna()
+    if fits.empty:
+        return []
+    hot = (fits["factor"] >= per_block) & (fits["total"] >= total) & fits["exponential"]
+    failed_hot = tl.failure_step is not None and bool(hot.iloc[-1])
+    if hot.mean() < min_fraction and not failed_hot:
+        return []
+    onset = int(hot.index[hot.to_numpy()][0])
+    at = fits.loc[onset]
+    worst = fits.loc[hot[hot].index, "total"].max()
+    row = sn.loc[onset].dropna()
+    jumps = (row / row.shift(1)).iloc[1:]
+    location = str(jumps.idxmax()) if not jumps.empty else str(row.index[0])
+    evidence: dict[str, Any] = {
+        "per_block_growth": sig(float(at["factor"]), 3), "total_growth": sig(float(at["total"]), 3),
+        "max_total_growth": sig(float(worst), 3), "r2_exponential": sig(float(at["r2_exp"]), 3),
+        "r2_power": sig(float(at["r2_pow"]), 3), "stream_first": sig(float(row.iloc[0]), 3),
+        "stream_last": sig(float(row.iloc[-1]), 3), "sites": int(len(row)),
+        "fraction_of_steps": sig(float(hot.mean()), 3), "largest_jump_site": location,
+    }
+    severe = worst >= critical_total or tl.failure_step is not None
+    return [Finding(
+        code="activation-growth", severity="critical" if severe else "warning",
+        title=(f"Residual stream grows x{at['factor']:.3g} per block "
+               f"({at['total']:.3g}x over depth)"),
+        message=(f"At step {onset} the stream RMS rises from {row.iloc[0]:.3g} at "
+                 f"{row.index[0]} to {row.iloc[-1]:.3g} at {row.index[-1]}: exponential in "
+                 f"depth (R^2 {at['r2_exp']:.2f} vs {at['r2_pow']:.2f} for a power law), "
+                 f"largest jump at {location}."),
+        step=onset, location=location, phase="forward", evidence=evidence,
+        fixes=tuple(_fixes(run)), rule="activation-growth",
+        thresholds={"per_block": per_block, "total": total, "min_fraction": min_fraction,
+                    "critical_total": critical_total},
+    )]
+
+
+def _fit(row: pd.Series) -> dict[str, Any]:
+    """Exponential (log y ~ depth) vs power-law (log y ~ log depth) fit of one step's stream."""
+    y = np.log(row.to_numpy(dtype=float))
+    d = np.arange(1, len(y) + 1, dtype=float)
+    ok = np.isfinite(y)
+    if ok.sum() < 3:
+        return {"factor": np.nan, "total": np.nan, "r2_exp": np.nan, "r2_pow": np.nan,
+                "exponential": False}
+    y, d = y[ok], d[ok]
+    slope, r2_exp = _linfit(d, y)
+    _, r2_pow = _linfit(np.log(d), y)
+    factor = float(np.exp(slope))
+    return {"factor": factor, "total": float(np.exp(slope * (d[-1] - d[0]))), "r2_exp": r2_exp,
+            "r2_pow": r2_pow, "exponential": bool(r2_exp >= r2_pow)}
+
+
+def _linfit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    ss = float(((y - y.mean()) ** 2).sum())
+    return float(slope), (1.0 - float((resid**2).sum()) / ss) if ss > 0 else 0.0
+
+
+def _fixes(run: Run) -> list[Fix]:
+    names = list(run.sites.sort_values("index")["name"])
+    sites = site_dicts(run, names)
+    reason = "The stream multiplies at every block."
+    out = [fixes.residual_scaling(sites, len(names), post_norm=bool(post_norm_sites(run)),
+                                  reason=reason)]
+    if not any(has_norm(run, s["owner"]) for s in sites):
+        out.append(fixes.add_normalization(sites, reason=reason))
+    return out

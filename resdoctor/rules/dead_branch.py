@@ -1,0 +1,90 @@
+"""dead-branch: a residual branch that contributes nothing for most of training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resdoctor import fixes
+from resdoctor.findings import Finding, Fix
+from resdoctor.fixes._common import short_list, sig
+from resdoctor.rules._common import compact, site_dicts, site_frame
+from resdoctor.rules._registry import rule
+from resdoctor.rules._timeline import timeline
+from resdoctor.run import Run
+
+
+@rule("dead-branch", requires=("branch_ratio",))
+def dead_branch(run: Run, *, ratio: float = 1e-2, min_fraction: float = 0.8,
+                warmup_steps: int = 10, warmup_fraction: float = 0.1, min_rows: int = 5,
+                attribution_share: float = 0.01) -> list[Finding]:
+    """Sites whose branch/skip ratio stays near 0 after warm-up (zero-init branches that wake up
+    are healthy).
+
+    Args:
+        ratio: ||branch|| / ||skip|| (dimensionless) below which a branch adds nothing: under 1%
+            of the skip (Veit et al. 2016: such blocks can be removed; ReZero / Fixup branches
+            start at 0 and must grow: Bachlechner et al. 2020, Zhang et al. 2019).
+        min_fraction: share of post-warm-up steps a site must spend below ``ratio``.
+        warmup_steps, warmup_fraction: the warm-up ignored: the larger of the two (steps, or a
+            fraction of the run).
+        min_rows: post-warm-up recorded steps needed to judge.
+        attribution_share: with ``attribution_share`` recorded, a site whose branch takes at
+            most this share of the output attribution confirms the finding.
+    """
+    tl = timeline(run)
+    end = tl.failure_step if tl.failure_step is not None else run.steps
+    warm = int(max(warmup_steps, warmup_fraction * end))
+    br = site_frame(run, "branch_ratio", tl, start=warm)
+    if len(br) < min_rows:
+        return []
+    below = br < ratio
+    frac = below.sum() / br.notna().sum().clip(lower=1)
+    dead = [c for c in br.columns if frac[c] >= min_fraction]
+    if not dead:
+        return []
+    medians = br[dead].median()
+    evidence: dict[str, Any] = {
+        "sites": dead, "median_ratio": compact(medians.to_dict()),
+        "fraction_below": compact(frac[dead].to_dict()), "warmup_steps": warm,
+        "max_ratio": sig(float(br[dead].max().max()), 3),
+    }
+    if run.has("grad_branch_share"):
+        share = site_frame(run, "grad_branch_share", tl, start=warm)
+        cols = [c for c in dead if c in share.columns]
+        if cols:
+            evidence["grad_branch_share"] = compact(share[cols].median().to_dict())
+    if run.has("attribution_share"):
+        att = run.series("attribution_share")
+        cols = [c for c in dead if c in att.columns]
+        if cols:
+            med = att[cols].median()
+            evidence["attribution_share"] = compact(med.to_dict())
+            evidence["attribution_confirms"] = bool((med <= attribution_share).all())
+    n = len(run.sites)
+    return [Finding(
+        code="dead-branch", severity="warning",
+        title=f"{len(dead)} of {n} residual branches are dead",
+        message=(f"After step {warm}, ||F(x)||/||x|| stays below {ratio:g} at "
+                 f"{short_list(dead, 4)} for {float(frac[dead].min()):.0%}+ of the steps: those "
+                 "blocks compute ~the identity and waste depth."),
+        step=warm, location=dead[0], phase="forward", evidence=evidence,
+        fixes=tuple(_fixes(run, dead)), rule="dead-branch",
+        thresholds={"ratio": ratio, "min_fraction": min_fraction, "warmup_steps": warm},
+    )]
+
+
+def _fixes(run: Run, dead: list[str]) -> list[Fix]:
+    sites = site_dicts(run, dead)
+    removable = [s["owner"] for s in sites
+                 if s.get("kind") == "identity" and (s.get("result") or {}).get("module")
+                 == s.get("owner") and not (s.get("result") or {}).get("path")]
+    removable = sorted(set(removable), key=removable.index)
+    n = len(run.sites)
+    out = []
+    if removable:
+        out.append(fixes.reduce_depth(removable, n, n - len(removable),
+                                      "Their branches add ~nothing."))
+    reason = (f"If {short_list(dead, 3)} start at zero (ReZero / SkipInit / zero-init BN) and "
+              "never wake up, start the branch scale at 1/sqrt(N) instead.")
+    out.append(fixes.residual_scaling(sites, n, reason=reason))
+    return out
