@@ -80,6 +80,7 @@ class Tracer(TorchFunctionMode):
         self._names = {id(m): n for n, m in model.named_modules()}
         self._hooks = HookSet()
         self._paused = False
+        self.failed: Exception | None = None  # a bug in tracing stops tracing, never the model
 
     # -- lifecycle -------------------------------------------------------------------------
     def attach(self, root: bool = True) -> None:
@@ -87,8 +88,8 @@ class Tracer(TorchFunctionMode):
         for name, module in self.model.named_modules():
             if module is self.model and not root:
                 continue
-            self._hooks.forward_pre(module, self._pre(name))
-            self._hooks.forward(module, self._post(name), always=True)
+            self._hooks.forward_pre(module, self._guarded(self._pre(name)))
+            self._hooks.forward(module, self._guarded(self._post(name)), always=True)
 
     def detach(self) -> None:
         self._hooks.remove()
@@ -103,10 +104,17 @@ class Tracer(TorchFunctionMode):
             self._paused = previous
 
     # -- module boundaries -----------------------------------------------------------------
+    def _guarded(self, fn: Any) -> Any:
+        def hook(*args: Any) -> None:
+            if self.failed is None and not self._paused:
+                try:
+                    fn(*args)
+                except Exception as e:  # noqa: BLE001
+                    self.failed = e
+        return hook
+
     def _pre(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if self._paused:
-                return
             self._stack.append(name)
             calls = self._calls.setdefault(name, [])
             calls.append(len(calls))
@@ -152,11 +160,21 @@ class Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if self._paused or name == "__get__" or name == "__set__":
+        if self._paused or self.failed is not None or name in ("__get__", "__set__"):
             return func(*args, **kwargs)
-        # operands are resolved before the call: an in-place op bumps their version
-        inputs = [self._node(t) for _, t in iter_tensors((args, kwargs), depth=4)]
-        out = func(*args, **kwargs)
+        try:  # operands are resolved before the call: an in-place op bumps their version
+            inputs = [self._node(t) for _, t in iter_tensors((args, kwargs), depth=4)]
+        except Exception as e:  # noqa: BLE001
+            self.failed = e
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)  # the model's own errors propagate untouched
+        try:
+            self._record(name, inputs, out)
+        except Exception as e:  # noqa: BLE001
+            self.failed = e
+        return out
+
+    def _record(self, name: str, inputs: list[_Node], out: Any) -> None:
         if not inputs:
             parents: tuple[int, ...] = ()
             data, param_op = True, False
@@ -169,7 +187,6 @@ class Tracer(TorchFunctionMode):
             self._new(t, parents, data, param_op)
         if name in _ADD_NAMES and len(inputs) >= 2 and len(results) == 1:
             self._on_add(inputs[0], inputs[1], self._node(results[0]))
-        return out
 
     # -- classification --------------------------------------------------------------------
     def _on_add(self, a: _Node, b: _Node, result: _Node) -> None:

@@ -153,8 +153,18 @@ class Recorder:
             tracer, self._tracer = self._tracer, None
             tracer.__exit__(None, None, None)
             tracer.detach()
-            self.journal.set_order({n or "<root>": i for i, n in enumerate(tracer.module_order)})
-            self._set_sites(sites_from(tracer, self.model))
+            if tracer.failed is not None:
+                self.record_error("discovery", tracer.failed)
+                self._set_sites([])
+            else:
+                self.journal.set_order({n or "<root>": i
+                                        for i, n in enumerate(tracer.module_order)})
+                try:
+                    sites = sites_from(tracer, self.model)
+                except Exception as e:  # noqa: BLE001 - record, and stop retrying every step
+                    self.record_error("discovery", e)
+                    sites = []
+                self._set_sites(sites)
         if not self._recording():
             return
         for _, t in iter_tensors(output):

@@ -25,7 +25,11 @@ class Watcher:
         self.path = os.fspath(path)
         sites: list[Site] | None = None
         if example_inputs is not None or example_kwargs:
-            sites = discover(model, *(example_inputs or ()), **(example_kwargs or {}))
+            try:
+                sites = discover(model, *(example_inputs or ()), **(example_kwargs or {}))
+            except Exception as e:  # noqa: BLE001 - fall back to the first training forward
+                warnings.warn(f"resdoctor: discovery on example_inputs failed ({e}); sites "
+                              "will be found on the first forward pass", stacklevel=2)
         rank, world = _dist_rank()
         record_to = self.path
         if world > 1:  # each rank records run.rank{r}.pt; rank 0 merges them into path at close

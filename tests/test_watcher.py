@@ -248,3 +248,33 @@ def test_validation_forwards_under_no_grad_are_not_recorded(tmp_path):
                 model(x * 1e30)  # would be a huge activation if it were recorded
     run = resdoctor.load(tmp_path / "v.pt")
     assert run.steps == 3 and run.series("stream_norm").max().max() < 1e3
+
+
+def test_a_bug_in_discovery_is_recorded_and_training_goes_on(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    twin = copy.deepcopy(model)
+    doctor = resdoctor.watch(model, opt, tmp_path / "t.pt")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer bug")
+
+    import resdoctor._trace as trace
+
+    original = trace.Tracer._on_add
+    trace.Tracer._on_add = broken
+    try:
+        for _ in range(3):
+            doctor.log(loss=mlp_step(model, opt, x, y))
+    finally:
+        trace.Tracer._on_add = original
+        doctor.close()
+    run = resdoctor.load(tmp_path / "t.pt")
+    assert run.steps == 3 and run.errors.iloc[0]["where"] == "discovery"
+    assert len(run.sites) == 0
+    opt2 = torch.optim.SGD(twin.parameters(), 0.01)
+    for _ in range(3):
+        mlp_step(twin, opt2, x, y)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
