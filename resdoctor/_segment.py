@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 Key = tuple[str, int]  # (kind, index): ("fwd", module), ("site", site), ("smooth", site), ...
+Layout = list[tuple[Any, Any, int]]  # (kind, index array or name, width)
 
 
 @dataclass
@@ -42,10 +43,10 @@ class Segment:
         return not (self.groups or self.vectors or self.scalars or self.tensor_scalars
                     or self.forwards or self.backwards or self.stepped)
 
-    def pack(self) -> tuple[torch.Tensor | None, list[tuple[Any, Any, int]]]:
+    def pack(self) -> tuple[torch.Tensor | None, Layout]:
         """One flat float32 tensor and the layout ``[(kind, index, width), ...]`` to split it."""
         parts: list[torch.Tensor] = []
-        layout: list[tuple[Any, Any, int]] = []
+        layout: Layout = []
         for kind, (idx, values) in self.groups.items():
             parts.append(torch.cat(values).float())
             layout.append((kind, np.asarray(idx, dtype=np.int64), values[0].numel()))
@@ -62,7 +63,7 @@ class Segment:
         return torch.cat(parts), layout
 
 
-def unpack(flat: np.ndarray | None, layout: list[tuple[Any, Any, int]]) -> dict[str, Any]:
+def unpack(flat: np.ndarray | None, layout: Layout) -> dict[str, Any]:
     """Split a transferred flat array: ``{kind: (index [n], values [n, width])}``,
     ``{"vec": {name: values}}`` and ``{"scalar": {name: value}}``."""
     out: dict[str, Any] = {"vec": {}, "scalar": {}}
@@ -88,9 +89,9 @@ class Transfer:
     """
 
     def __init__(self) -> None:
-        self._queue: list[tuple[Any, torch.Tensor | None, Any, list[tuple[Any, int]]]] = []
+        self._queue: list[tuple[Any, torch.Tensor | None, Any, Layout]] = []
 
-    def submit(self, meta: Any, flat: torch.Tensor | None, layout: list[tuple[Any, int]]) -> None:
+    def submit(self, meta: Any, flat: torch.Tensor | None, layout: Layout) -> None:
         if flat is None or flat.device.type == "cpu":
             host = None if flat is None else flat.detach()
             self._queue.append((meta, host, None, layout))
@@ -101,7 +102,7 @@ class Transfer:
         event.record()
         self._queue.append((meta, host, event, layout))
 
-    def ready(self, wait: bool = False) -> list[tuple[Any, np.ndarray | None, list]]:
+    def ready(self, wait: bool = False) -> list[tuple[Any, np.ndarray | None, Layout]]:
         done = []
         while self._queue:
             meta, host, event, layout = self._queue[0]

@@ -189,7 +189,7 @@ class Journal:
                 self._event(names[idx[k]], "forward", rank, amp, {"input_rms": float(v[k, 0])})
         grads = vectors.get("grad_norm")
         grads_bad = grads is not None and not np.all(np.isfinite(grads))
-        if grads_bad and not forward_bad:
+        if grads is not None and grads_bad and not forward_bad:
             self._backward_onset(blocks, grads, names, rank, amp)
         params = vectors.get("param_norm")
         if params is not None and not grads_bad and not forward_bad:

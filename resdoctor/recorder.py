@@ -73,7 +73,7 @@ class Recorder:
         self._norm_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
         self._calls: dict[str, int] = {}
         self._pending: dict[int, dict[str, Any]] = {}
-        self._in_stack: dict[str, list[torch.Tensor]] = {}
+        self._in_stack: dict[str, list[torch.Tensor | None]] = {}
         self._backward_queued = False
         self._in_forward = 0
         self._last_flush = (0, time.monotonic())
@@ -465,7 +465,8 @@ def _consumers(start: Any, target: Any, limit: int = 64) -> list[tuple[Any, int]
     """Autograd nodes reachable from ``start`` (before ``target``) that take ``target``'s output
     as their k-th input: ``[(node, k), ...]``."""
     found: list[tuple[Any, int]] = []
-    todo, seen = [start], set()
+    todo: list[Any] = [start]
+    seen: set[int] = set()
     while todo and len(seen) < limit:
         node = todo.pop()
         if node is None or id(node) in seen:

@@ -19,7 +19,8 @@ class UpdateRatio:
 
     def before(self) -> None:
         with torch.no_grad():
-            self._before = torch._foreach_mul([p.detach() for p in self.grouping.params], 1.0)
+            self._before = list(torch._foreach_mul([p.detach() for p in self.grouping.params],
+                                                   1.0))
 
     def after(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(param_norm [M], update_ratio [M] or None when no snapshot was taken)``."""
