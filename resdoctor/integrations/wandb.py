@@ -298,15 +298,7 @@ def attach_report(report: Any, project: str | None = None, run_id: str | None = 
     or its local directory in offline mode (``wandb sync`` it). A run opened here is finished here.
     """
     wandb = _import_wandb()
-    own = run_id is not None or wandb.run is None
-    if run_id is not None:
-        run = wandb.init(project=project, entity=entity, id=run_id, resume="must")
-    elif wandb.run is not None:
-        run = wandb.run
-    else:
-        name = os.path.basename(str(report.run.path or "run"))
-        run = wandb.init(project=project or "resdoctor", entity=entity,
-                         job_type="resdoctor-analyze", name=f"resdoctor {name}")
+    run, own = _open_run(wandb, report, project, run_id, entity)
     try:
         run.define_metric("resdoctor/step")
         run.define_metric("resdoctor/*", step_metric="resdoctor/step")
@@ -315,3 +307,17 @@ def attach_report(report: Any, project: str | None = None, run_id: str | None = 
     finally:
         if own:
             run.finish()
+
+
+def _open_run(wandb: Any, report: Any, project: str | None, run_id: str | None,
+              entity: str | None) -> tuple[Any, bool]:
+    """The run to attach to, and whether it was opened here (then it is finished here)."""
+    active = wandb.run
+    if active is not None and run_id in (None, active.id):
+        return active, False
+    if run_id is not None:  # "create_new": an active run of the user's stays as it is
+        return wandb.init(project=project, entity=entity, id=run_id, resume="must",
+                          reinit="create_new"), True
+    name = os.path.basename(str(report.run.path or "run"))
+    return wandb.init(project=project or "resdoctor", entity=entity,
+                      job_type="resdoctor-analyze", name=f"resdoctor {name}"), True

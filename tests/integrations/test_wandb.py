@@ -359,6 +359,24 @@ def test_attach_report_resumes_the_run_by_id(wb, tmp_path):
     assert not out.alerts  # attaching a report afterwards pages nobody
 
 
+def test_attach_report_by_id_leaves_another_active_run_alone(wb, tmp_path):
+    model, opt = mlp()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
+        train(model, opt, doc, 4)
+    other = init(id="rdother1")
+    other.finish()
+    active = init()
+    where = attach_report(resdoctor.analyze(tmp_path / "run.pt"), project="resdoctor-tests",
+                          run_id="rdother1")
+    assert wandb.run is active and not active._is_finished
+    active.log({"user/metric": 2.0})
+    active.finish()
+    attached, untouched = Offline(Path(where)), wb(active)
+    assert attached.records[1].run.run_id == "rdother1" and "resdoctor/verdict" in attached.summary
+    assert "resdoctor/verdict" not in untouched.summary
+    assert untouched.rows("user/metric")[0]["user/metric"] == 2.0
+
+
 def test_attach_report_to_the_active_run_leaves_it_open(wb, tmp_path):
     model, opt = mlp()
     with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
