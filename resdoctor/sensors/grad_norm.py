@@ -26,6 +26,7 @@ class GradNorm:
         Absent tensors count as 0 through a masked multiply, so no index list is built on the
         host and copied to the device (which would synchronise on CUDA).
         """
+        tensors = [_local(t) for t in tensors]
         present = [t for t in tensors if t is not None]
         if not present:
             return torch.zeros(self._modules, dtype=torch.float64)
@@ -48,10 +49,16 @@ class GradNorm:
     def __call__(self, scale: torch.Tensor | None = None) -> torch.Tensor:
         """Gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
         loss-scaled gradients cannot overflow float32 inside the norm."""
-        grads = [p.grad.detach() if p.grad is not None else None for p in self.params]
+        grads = [_local(p.grad.detach()) if p.grad is not None else None for p in self.params]
         if scale is not None:
             present = [g for g in grads if g is not None]
             if present:
                 unscaled = iter(torch._foreach_mul(present, scale.reciprocal()))
                 grads = [next(unscaled) if g is not None else None for g in grads]
         return self.norms(grads)
+
+
+def _local(t: torch.Tensor | None) -> torch.Tensor | None:
+    """This rank's shard of a DTensor (FSDP2, tensor parallel): measured without a collective;
+    ``resdoctor.distributed`` combines the shards' norms when it merges the ranks' runs."""
+    return t.to_local() if t is not None and hasattr(t, "to_local") else t
