@@ -117,7 +117,7 @@ def top_fix(path: str) -> Any:
 
 
 def record_demo(path: str, steps: int = DEMO_STEPS, seed: int = 0, healthy: bool = False,
-                fixed: bool = False) -> str:
+                fixed: bool = False, from_run: str | None = None) -> str:
     """Record the demo run into ``path`` and return ``path``.
 
     Args:
@@ -126,19 +126,24 @@ def record_demo(path: str, steps: int = DEMO_STEPS, seed: int = 0, healthy: bool
         healthy: record the healthy control (pre-LayerNorm, lower LR) instead.
         fixed: record the sick recipe with the top fix suggested for the sick run applied
             (the sick run is recorded first into a temporary file and analysed).
+        from_run: with ``fixed``, take the fix from this already recorded sick run.
     """
     recipe = HEALTHY if healthy else SICK
     if fixed and not healthy:
-        fd, sick_path = tempfile.mkstemp(suffix=".pt")
-        os.close(fd)
-        try:
-            train(SICK, sick_path, steps, seed)
-            fix = top_fix(sick_path)
-        finally:
-            os.unlink(sick_path)
+        fix = top_fix(from_run) if from_run else _top_fix_of_fresh_run(steps, seed)
         if fix is not None:
             recipe = replace(apply_fix(SICK, fix), description=f"fixed: {fix.code} {fix.params}")
     return train(recipe, path, steps, seed)
+
+
+def _top_fix_of_fresh_run(steps: int, seed: int) -> Any:
+    fd, sick_path = tempfile.mkstemp(suffix=".pt")
+    os.close(fd)
+    try:
+        train(SICK, sick_path, steps, seed)
+        return top_fix(sick_path)
+    finally:
+        os.unlink(sick_path)
 
 
 def record_demo_fixed(path: str, steps: int = DEMO_STEPS, seed: int = 0) -> str:

@@ -47,9 +47,8 @@ class Scale(nn.Module):
 '''.strip()
 
 ADD_NEW_PARAMS = (
-    "new = [p for n, p in model.named_parameters() if \".post.\" in n]\n"
-    "if new:  # the wrappers' parameters are new: give them to the optimizer\n"
-    "    optimizer.add_param_group({\"params\": new})\n"
+    "if new_params:  # the wrappers' parameters are new: give them to the optimizer\n"
+    "    optimizer.add_param_group({\"params\": new_params})\n"
 )
 
 
@@ -74,11 +73,13 @@ def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: boo
         alpha, formula, beta_line = scale, "1/sqrt(N)", ""
     body = (f"\n\n\n{SCALE}\n\n\nALPHA = {alpha}  # {formula}, N = {n} residual branches\n"
             f"BRANCHES = {names_literal(entries)}\n"
+            "new_params = []\n"
             "for entry in BRANCHES:\n"
             "    name, _, index = entry.partition(\"|\")\n"
             f"{beta_line}"
             "    wrapped = BranchWrapper(model.get_submodule(name), Scale(ALPHA),\n"
             "                            int(index) if index else None)\n"
+            "    new_params += list(wrapped.post.parameters())\n"
             "    replace_module(model, name, wrapped)\n" + ADD_NEW_PARAMS)
     return Fix(
         code="residual-scaling",
@@ -108,8 +109,9 @@ def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "") -> Fix:
             continue
         entries.append(f"    ({module!r}, {index!r}, {norm}),\n")
         names.append(module)
-    body = ("\n\n\nfor name, index, norm in [\n" + "".join(entries) + "]:\n"
+    body = ("\n\n\nnew_params = []\nfor name, index, norm in [\n" + "".join(entries) + "]:\n"
             "    wrapped = BranchWrapper(model.get_submodule(name), norm, index)\n"
+            "    new_params += list(norm.parameters())\n"
             "    replace_module(model, name, wrapped)\n"
             + ADD_NEW_PARAMS)
     return Fix(
