@@ -114,10 +114,14 @@ class RankMerger:
                           f"per-rank files stay: python -m resdoctor.distributed {self.path}",
                           stacklevel=3)
             return
-        state = watcher.recorder.journal.state(watcher.options.to_dict())
+        state = None
+        try:
+            state = watcher.recorder.journal.state(watcher.options.to_dict())
+        except Exception as e:  # noqa: BLE001 - still join the gather: rank 0 must not wait
+            watcher.recorder.record_error("distributed", e)
         watching = _watching(self._key, self.world)
         if watching < self.world:  # some ranks do not watch: a gather would wait for them
-            if self.rank == 0:
+            if self.rank == 0 and state is not None:
                 warnings.warn(f"resdoctor: {watching} of {self.world} ranks watch; {self.path} "
                               "holds the ranks that do (watch on every rank)", stacklevel=3)
                 runfile.write(merge([state], path=self.path), self.path)
@@ -148,7 +152,10 @@ def _register(path: str) -> str | None:
 
 def _watching(key: str | None, world: int) -> int:
     store = _store()
-    return world if key is None or store is None else int(store.add(key, 0))
+    try:
+        return world if key is None or store is None else int(store.add(key, 0))
+    except Exception:  # noqa: BLE001 - a broken store: the gather will tell
+        return world
 
 
 # -- merging -------------------------------------------------------------------------------

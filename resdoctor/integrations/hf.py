@@ -12,7 +12,9 @@ and rank 0 writes the merged ``run.pt`` at the end of training.
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +30,26 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 __all__ = ["ResDoctorCallback"]
 
+_NAME = "hf"
 _WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_every")
+
+
+def _safe(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A callback hook that reports its own errors instead of raising them into training."""
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - never raise into the training loop
+            watcher = self.watcher
+            if watcher is not None:
+                watcher.recorder.record_error(f"{_NAME}.{hook.__name__}", e)
+            else:
+                warnings.warn(f"resdoctor: {hook.__name__} failed: {e}", stacklevel=2)
+            return None
+
+    return wrapper
 
 
 class ResDoctorCallback(TrainerCallback):
@@ -41,6 +62,7 @@ class ResDoctorCallback(TrainerCallback):
         self.watcher: resdoctor.Watcher | None = None
         self._awaiting_log = False
 
+    @_safe
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        optimizer: Any = None, **kwargs: Any) -> None:
         options = dict(self.watch_options)
@@ -51,6 +73,7 @@ class ResDoctorCallback(TrainerCallback):
         except Exception as e:  # noqa: BLE001 - a resdoctor failure must not stop training
             warnings.warn(f"resdoctor: not recording this run: {e}", stacklevel=2)
 
+    @_safe
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watcher is None:
             return
@@ -59,6 +82,7 @@ class ResDoctorCallback(TrainerCallback):
         else:
             self.watcher.log()
 
+    @_safe
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kwargs: Any) -> None:
         if self.watcher is None or not self._awaiting_log:
@@ -67,6 +91,7 @@ class ResDoctorCallback(TrainerCallback):
         loss = (logs or {}).get("loss")
         self.watcher.log(**({"loss": loss} if isinstance(loss, (int, float)) else {}))
 
+    @_safe
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watcher is not None and self._awaiting_log:
             self._awaiting_log = False

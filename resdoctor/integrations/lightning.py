@@ -11,8 +11,9 @@ every rank records ``run.rank{r}.pt`` and rank 0 writes the merged ``run.pt`` at
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -31,7 +32,26 @@ except ImportError:  # pragma: no cover - the standalone package
 
 __all__ = ["ResDoctorCallback"]
 
+_NAME = "lightning"
 _WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_every")
+
+
+def _safe(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A callback hook that reports its own errors instead of raising them into training."""
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - never raise into the training loop
+            watcher = self.watcher
+            if watcher is not None:
+                watcher.recorder.record_error(f"{_NAME}.{hook.__name__}", e)
+            else:
+                warnings.warn(f"resdoctor: {hook.__name__} failed: {e}", stacklevel=2)
+            return None
+
+    return wrapper
 
 
 class ResDoctorCallback(Callback):
@@ -46,6 +66,7 @@ class ResDoctorCallback(Callback):
         self._losses: list[torch.Tensor | float] = []  # micro-batches of the current step
         self._global_step = 0
 
+    @_safe
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = list(trainer.optimizers)
         options = dict(self.watch_options)
@@ -58,6 +79,7 @@ class ResDoctorCallback(Callback):
 
     # training_step need not call self(...): the callback opens the module's forward itself, so
     # the recorder sees every submodule call from the batch start to the loss
+    @_safe
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
                              batch_idx: int) -> None:
         self._global_step = trainer.global_step
@@ -66,9 +88,11 @@ class ResDoctorCallback(Callback):
             self._forward_open = True
             recorder._guard("forward", recorder._begin_forward)(pl_module, (), {})
 
+    @_safe
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
         self._close_forward(pl_module, loss)
 
+    @_safe
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._close_forward(pl_module, None)

@@ -114,3 +114,11 @@ def test_gradscaler_passed_on_and_skips_counted(fitted, tmp_path) -> None:
 def test_unknown_option_fails_at_construction() -> None:
     with pytest.raises(TypeError, match="unknown watch"):
         ResDoctorCallback(path="x.pt", not_an_option=1)
+
+
+def test_a_resdoctor_failure_does_not_stop_training(tmp_path) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="resdoctor: could not write"):
+        _, trainer, callback = fit(blocker / "sub")  # run.pt cannot be written there
+    assert trainer.global_step == STEPS and callback.watcher.closed
