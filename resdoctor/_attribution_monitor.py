@@ -8,14 +8,18 @@ restored bit for bit (``attribution.preserved``) and the recorder does not see i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from resdoctor import _attribution_methods as methods
 from resdoctor._attribution_inputs import Batch, Target, describe
+from resdoctor._trace import Tap
 from resdoctor.attribution import METHODS, Method, Mode, attribute
+from resdoctor.discovery import Site
 
 SERIES = "attribution_share"
 MAX_FAILURES = 3  # consecutive failed passes before the monitor stops trying
@@ -75,16 +79,17 @@ class AttributionMonitor:
         recorder = watcher.recorder
         recorder.journal.meta.setdefault("attribution", self.options())
         try:
+            model, sites = _unwrapped(recorder.model, sites)
             with _unrecorded(recorder):
-                result = attribute(recorder.model, self._inputs(recorder.model), self.target,
-                                   sites, method=self.method, mode=self.mode)
+                result = attribute(model, self._inputs(model), self.target, sites,
+                                   method=self.method, mode=self.mode)
         except Exception as e:  # noqa: BLE001 - never raise into the training loop
             self._failures += 1
             recorder.record_error("attribution", e)
             return
         self._failures = 0
         shares = np.array([s.share for s in result.sites], dtype=np.float64)
-        recorder.journal.extra(SERIES, [s.name for s in result.sites], step, shares)
+        recorder.journal.extra(SERIES, [s.name for s in watcher.sites], step, shares)
 
     def on_close(self, watcher: Any) -> None:
         self._placed = None
@@ -95,6 +100,24 @@ class AttributionMonitor:
             device = next((p.device for p in model.parameters()), None)
             self._placed = self.batch.to(device) if device is not None else self.batch
         return self._placed
+
+
+def _unwrapped(model: nn.Module, sites: list[Site]) -> tuple[nn.Module, list[Site]]:
+    """The module inside a DistributedDataParallel / DataParallel wrapper, with its sites'
+    taps renamed: the wrapper's forward would wait for a gradient all-reduce that the
+    attribution pass never triggers."""
+    if not isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model, sites
+
+    def strip(tap: Tap | None) -> Tap | None:
+        if tap is None:
+            return None
+        name = tap.module[len("module."):] if tap.module.startswith("module.") else ""
+        return dataclasses.replace(tap, module=name)
+
+    return model.module, [dataclasses.replace(s, **{r: strip(getattr(s, r)) for r in
+                                                    ("skip", "branch", "result", "source")})
+                          for s in sites]
 
 
 @contextlib.contextmanager

@@ -325,6 +325,35 @@ def test_attribution_failures_are_recorded_not_raised(tmp_path):
     assert not run.has("attribution_share")
 
 
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist, torch.nn.functional as F, resdoctor
+from resdoctor.models import ResNet
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+torch.manual_seed(0)
+model = torch.nn.parallel.DistributedDataParallel(ResNet(layers=(1, 1), widths=(4, 8)))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+with resdoctor.watch(model, opt, sys.argv[2], attribute_every=2,
+                     attribute_inputs=torch.randn(4, 3, 8, 8)) as doctor:
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, 3, 8, 8)), torch.randint(0, 10, (8,))).backward()
+        opt.step()
+        doctor.log()
+dist.destroy_process_group()
+"""
+
+
+def test_attribution_of_a_ddp_wrapped_model_runs_on_the_inner_module(tmp_path):
+    path = tmp_path / "ddp.pt"
+    subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store"), str(path)],
+                   check=True, timeout=240)
+    run = resdoctor.load(path)
+    shares = run.series("attribution_share")
+    assert list(shares.columns) == ["module.layer1.0", "module.layer2.0"]
+    assert list(shares.index) == [0, 2] and shares.notna().all().all()
+    assert run.errors.empty
+
+
 def test_watch_rejects_bad_attribution_options(tmp_path):
     model = ResidualMLP(depth=1)
     with pytest.raises(ValueError, match="attribute_inputs"):
