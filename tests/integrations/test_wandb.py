@@ -292,14 +292,34 @@ def test_nan_onset_alerts_during_training_with_the_fix(wb, tmp_path):
     assert at < out.first("resdoctor/report")
     assert out.summary["resdoctor/alerts"][0]["title"] == alert.title
     assert out.summary["resdoctor/alerts"][0]["step"] == 4
+    # the alert is the rules' nonfinite finding, with its fix, and it tops the findings table
     report = resdoctor.analyze(tmp_path / "run.pt")
-    critical = [f for f in report.findings if f.severity == "critical"]
-    if critical:  # once the rules exist, the alert is the nonfinite finding with its fix
-        assert any(f.code == "nonfinite" for f in critical)
-        rows = out.table("resdoctor/findings")["data"]
-        assert rows[0][0] == "critical" and any(r[1] == "nonfinite" for r in rows)
-        nonfinite = next(f for f in critical if f.code == "nonfinite")
-        assert nonfinite.fixes[0].title in alert.text
+    nonfinite = next(f for f in report.findings if f.code == "nonfinite")
+    assert nonfinite.severity == "critical" and nonfinite.location == "blocks.1.branch.1"
+    assert alert.title == panels.alert_text(nonfinite)[0]
+    assert nonfinite.fixes[0].title in alert.text
+    rows = out.table("resdoctor/findings")["data"]
+    assert rows[0][:2] == ["critical", "nonfinite"] and rows[0][3] == 4
+
+
+def test_analyze_every_alerts_other_critical_findings_while_training(wb, tmp_path):
+    model, opt = mlp(depth=2)
+    run = init()
+    opts = {"run": run, "analyze_every": 5}
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=opts, wandb_every=100) as doc:
+        for i in range(40):
+            opt.zero_grad()
+            F.mse_loss(model(torch.randn(8, 16)), torch.randn(8, 1)).backward()
+            opt.step()
+            doc.log(loss=1.0 / (1 + i) if i < 20 else 0.05 * 1.5 ** (i - 20))  # diverges
+        live = [dict(a) for a in doc._integrations[0].alerts]
+    run.finish()
+    assert [a["code"] for a in live] == ["loss-divergence"]  # sent before close
+    out = wb(run)
+    [alert] = out.alerts
+    assert alert.title == live[0]["title"] and "Fix (" in alert.text
+    assert out.records.index(next(r for r in out.records if r.alert.title)) < out.first(
+        "resdoctor/report")
 
 
 def _critical_report(run_pt: Path) -> Report:
@@ -357,6 +377,22 @@ def test_attach_report_resumes_the_run_by_id(wb, tmp_path):
     assert out.summary["resdoctor/verdict"] == "critical"
     assert out.summary["resdoctor/critical_count"] == 1
     assert not out.alerts  # attaching a report afterwards pages nobody
+
+
+def test_cli_analyze_wandb_attaches_the_report_and_keeps_json_clean(wb, tmp_path):
+    model, opt = mlp()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
+        train(model, opt, doc, 6, nan_at=3)
+    cmd = [sys.executable, "-m", "resdoctor.cli", "analyze", str(tmp_path / "run.pt"), "--json",
+           "--wandb", "--wandb-project", "resdoctor-tests"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)  # stdout is exactly the JSON object
+    [run_dir] = (tmp_path / "wandb").glob("offline-run-*")
+    out = Offline(run_dir)
+    assert out.summary["resdoctor/verdict"] == printed["verdict"]
+    rows = out.table("resdoctor/findings")["data"]
+    assert [(r[1], r[3]) for r in rows] == [(f["code"], f["step"]) for f in printed["findings"]]
 
 
 def test_attach_report_by_id_leaves_another_active_run_alone(wb, tmp_path):
