@@ -130,3 +130,22 @@ def test_bad_input_is_one_line_and_exit_code_2(app, files, tmp_path, case, words
         "bad-method": [c, b, "--method", "shap"],
     }[case]
     one_line_error(invoke(app, *args), *words)
+
+
+def test_transformers_class_built_from_its_config(app, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from resdoctor.attribution_cli import build
+
+    config = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 50, "n_positions": 8,
+              "bos_token_id": 0, "eos_token_id": 0}
+    model = build("transformers:GPT2LMHeadModel", config)
+    assert isinstance(model, GPT2LMHeadModel) and model.config.n_layer == 1
+    torch.save(model.state_dict(), tmp_path / "gpt2.pt")
+    torch.save({"input_ids": torch.randint(0, 50, (2, 8))}, tmp_path / "ids.pt")
+    result = invoke(app, tmp_path / "gpt2.pt", tmp_path / "ids.pt", "--model",
+                    "transformers:GPT2LMHeadModel", "--kwargs", json.dumps(config), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [s["name"] for s in doc["sites"]] == ["transformer.h.0#0", "transformer.h.0#1"]
+    assert all(0 <= s["share"] <= 1 for s in doc["sites"])
