@@ -40,8 +40,11 @@ def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
     expressions with an interpreter, once per datum), drawn on a canvas.
     """
     order = cells.drop_duplicates("name").sort_values("depth")["name"].tolist()
-    data = cells.drop(columns="depth").assign(
-        shown=_log10(cells["value"]) if log else cells["value"])
+    shown = pd.Series(_log10(cells["value"]) if log else cells["value"].to_numpy(),
+                      index=cells.index)
+    # vega-lite drops marks whose colour field is NaN; NaN/Inf cells get their colour elsewhere
+    shown = shown.fillna(shown.min() if shown.notna().any() else 0.0)
+    data = cells.drop(columns="depth").assign(shown=shown)
     title = f"log10 {value_title}" if log else value_title
     scale = alt.Scale(scheme=scheme, domain=list(domain) if domain else alt.Undefined)
     color = alt.condition("datum.nonfinite", alt.value(NONFINITE_COLOR), alt.Color(
@@ -49,7 +52,8 @@ def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
                                                                  gradientLength=160)))
     cells_chart = alt.Chart(data).mark_rect(strokeWidth=0).encode(
         x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(nice=False)), x2="step_end:Q",
-        y=alt.Y("name:N", sort=order, title=None, axis=alt.Axis(labelLimit=220)),
+        y=alt.Y("name:N", sort=order, title=None,
+                axis=alt.Axis(labelLimit=220, labelOverlap="greedy", labelFontSize=11)),
         color=color,
         tooltip=[alt.Tooltip("name:N"), alt.Tooltip("step:Q", title="from step"),
                  alt.Tooltip("step_end:Q", title="to step (excl.)"),
@@ -59,7 +63,7 @@ def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
     rule = onset_rule(onset)
     if rule is not None:
         layers.append(rule)
-    height = int(min(560, max(200, 22 * len(order))))
+    height = int(min(640, max(220, 22 * len(order) + 70)))  # + x axis and title
     return alt.layer(*layers).properties(height=height, usermeta=CANVAS)
 
 
@@ -70,7 +74,8 @@ def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | 
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     chart = alt.Chart(frame).mark_line(point=len(frame) <= 60, interpolate="linear").encode(
         x=alt.X("step:Q", axis=STEP_AXIS),
-        y=alt.Y("value:Q", title=y_title, scale=y_scale),
+        y=alt.Y("value:Q", title=y_title, scale=y_scale,
+                axis=alt.Axis(format="~g") if log else alt.Undefined),
         color=alt.Color("name:N", title=color_title or None, sort=None,
                         legend=alt.Legend() if frame["name"].nunique() > 1 else None),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),

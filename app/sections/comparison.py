@@ -33,21 +33,22 @@ def render(a: Opened, b: Opened) -> None:
 
 
 def _differences(diff: dict[str, Any]) -> None:
-    """Render ``Comparison.to_dict()``: code lists as chips, tables as tables."""
-    for key, value in diff.items():
-        if key in ("verdicts", "runs") or value in (None, [], {}):
-            continue
-        label = key.replace("_", " ").capitalize()
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            st.markdown(f"**{label}:** " + " ".join(f"`{v}`" for v in value))
-        elif isinstance(value, list):
-            st.markdown(f"**{label}**")
-            st.dataframe(pd.json_normalize(value), hide_index=True)
-        elif isinstance(value, dict):
-            st.markdown(f"**{label}**")
-            st.dataframe(pd.json_normalize(value), hide_index=True)
-        else:
-            st.markdown(f"**{label}:** {value}")
+    """Render ``Comparison.to_dict()``: the summary, finding codes as badges, the metric table."""
+    if diff.get("summary"):
+        better = diff.get("improved")
+        st.markdown(f"**{'Improved' if better else 'Not improved'}:** {diff['summary']}")
+    chips = [f":green-badge[resolved: {c}]" for c in diff.get("resolved", [])]
+    chips += [f":red-badge[new: {c}]" for c in diff.get("new", [])]
+    chips += [f":orange-badge[persisting: {p.get('code')} ({p.get('before')} → {p.get('after')})]"
+              for p in diff.get("persisting", [])]
+    if chips:
+        st.markdown(" ".join(chips))
+    metrics = diff.get("metrics") or {}
+    if metrics:
+        table = pd.DataFrame([{"metric": k.replace("_", " "), **v} for k, v in metrics.items()])
+        st.dataframe(table, hide_index=True, column_config={
+            "before": "A (before)", "after": "B (after)",
+            "change": st.column_config.NumberColumn("B / A", format="%.3g")})
 
 
 def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
@@ -60,7 +61,7 @@ def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
         if len(loss):
             ui.show(charts.lines(loss, y_title="loss", log=bool((loss["value"] > 0).all())))
     with right:
-        st.markdown("**Branch ratio by depth at the last recorded step**")
+        st.markdown("**Branch ratio by depth** (last step with finite values)")
         prof = pd.concat([_last_profile(o, "branch_ratio").assign(run=f"{t}: {names[t]}")
                           for t, o in tagged.items()], ignore_index=True)
         if len(prof):
@@ -69,7 +70,7 @@ def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
     grads = pd.concat([_last_profile(o, "grad_norm").assign(run=f"{t}: {names[t]}")
                        for t, o in tagged.items()], ignore_index=True)
     if len(grads):
-        st.markdown("**Gradient norm by module at the last recorded step**")
+        st.markdown("**Gradient norm by module** (last step with finite values)")
         ui.show(charts.profile(grads, y_title="‖∇W‖", log=bool((grads["value"] > 0).all()),
                                color="run"))
 

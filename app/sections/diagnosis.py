@@ -7,7 +7,8 @@ import streamlit as st
 from app.data import Opened
 from resdoctor.findings import Finding, Fix
 
-ICON = {"critical": "🛑", "warning": "⚠️", "info": "ℹ️"}
+ICON = {"critical": ":red[:material/dangerous:]", "warning": ":orange[:material/warning:]",
+        "info": ":blue[:material/info:]"}
 
 
 def render(opened: Opened) -> None:
@@ -45,16 +46,20 @@ def _finding(f: Finding) -> None:
                 if f.thresholds:
                     st.caption("Fired with: " + ", ".join(f"{k}={v}"
                                                           for k, v in f.thresholds.items()))
-        for i, fix in enumerate(f.fixes):
-            _fix(fix, first=i == 0)
+        if f.fixes:
+            _fix(f.fixes[0], "Suggested fix")
+        if len(f.fixes) > 1:
+            with st.expander(f"{len(f.fixes) - 1} more fix{'es' if len(f.fixes) > 2 else ''}"):
+                for fix in f.fixes[1:]:
+                    _fix(fix, "Also")
 
 
-def _fix(fix: Fix, first: bool) -> None:
-    label = "Suggested fix" if first else "Also"
+def _fix(fix: Fix, label: str) -> None:
     st.markdown(f"**{label}: {fix.title}** (`{fix.code}`)")
     if fix.detail:
         st.markdown(fix.detail)
     if fix.snippet:
         st.code(fix.snippet, language="python")
-    if fix.params:
-        st.caption("From this run: " + ", ".join(f"{k}={v}" for k, v in fix.params.items()))
+    params = {k: v for k, v in fix.params.items() if len(str(v)) <= 60}  # long ones are prose
+    if params:
+        st.caption("From this run: " + ", ".join(f"{k}={v}" for k, v in params.items()))

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.data import Opened
 
-VERDICT = {"healthy": st.success, "warning": st.warning, "critical": st.error}
+COLOR = {"healthy": "green", "warning": "orange", "critical": "red"}
 
 
 def render(opened: Opened) -> None:
@@ -35,7 +35,8 @@ def render(opened: Opened) -> None:
 def verdict_banner(verdict: str, severities: list[str]) -> None:
     counts = {s: severities.count(s) for s in ("critical", "warning", "info") if s in severities}
     detail = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no findings"
-    VERDICT.get(verdict, st.info)(f"**Verdict: {verdict}** · {detail}")
+    color = COLOR.get(verdict, "gray")
+    st.markdown(f"### :{color}-background[Verdict: {verdict}] &nbsp; :{color}[{detail}]")
 
 
 def _or_dash(value: int | None) -> str:

@@ -2,7 +2,7 @@
 
 Built with the recorder's own ``Journal`` and ``Series`` (filled to capacity, so every series holds
 the most rows a real run file can), written with ``runfile.write``. Used by the app's scale test;
-``python tests/app/large_run.py OUT.pt`` writes one to open with ``streamlit run app/main.py``.
+``python tests/app/app_large_run.py OUT.pt`` writes one to open with ``streamlit run app/main.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,132 @@
+"""Fixtures for the app tests: real recorded runs (sick and healthy), a synthetic million-step run,
+and an AppTest factory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the app is imported as the `app` package of the checkout
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # app_large_run
+MAIN = str(ROOT / "app" / "main.py")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def record(path: Path, *, lr: float, norm: bool, steps: int = 30) -> str:
+    """A ResidualMLP trained under watch: lr=0.1 without norms blows up (NaN at step 13)."""
+    import torch
+    import torch.nn.functional as F
+
+    import resdoctor
+    from resdoctor.models import ResidualMLP
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: one thread is several times faster here
+    try:
+        torch.manual_seed(0)
+        model = ResidualMLP(depth=6, dim=32, norm=norm)
+        opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9)
+        x, y = torch.randn(32, 16), torch.randn(32, 1)
+        with resdoctor.watch(model, opt, path, smoothing_every=2, update_every=1,
+                             grad_share_every=2) as doctor:
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = F.mse_loss(model(x), y)
+                loss.backward()
+                opt.step()
+                doctor.log(loss=loss, lr=lr)
+    finally:
+        torch.set_num_threads(threads)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("runs")
+    return {"sick": record(folder / "sick.pt", lr=0.1, norm=False),
+            "healthy": record(folder / "healthy.pt", lr=0.02, norm=True)}
+
+
+@pytest.fixture(scope="session")
+def large_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from app_large_run import large_state
+
+    from resdoctor import runfile
+
+    path = tmp_path_factory.mktemp("large") / "large.pt"
+    runfile.write(large_state(), path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app reads runs from sys.argv; under pytest that holds pytest's own arguments."""
+    monkeypatch.setattr(sys, "argv", [MAIN])
+
+
+@pytest.fixture
+def app() -> Callable[..., Any]:
+    """``app(run=..., compare=..., tab=..., argv=[...])`` -> a ran AppTest."""
+    from streamlit.testing.v1 import AppTest
+
+    def make(argv: list[str] | None = None, **query: str) -> AppTest:
+        if argv is not None:
+            sys.argv = [MAIN, *argv]
+        at = AppTest.from_file(MAIN, default_timeout=120)
+        for k, v in query.items():
+            at.query_params[k] = v
+        return at.run()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[str]:
+    """Debian's chromium; installed with apt-get when missing."""
+    if not Path(CHROMIUM).exists():
+        apt = shutil.which("apt-get")
+        if apt is None:
+            pytest.skip("chromium is missing and apt-get is not available")
+        subprocess.run([apt, "install", "-y", "-q", "chromium"], check=False,
+                       capture_output=True, timeout=600)
+        if not Path(CHROMIUM).exists():
+            subprocess.run([apt, "update", "-q"], check=False, capture_output=True, timeout=600)
+            subprocess.run([apt, "install", "-y", "-q", "chromium"], check=True,
+                           capture_output=True, timeout=600)
+    yield CHROMIUM
+
+
+def chart_data(at: Any) -> list[tuple[dict[str, Any], list[Any]]]:
+    """Every vega-lite chart of the page: (spec, [its datasets as pandas frames]) as sent."""
+    import json
+
+    import pyarrow as pa
+
+    out = []
+
+    def walk(node: Any) -> None:
+        for child in getattr(node, "children", {}).values():
+            if child.type == "vega_lite_chart":
+                proto = child.proto
+                blobs = [d.data.data for d in proto.datasets]
+                blobs += [proto.data.data] if proto.data.data else []
+                frames = [pa.ipc.open_stream(b).read_all().to_pandas() for b in blobs]
+                out.append((json.loads(proto.spec), frames))
+            walk(child)
+
+    walk(at.main)
+    return out
+
+
+def texts(at: Any) -> str:
+    """All markdown, captions, subheaders and alerts of the page as one string."""
+    parts = [e.value for kind in ("markdown", "caption", "subheader", "success", "warning",
+                                  "error", "info") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)

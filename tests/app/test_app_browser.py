@@ -1,0 +1,79 @@
+"""End to end: `streamlit run app/main.py -- SICK HEALTHY` as a real process, opened in headless
+Chromium (Debian's package); every tab's charts must render. Screenshots go to the tmp dir."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MAIN
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+# tab -> charts that must be drawn (a canvas or an SVG scene inside vega-embed)
+TABS = {"Gradient flow": 1, "Residual sites": 2, "Activation growth": 2, "Over-smoothing": 3,
+        "Loss & LR": 3, "Compare": 3}
+DRAWN = ("Array.from(document.querySelectorAll('.vega-embed')).filter(e => "
+         "e.querySelector('canvas, svg.marks') && e.getBoundingClientRect().width > 100).length")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(runs: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    log = (tmp_path / "streamlit.log").open("w")
+    cmd = [sys.executable, "-m", "streamlit", "run", MAIN, "--server.headless", "true",
+           "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--", runs["sick"], runs["healthy"]]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text())
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def test_app_in_headless_chromium(server: str, chromium: str, runs, tmp_path: Path) -> None:
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(server)
+        page.get_by_text("Verdict: critical").wait_for(timeout=60_000)  # the sick run
+        assert page.get_by_role("tab").count() == 7
+        page.screenshot(path=str(tmp_path / "diagnosis.png"))
+        for tab, charts in TABS.items():
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_function(f"{DRAWN} >= {charts}", timeout=60_000)
+            name = tab.lower().replace(" ", "-").replace("&", "and")
+            page.screenshot(path=str(tmp_path / f"{name}.png"))
+        assert page.get_by_text("resolved:").count() >= 1  # the comparison's differences
+        assert "Traceback" not in page.content()
+        browser.close()
+    assert not [e for e in errors if "vega" in e.lower() or "spec" in e.lower()], errors
+    assert (tmp_path / "gradient-flow.png").stat().st_size > 20_000
