@@ -172,8 +172,8 @@ def mlp(depth=3):
 
 
 def test_import_resdoctor_does_not_import_wandb():
-    code = ("import sys, resdoctor, resdoctor.integrations, resdoctor.integrations._wandb_panels, "
-            "resdoctor.integrations._wandb_html; print('wandb' in sys.modules)")
+    code = ("import sys, resdoctor, resdoctor.integrations.wandb; "
+            "print('wandb' in sys.modules)")  # wandb itself loads when a logger is made
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
