@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+FAULT_KEYS = frozenset({"gate", "where_gate", "nan_grad"})  # recipe.arch keys that add a fault
+
 
 class Gate(nn.Module):
     """``x * sqrt(g)``: NaN in the forward pass once ``g`` crosses zero (unless guarded)."""

@@ -187,3 +187,26 @@ def labels(m: Measurement) -> dict[str, Label]:
 
 def present(m: Measurement) -> set[str]:
     return {code for code, label in labels(m).items() if label.status == "present"}
+
+
+def trap_problems(traps: frozenset[str], m: Measurement) -> list[str]:
+    """Check that a healthy control really is the trap it claims to be.
+
+    ``amp-skips``: an AMP GradScaler skipped at least one overflow step. ``zero-init``: every
+    branch starts at exactly 0 and wakes up (median ratio >= 0.05 after warm-up). ``converged``:
+    the final loss is below 1e-3 of the initial one and gradients shrank 100x.
+    """
+    problems = []
+    if "amp-skips" in traps and not m.skipped:
+        problems.append("amp-skips: no step was skipped by the GradScaler")
+    if "zero-init" in traps:
+        r = m.array("ratio")
+        if not (np.nanmax(r[0]) < 1e-6 and np.nanmin(np.nanmedian(_after_warmup(m, "ratio"), 0))
+                >= DEAD[0]):
+            problems.append("zero-init: branches do not start at 0 and wake up")
+    if "converged" in traps:
+        loss, g = m.array("loss"), m.array("grad")
+        total = np.sqrt(np.sum(g**2, 1))
+        if not (np.mean(loss[-5:]) < 1e-3 * loss[0] and np.mean(total[-5:]) < 1e-2 * total[0]):
+            problems.append("converged: the loss or the gradients did not shrink enough")
+    return problems

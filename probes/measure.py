@@ -165,7 +165,7 @@ class Measurer:
         return hook
 
     def _keep(self, at: At, v: torch.Tensor) -> None:
-        self._values[at] = v.detach()
+        self._values[at] = v.detach().clone()  # e.g. ResNet's ``out += identity`` is in place
         for i in self._grad_taps.get(at, ()):
             if v.requires_grad:
                 v.register_hook(self._grad_hook(i))

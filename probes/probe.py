@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probes.labels import labels
+from probes.faults import FAULT_KEYS
+from probes.labels import labels, trap_problems
 from probes.measure import Measurement, Onset
-from probes.recipe import Recipe, apply_fix
+from probes.recipe import TRAINING_FIXES, FixNotApplicable, Recipe, apply_fix
 from probes.train import Result, Setup, run
 
 CODES = (
@@ -25,11 +26,14 @@ class Truth:
     """Ground truth: codes that must be found, codes that may be found; all others are forbidden.
 
     ``onset``: for NaN probes, the exact first non-finite step, module and phase.
+    ``traps``: for healthy controls, the trap they set (``amp-skips``, ``zero-init``,
+    ``converged``), checked on the measurement too.
     """
 
     expect: frozenset[str]
     allow: frozenset[str] = frozenset()
     onset: Onset | None = None
+    traps: frozenset[str] = frozenset()  # healthy controls: see labels.trap_problems
 
     @property
     def forbid(self) -> frozenset[str]:
@@ -42,8 +46,9 @@ class Truth:
 
 @dataclass(frozen=True)
 class Probe:
-    """A named run: ``build(recipe)`` makes the model and data; ``fixes`` are the fix codes it
-    can apply (``apply_fix``)."""
+    """A named run: ``build(recipe)`` makes the model and data; ``fixes`` are the architecture
+    fix codes its family can realise (training fixes apply to every probe, ``guard-op`` to a
+    probe with a fault op; see ``supported``)."""
 
     name: str
     family: str
@@ -55,6 +60,12 @@ class Probe:
     fast: bool = False
     cause: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def supported(self) -> frozenset[str]:
+        """Every fix code this probe can apply."""
+        guard = {"guard-op"} if FAULT_KEYS & set(self.recipe.arch) else set()
+        return TRAINING_FIXES | self.fixes | guard
 
     def setup(self, recipe: Recipe | None = None) -> Setup:
         r = recipe or self.recipe
@@ -76,8 +87,16 @@ class Probe:
         return run(self.setup(r), r, watch_path=os.fspath(path))
 
     def fixed(self, code: str, params: dict | None = None) -> Recipe:
-        """The recipe with fix ``code`` applied (raises ``FixNotApplicable``)."""
-        return apply_fix(self.recipe, code, params, self.fixes)
+        """The recipe with fix ``code`` applied (raises ``FixNotApplicable``).
+
+        A ``guard-op`` that names a module must name the faulty one (or a module holding it).
+        """
+        target = (params or {}).get("module")
+        onset = self.truth.onset
+        if code == "guard-op" and target is not None and onset is not None and not (
+                target == onset.module or onset.module.startswith(f"{target}.") or not target):
+            raise FixNotApplicable(f"guard-op targets {target!r}; the fault is in {onset.module!r}")
+        return apply_fix(self.recipe, code, params, self.supported)
 
 
 REGISTRY: dict[str, Probe] = {}
@@ -106,4 +125,4 @@ def label_problems(truth: Truth, m: Measurement) -> list[str]:
             problems.append(f"{code}: measured borderline but not allowed ({label.note})")
     if truth.onset is not None and m.onset != truth.onset:
         problems.append(f"onset: declared {truth.onset}, measured {m.onset}")
-    return problems
+    return problems + trap_problems(truth.traps, m)

@@ -49,10 +49,12 @@ def param(params: dict[str, Any], *keys: str, default: Any = None) -> Any:
 
 
 def _lower_lr(r: Recipe, p: dict[str, Any]) -> Recipe:
-    new_lr = param(p, "lr", "new_lr", "suggested_lr")
-    if new_lr is not None:
-        return replace(r, lr=float(new_lr))
-    factor = float(param(p, "factor", "lr_factor", "multiplier", default=0.1))
+    """Scale the configured (peak) LR by ``factor``; a bare ``new_lr`` replaces it."""
+    factor = param(p, "factor", "lr_factor", "multiplier")
+    if factor is None:
+        new_lr = param(p, "new_lr", "lr")
+        return replace(r, lr=float(new_lr) if new_lr is not None else r.lr * 0.1)
+    factor = float(factor)
     factor = factor if factor < 1.0 else 1.0 / factor  # "divide by 10" and "times 0.1" alike
     return replace(r, lr=r.lr * factor)
 
@@ -79,10 +81,20 @@ def _guard(r: Recipe, p: dict[str, Any]) -> Recipe:
 
 
 def _depth(r: Recipe, p: dict[str, Any]) -> Recipe:
-    depth = param(p, "depth", "new_depth", "target_depth")
-    if depth is None:
-        depth = max(1, int(r.arch.get("depth", 4)) // 2)
-    return r.with_arch(depth=int(depth))
+    """Keep the share ``depth / depth_before`` of the blocks (the tool counts residual sites,
+    which may be two per block); a bare ``depth`` is taken as the new number of blocks."""
+    if "depth" in r.arch:
+        current = int(r.arch["depth"])
+    elif "layers" in r.arch:
+        current = sum(r.arch["layers"])
+    else:
+        raise FixNotApplicable("reduce-depth: the recipe does not state its depth")
+    keep, before = param(p, "depth", "new_depth"), param(p, "depth_before")
+    if keep is not None and before:
+        new = round(current * float(keep) / float(before))
+    else:
+        new = int(keep) if keep is not None else current // 2
+    return r.with_arch(depth=max(1, min(new, current - 1) if current > 1 else 1))
 
 
 def _initial_residual(r: Recipe, p: dict[str, Any]) -> Recipe:
@@ -94,6 +106,7 @@ def _mixed_precision(r: Recipe, p: dict[str, Any]) -> Recipe:
     return replace(r, amp="bf16" if "bf16" in dtype else "fp16")
 
 
+TRAINING_FIXES = frozenset({"clip-gradients", "lower-lr", "lr-warmup", "mixed-precision"})
 FIXES = {
     "clip-gradients": _clip,
     "lower-lr": _lower_lr,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +100,9 @@ class _Loop:
             skipped = self.scaler.get_scale() < before
         else:
             self.opt.step()
-        self.sched.step()
+        with warnings.catch_warnings():  # a GradScaler-skipped step "skips" optimizer.step()
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.sched.step()
         return skipped
 
 

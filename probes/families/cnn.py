@@ -13,12 +13,14 @@ from probes.recipe import Recipe
 from probes.train import Setup
 from resdoctor.models import PreActResNet, ResNet
 
+FIXES = frozenset({"pre-activation", "add-normalization", "residual-scaling", "reduce-depth"})
+
 
 def build(r: Recipe) -> Setup:
     """arch: layers, widths, norm, preact, zero_init, nan_grad (block path, step), guard_eps,
     frozen (parameter-name substrings kept out of the optimizer), residual_scale, init."""
     a: dict[str, Any] = {"layers": (1, 1, 1), "widths": (8, 16, 16), "norm": True, **r.arch}
-    layers = tuple(a["layers"])[: a["depth"]] if "depth" in a else tuple(a["layers"])
+    layers = _spread(int(a["depth"]), len(a["layers"])) if "depth" in a else tuple(a["layers"])
     if a.get("preact"):
         model: nn.Module = PreActResNet(layers, a["widths"][: len(layers)])
     else:
@@ -40,6 +42,11 @@ def build(r: Recipe) -> Setup:
             last.register_forward_hook(lambda m, i, o, s=scale: o * s)
     return Setup(model, data.images(seed=r.seed), data.cross_entropy,
                  taps(model, bool(a.get("preact"))), frozen=tuple(a.get("frozen", ())))
+
+
+def _spread(depth: int, stages: int) -> tuple[int, ...]:
+    """``depth`` blocks over ``stages`` stages (reduce-depth), at least one per stage."""
+    return tuple(max(1, depth // stages + (i < depth % stages)) for i in range(stages))
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -12,6 +12,8 @@ from probes.measure import At, SiteTap
 from probes.recipe import Recipe
 from probes.train import Setup
 
+FIXES = frozenset({"residual-scaling", "reduce-depth"})
+
 
 def _scale_branches(model: nn.Module, outputs: list[str], scale: float) -> None:
     """Residual scaling: multiply each branch's output (a forward hook on its last layer)."""

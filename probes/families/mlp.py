@@ -9,10 +9,12 @@ from torch import nn
 from probes import data
 from probes.faults import Gate
 from probes.measure import At, SiteTap
-from probes.recipe import Recipe
+from probes.recipe import FixNotApplicable, Recipe
 from probes.train import Setup
 from resdoctor.models import ResidualMLP
 
+FIXES = frozenset({"residual-scaling", "add-normalization", "pre-layernorm", "reduce-depth",
+                   "add-residual"})
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh,
                                            "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
@@ -32,6 +34,8 @@ def build(r: Recipe) -> Setup:
     guard_eps, dead_bias, task ("teacher" | "linear"), init ("kaiming")."""
     a: dict[str, Any] = {"depth": 8, "dim": 32, "norm": False, "residual": True,
                          "activation": "relu", "residual_scale": 1.0, "task": "teacher", **r.arch}
+    if not a["residual"] and float(a["residual_scale"]) != 1.0:
+        raise FixNotApplicable("residual-scaling: this MLP has no residual connections")
     dead = a.get("dead_bias")
     model = ResidualMLP(16, a["dim"], a["depth"], 1, norm=bool(a["norm"]) and dead is None,
                         residual=bool(a["residual"]), activation=ACTIVATIONS[a["activation"]],

@@ -11,6 +11,8 @@ from probes.recipe import Recipe
 from probes.train import Setup
 from resdoctor.models import TinyTransformer
 
+FIXES = frozenset({"pre-layernorm", "add-normalization", "residual-scaling", "reduce-depth"})
+
 
 def build(r: Recipe) -> Setup:
     """arch: depth, dim, heads, norm ("pre" | "post" | "none"; True means "pre"),

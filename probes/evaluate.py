@@ -1,0 +1,236 @@
+"""Score resdoctor on the probes: diagnosis accuracy, localisation, lead time and fix cure rate."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from probes.labels import labels
+from probes.probe import CODES, Probe, label_problems
+from probes.recipe import FixNotApplicable
+
+FOUND = ("warning", "critical")  # severities that count as a diagnosis (info is a note)
+
+
+@dataclass
+class Outcome:
+    """One probe: what was expected, what resdoctor found, and whether that is right."""
+
+    probe: str
+    family: str
+    healthy: bool
+    expect: list[str]
+    allow: list[str]
+    found: list[str]
+    findings: list[dict[str, Any]]
+    onset: dict[str, Any] | None  # the declared (and measured) NaN onset
+    located: dict[str, Any] | None  # resdoctor's earliest nonfinite finding
+    lead_steps: int | None
+    label_problems: list[str]
+    measured: dict[str, dict[str, Any]]
+    final_loss: float
+    top_fix: dict[str, Any] | None
+    seconds: float
+
+    @property
+    def missed(self) -> list[str]:
+        return [c for c in self.expect if c not in self.found]
+
+    @property
+    def false(self) -> list[str]:
+        return [c for c in self.found if c not in self.expect and c not in self.allow]
+
+    @property
+    def localised(self) -> bool | None:
+        if self.onset is None:
+            return None
+        return self.located is not None and all(
+            self.located.get(k) == self.onset[k] for k in ("step", "module", "phase"))
+
+    @property
+    def passed(self) -> bool:
+        return not self.missed and not self.false and self.localised is not False
+
+
+@dataclass
+class FixOutcome:
+    """One pathological probe re-run with resdoctor's top suggested fix."""
+
+    probe: str
+    code: str | None
+    params: dict[str, Any]
+    applied: bool
+    reason: str = ""
+    remaining: list[str] = field(default_factory=list)  # expected codes still measured present
+    tool_remaining: list[str] = field(default_factory=list)  # ... still found by resdoctor
+    loss_before: float = math.inf
+    loss_after: float = math.inf
+    seconds: float = 0.0
+
+    @property
+    def gone(self) -> bool:
+        return self.applied and not self.remaining
+
+    @property
+    def better(self) -> bool:
+        return self.applied and self.loss_after < self.loss_before
+
+    @property
+    def cured(self) -> bool:
+        return self.gone and self.better
+
+
+def _finding_dict(f: Any) -> dict[str, Any]:
+    return {"code": f.code, "severity": f.severity, "step": f.step, "location": f.location,
+            "phase": f.phase, "lead_steps": f.evidence.get("lead_steps"),
+            "fixes": [{"code": x.code, "params": dict(x.params)} for x in f.fixes]}
+
+
+def _diagnose(path: str) -> list[dict[str, Any]]:
+    import resdoctor
+
+    return [_finding_dict(f) for f in resdoctor.analyze(path).findings]
+
+
+def _found(findings: list[dict[str, Any]]) -> list[str]:
+    return sorted({f["code"] for f in findings if f["severity"] in FOUND})
+
+
+def _lead(findings: list[dict[str, Any]]) -> int | None:
+    """Steps from the first warning to the failure (the failure finding's ``lead_steps``)."""
+    fails = [f for f in findings if f["code"] in ("nonfinite", "loss-divergence")
+             and f["severity"] == "critical" and f["step"] is not None]
+    if not fails:
+        return None
+    fail = min(fails, key=lambda f: (f["code"] != "nonfinite", f["step"]))
+    return int(fail["lead_steps"] or 0)
+
+
+def _top_fix(findings: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for f in findings:  # worst first, as analyze() sorts them
+        if f["severity"] in FOUND and f["fixes"]:
+            return {"finding": f["code"], **f["fixes"][0]}
+    return None
+
+
+def evaluate_probe(probe: Probe, workdir: str, check_labels: bool = True) -> Outcome:
+    """Record the probe under resdoctor, diagnose it, and (optionally) re-measure its label."""
+    start = time.perf_counter()
+    path = os.path.join(workdir, f"{probe.name}.pt")
+    recorded = probe.record(path)
+    findings = _diagnose(path)
+    problems: list[str] = []
+    measured: dict[str, dict[str, Any]] = {}
+    loss = recorded.final_loss
+    if check_labels:
+        m = probe.measure().measurement
+        assert m is not None
+        problems = label_problems(probe.truth, m)
+        measured = {c: lab.to_dict() for c, lab in labels(m).items()}
+    nan = sorted((f for f in findings if f["code"] == "nonfinite" and f["step"] is not None),
+                 key=lambda f: f["step"])
+    t = probe.truth
+    return Outcome(
+        probe.name, probe.family, t.healthy, sorted(t.expect), sorted(t.allow), _found(findings),
+        findings,
+        {"step": t.onset.step, "module": t.onset.module, "phase": t.onset.phase}
+        if t.onset else None,
+        {"step": nan[0]["step"], "module": nan[0]["location"], "phase": nan[0]["phase"]}
+        if nan else None,
+        _lead(findings), problems, measured, loss, _top_fix(findings),
+        time.perf_counter() - start)
+
+
+def verify_fix(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome:
+    """Re-run ``probe`` with the top fix resdoctor suggested; measure whether it cured it."""
+    start = time.perf_counter()
+    top = outcome.top_fix
+    if top is None:
+        return FixOutcome(probe.name, None, {}, False, "no fix suggested")
+    code, params = top["code"], dict(top["params"])
+    try:
+        recipe = probe.fixed(code, params)
+    except FixNotApplicable as e:
+        return FixOutcome(probe.name, code, params, False, str(e))
+    try:
+        measured = probe.measure(recipe).measurement
+    except FixNotApplicable as e:  # the family cannot build this variant
+        return FixOutcome(probe.name, code, params, False, str(e))
+    assert measured is not None
+    present = {c for c, lab in labels(measured).items() if lab.status == "present"}
+    path = os.path.join(workdir, f"{probe.name}.fixed.pt")
+    after = probe.record(path, recipe)  # losses compared like for like: both runs under watch
+    tool = set(_found(_diagnose(path)))
+    expect = sorted(probe.truth.expect)
+    return FixOutcome(probe.name, code, params, True, "",
+                      [c for c in expect if c in present], [c for c in expect if c in tool],
+                      outcome.final_loss, after.final_loss, time.perf_counter() - start)
+
+
+@dataclass
+class Evaluation:
+    outcomes: list[Outcome]
+    fixes: list[FixOutcome]
+    seconds: float
+
+
+def evaluate(probes: Iterable[Probe], verify_fixes: bool = False, check_labels: bool = True,
+             workdir: str | None = None,
+             progress: Callable[[str], None] | None = None) -> Evaluation:
+    """Run every probe (and, with ``verify_fixes``, every pathological probe's top fix)."""
+    start = time.perf_counter()
+    outcomes, fixes = [], []
+    with tempfile.TemporaryDirectory(prefix="probes-") as tmp:
+        work = workdir or tmp
+        for probe in probes:
+            out = evaluate_probe(probe, work, check_labels)
+            outcomes.append(out)
+            if progress:
+                progress(f"{probe.name}: {'pass' if out.passed else 'FAIL'} "
+                         f"({out.seconds:.1f}s)")
+            if verify_fixes and not out.healthy:
+                fix = verify_fix(probe, out, work)
+                fixes.append(fix)
+                if progress:
+                    progress(f"{probe.name}: fix {fix.code}: "
+                             f"{'cured' if fix.cured else 'not cured'} ({fix.seconds:.1f}s)")
+    return Evaluation(outcomes, fixes, time.perf_counter() - start)
+
+
+def per_code(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+    """Precision and recall per finding code (allowed codes count neither way)."""
+    out = {}
+    for code in CODES:
+        tp = sum(code in o.expect and code in o.found for o in outcomes)
+        fn = sum(code in o.expect and code not in o.found for o in outcomes)
+        fp = sum(code in o.false for o in outcomes)
+        out[code] = {"tp": tp, "fp": fp, "fn": fn,
+                     "precision": tp / (tp + fp) if tp + fp else None,
+                     "recall": tp / (tp + fn) if tp + fn else None}
+    return out
+
+
+def summary(ev: Evaluation) -> dict[str, Any]:
+    """Headline figures of an evaluation."""
+    outs = ev.outcomes
+    healthy = [o for o in outs if o.healthy]
+    located = [o for o in outs if o.localised is not None]
+    leads = [o.lead_steps for o in outs if o.lead_steps is not None]
+    applied = [f for f in ev.fixes if f.applied]
+    return {
+        "probes": len(outs), "passed": sum(o.passed for o in outs),
+        "accuracy": sum(o.passed for o in outs) / len(outs) if outs else None,
+        "healthy": len(healthy), "false_alarms": sum(bool(o.found) for o in healthy),
+        "localised": sum(bool(o.localised) for o in located), "nan_probes": len(located),
+        "mean_lead_steps": sum(leads) / len(leads) if leads else None,
+        "lead_probes": len(leads), "label_problems": sum(bool(o.label_problems) for o in outs),
+        "fixes_tried": len(ev.fixes), "fixes_applied": len(applied),
+        "cured": sum(f.cured for f in ev.fixes),
+        "cure_rate": sum(f.cured for f in ev.fixes) / len(ev.fixes) if ev.fixes else None,
+        "seconds": ev.seconds,
+    }

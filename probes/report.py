@@ -1,0 +1,114 @@
+"""Render an evaluation: markdown tables (pasteable into docs) and a JSON object."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+from probes.evaluate import Evaluation, Outcome, per_code, summary
+
+
+def _codes(codes: list[str]) -> str:
+    return ", ".join(codes) if codes else "-"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _loc(o: Outcome) -> str:
+    if o.localised is None:
+        return "n/a"
+    if o.localised:
+        return "yes"
+    got = o.located
+    return "no (" + (f"{got['step']}, {got['module']}, {got['phase']}" if got else "none") + ")"
+
+
+def accuracy_table(ev: Evaluation) -> str:
+    rows = []
+    for o in ev.outcomes:
+        lead = "-" if o.lead_steps is None else str(o.lead_steps)
+        verdict = "pass" if o.passed else "FAIL"
+        if o.label_problems:
+            verdict += " (label!)"
+        rows.append([o.probe, o.family, _codes(o.expect) if o.expect else "healthy",
+                     _codes(o.found), _loc(o), lead, verdict])
+    return _table(["probe", "family", "expected", "found", "localised exact", "lead", "result"],
+                  rows)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def code_table(ev: Evaluation) -> str:
+    rows = [[code, str(v["tp"]), str(v["fp"]), str(v["fn"]), _pct(v["precision"]),
+             _pct(v["recall"])] for code, v in per_code(ev.outcomes).items()]
+    return _table(["code", "TP", "FP", "FN", "precision", "recall"], rows)
+
+
+def _loss(x: float) -> str:
+    return "nan/inf" if not math.isfinite(x) else f"{x:.3g}"
+
+
+def fix_table(ev: Evaluation) -> str:
+    rows = []
+    for f in ev.fixes:
+        if not f.applied:
+            rows.append([f.probe, f.code or "-", "-", "-", "-", f"not applied: {f.reason}"])
+            continue
+        gone = "yes" if f.gone else "no (" + _codes(f.remaining) + ")"
+        rows.append([f.probe, f.code or "-", gone, _codes(f.tool_remaining),
+                     f"{_loss(f.loss_before)} -> {_loss(f.loss_after)}",
+                     "cured" if f.cured else "not cured"])
+    return _table(["probe", "top fix", "condition gone (measured)", "resdoctor still finds",
+                   "final loss", "result"], rows)
+
+
+def summary_text(ev: Evaluation) -> str:
+    s = summary(ev)
+    lines = [
+        f"accuracy: {s['passed']}/{s['probes']} probes pass ({_pct(s['accuracy'])})",
+        f"false alarms: {s['false_alarms']}/{s['healthy']} healthy probes",
+        f"NaN localisation (step, module, phase exact): {s['localised']}/{s['nan_probes']}",
+    ]
+    if s["mean_lead_steps"] is not None:
+        lines.append(f"mean lead time, first warning -> first NaN/divergence: "
+                     f"{s['mean_lead_steps']:.1f} steps over {s['lead_probes']} failing runs")
+    if s["label_problems"]:
+        lines.append(f"LABEL PROBLEMS: {s['label_problems']} probes (see --json)")
+    if ev.fixes:
+        lines.append(f"top fix cures: {s['cured']}/{s['fixes_tried']} pathological probes "
+                     f"({_pct(s['cure_rate'])}); applied {s['fixes_applied']}")
+    lines.append(f"wall time: {s['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def render(ev: Evaluation) -> str:
+    parts = [accuracy_table(ev), "", code_table(ev), ""]
+    if ev.fixes:
+        parts += [fix_table(ev), ""]
+    return "\n".join(parts + [summary_text(ev)])
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def to_json(ev: Evaluation) -> dict[str, Any]:
+    outcomes = [{**asdict(o), "passed": o.passed, "missed": o.missed, "false": o.false,
+                 "localised": o.localised} for o in ev.outcomes]
+    fixes = [{**asdict(f), "gone": f.gone, "better": f.better, "cured": f.cured}
+             for f in ev.fixes]
+    return _clean({"summary": summary(ev), "per_code": per_code(ev.outcomes),
+                   "probes": outcomes, "fixes": fixes})
