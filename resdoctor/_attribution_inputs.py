@@ -140,10 +140,13 @@ class Objective:
             target = self.target
             if target is None:
                 index = flat.detach().argmax(-1, keepdim=True)
+            elif isinstance(target, torch.Tensor):
+                index = target.to(flat.device, torch.long).reshape(b, -1, 1).expand(-1, t, 1)
             elif isinstance(target, int):
                 index = torch.full((b, t, 1), target, device=flat.device, dtype=torch.long)
             else:
-                index = target.to(flat.device, torch.long).reshape(b, -1, 1).expand(-1, t, 1)
+                raise TypeError("target must be None, an int, a tensor of classes or a callable, "
+                                f"not {type(target).__name__}")
             self._index = index
         return self._index
 

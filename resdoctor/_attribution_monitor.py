@@ -115,8 +115,8 @@ def _unwrapped(model: nn.Module, sites: list[Site]) -> tuple[nn.Module, list[Sit
         name = tap.module[len("module."):] if tap.module.startswith("module.") else ""
         return dataclasses.replace(tap, module=name)
 
-    return model.module, [dataclasses.replace(s, **{r: strip(getattr(s, r)) for r in
-                                                    ("skip", "branch", "result", "source")})
+    return model.module, [dataclasses.replace(s, skip=strip(s.skip), branch=strip(s.branch),
+                                              result=strip(s.result), source=strip(s.source))
                           for s in sites]
 
 

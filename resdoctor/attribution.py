@@ -145,7 +145,7 @@ def attribute(model: nn.Module, inputs: Any, target: Target = None,
         if sites is None or any(isinstance(s, str) for s in sites):
             found = discover(model, *batch.args, **batch.kwargs)
         else:  # all sites of the model (e.g. ``watcher.sites``): nested ones are told apart
-            found = sorted(sites, key=lambda s: s.index)  # type: ignore[union-attr]
+            found = sorted((s for s in sites if isinstance(s, Site)), key=lambda s: s.index)
         chosen = _choose(found, sites)
         position = {s.index: k for k, s in enumerate(found)}
         routed = [position[s.index] for s in chosen if s.skip is not None and s.index in position]
