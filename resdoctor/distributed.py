@@ -337,16 +337,20 @@ def _stack(parts: list[dict[str, Any] | None], stride: int, keys: np.ndarray | N
     total, n = np.zeros(shape), np.zeros(shape, np.int64)
     mx, mn = np.full(shape, -np.inf), np.full(shape, np.inf)
     count = np.zeros(shape[:2], np.int64)
+    position = {c: i for i, c in enumerate(columns)}
     for r, (p, b) in enumerate(zip(parts, buckets, strict=True)):
         if p is None or b is None:
             continue
         rows = np.searchsorted(keys, b[0])
         ok = (rows < len(keys)) & (keys[np.minimum(rows, len(keys) - 1)] == b[0])
-        cols = [i for i, c in enumerate(p["columns"]) if c in columns]
-        at = np.ix_(rows[ok], [columns.index(p["columns"][i]) for i in cols])
-        pick = np.ix_(np.flatnonzero(ok), cols)
-        total[r][at], n[r][at] = b[1][pick], b[2][pick]
-        mx[r][at], mn[r][at] = b[4][pick], b[5][pick]
+        src = [i for i, c in enumerate(p["columns"]) if c in position]
+        dst = [position[p["columns"][i]] for i in src]
+        if dst == list(range(len(columns))) and src == dst:  # same columns: rows only
+            at, pick = (rows[ok],), (np.flatnonzero(ok),)
+        else:
+            at, pick = np.ix_(rows[ok], dst), np.ix_(np.flatnonzero(ok), src)
+        for out, values in zip((total, n, mx, mn), (b[1], b[2], b[4], b[5]), strict=True):
+            out[r][at] = values[pick]
         count[r, rows[ok]] = b[3][ok]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
@@ -356,20 +360,27 @@ def _stack(parts: list[dict[str, Any] | None], stride: int, keys: np.ndarray | N
 
 def _rebucket(p: dict[str, Any], stride: int) -> tuple[np.ndarray, ...]:
     """``(keys, sum, n, count, max, min)`` of one series state in buckets of ``stride`` steps."""
-    steps = p["steps"].numpy().astype(np.int64)
-    keys, inv = np.unique(steps // stride * stride, return_inverse=True)
+    steps = p["steps"].numpy().astype(np.int64) // stride * stride
     n = p["n"].numpy().astype(np.int64)
     mean = p["mean"].numpy().astype(np.float64)
-    shape = (len(keys), n.shape[1] if n.ndim == 2 else 0)
-    total, nn, count = np.zeros(shape), np.zeros(shape, np.int64), np.zeros(len(keys), np.int64)
-    mx, mn = np.full(shape, -np.inf), np.full(shape, np.inf)
     with np.errstate(invalid="ignore"):
-        np.add.at(total, inv, np.where(n > 0, mean * n, 0.0))  # a measured NaN stays NaN
-    np.add.at(nn, inv, n)
-    np.add.at(count, inv, p["count"].numpy().astype(np.int64))
-    np.maximum.at(mx, inv, np.where(n > 0, p["max"].numpy().astype(np.float64), -np.inf))
-    np.minimum.at(mn, inv, np.where(n > 0, p["min"].numpy().astype(np.float64), np.inf))
-    return keys, total, nn, count, mx, mn
+        total = np.where(n > 0, mean * n, 0.0)  # a measured NaN stays NaN
+    mx = np.where(n > 0, p["max"].numpy().astype(np.float64), -np.inf)
+    mn = np.where(n > 0, p["min"].numpy().astype(np.float64), np.inf)
+    count = p["count"].numpy().astype(np.int64)
+    if np.all(np.diff(steps) > 0):  # already one row per bucket (the usual case)
+        return steps, total, n, count, mx, mn
+    keys, inv = np.unique(steps, return_inverse=True)
+    shape = (len(keys), n.shape[1] if n.ndim == 2 else 0)
+    out = (np.zeros(shape), np.zeros(shape, np.int64), np.zeros(len(keys), np.int64),
+           np.full(shape, -np.inf), np.full(shape, np.inf))
+    with np.errstate(invalid="ignore"):
+        np.add.at(out[0], inv, total)
+    np.add.at(out[1], inv, n)
+    np.add.at(out[2], inv, count)
+    np.maximum.at(out[3], inv, mx)
+    np.minimum.at(out[4], inv, mn)
+    return (keys, *out)
 
 
 def _to_state(st: _Stack, mean: np.ndarray, mx: np.ndarray, mn: np.ndarray,
