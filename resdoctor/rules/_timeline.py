@@ -66,16 +66,24 @@ def _build(run: Run) -> Timeline:
         real = ev[[not bool((d or {}).get("amp_skipped")) for d in ev["detail"]]]
         if not real.empty:
             failure = real.iloc[0].to_dict()
-    step = int(failure["step"]) if failure is not None else None
-    scalars = run.scalars()
-    for name in ("loss", "grad_norm_total"):
-        if name in scalars.columns and step is None:
-            col = scalars[name]
-            bad = col.index[col.notna() & ~np.isfinite(col)]
-            bad = [int(s) for s in bad if int(s) not in skipped]
-            if bad:
-                step = bad[0]
+    step = int(failure["step"]) if failure is not None else _first_bad_scalar(run, skipped)
     return Timeline(run.steps, step, failure, skipped)
+
+
+def _first_bad_scalar(run: Run, skipped: frozenset[int]) -> int | None:
+    """First non-skipped step whose logged loss or gradient norm was measured non-finite
+    (pandas views show a measured NaN and a missing value alike, so read the counts)."""
+    s = run.state["series"].get("scalars")
+    if s is None or not len(s["columns"]):
+        return None
+    cols = [i for i, c in enumerate(s["columns"]) if c in ("loss", "grad_norm_total")]
+    if not cols:
+        return None
+    mean = s["mean"].numpy()[:, cols]
+    measured = s["n"].numpy()[:, cols] > 0
+    bad = np.any(measured & ~np.isfinite(mean), axis=1)
+    steps = [int(x) for x in s["steps"].numpy()[bad] if int(x) not in skipped]
+    return steps[0] if steps else None
 
 
 def annotate(findings: list[Finding], tl: Timeline) -> tuple[list[Finding], list[str]]:

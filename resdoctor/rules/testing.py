@@ -1,0 +1,93 @@
+"""Build a ``Run`` from plain arrays, to test rules (yours too) without training anything.
+
+Example::
+
+    run = make_run(50, scalars={"loss": losses}, sites=["b0", "b1"],
+                   site_series={"branch_ratio": {"b0": r0, "b1": r1}})
+    findings = resdoctor.rules.registry.get("dead-branch")(run)
+
+A value of ``None`` is "not measured"; ``float("nan")`` is a measured NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from resdoctor import runfile
+from resdoctor.run import Run
+from resdoctor.series import Series
+
+Values = Sequence[float | None] | np.ndarray
+
+
+def make_run(
+    steps: int,
+    *,
+    scalars: Mapping[str, Values] | None = None,
+    modules: Sequence[tuple[str, str, int]] = (),
+    module_series: Mapping[str, Mapping[str, Values]] | None = None,
+    sites: Sequence[str | Mapping[str, Any]] = (),
+    site_series: Mapping[str, Mapping[str, Values]] | None = None,
+    events: Sequence[Mapping[str, Any]] = (),
+    skipped_steps: Sequence[int] = (),
+    capacity: int = 4096,
+) -> Run:
+    """A ``Run`` of ``steps`` steps.
+
+    Args:
+        scalars: name -> one value per step (``loss``, ``lr``, ``grad_norm_total``, ...).
+        modules: ``(name, type, params)`` in forward order (``order`` is the position).
+        module_series: signal (``grad_norm``, ``update_ratio``, ``param_norm``) -> module -> values.
+        sites: site names (identity sites of a module of that name) or full site dicts.
+        site_series: signal (``branch_ratio``, ``stream_norm``, ...) -> site -> values.
+        events: non-finite onsets: ``{"step", "module", "phase"}`` (+ optional ``detail``).
+        skipped_steps: steps an AMP GradScaler skipped.
+    """
+    site_dicts = [_site(s, i) for i, s in enumerate(sites)]
+    series = {"scalars": _series(scalars or {}, steps, capacity)}
+    for signal, cols in {**(module_series or {}), **(site_series or {})}.items():
+        series[signal] = _series(cols, steps, capacity)
+    state = {
+        "format": runfile.FORMAT, "schema_version": runfile.SCHEMA_VERSION,
+        "resdoctor_version": "test", "torch_version": str(torch.__version__),
+        "model_class": "Synthetic", "steps": int(steps), "options": {},
+        "modules": [{"name": n, "type": t, "params": int(p), "order": i}
+                    for i, (n, t, p) in enumerate(modules)],
+        "sites": site_dicts, "series": series,
+        "events": [{"kind": "nonfinite", "rank": 0, "phase": "forward", "module": "",
+                    "detail": {"amp_skipped": False}, **dict(e)} for e in events],
+        "skipped_steps": torch.tensor(list(skipped_steps), dtype=torch.long),
+        "errors": [],
+    }
+    return Run(state)
+
+
+def _site(spec: str | Mapping[str, Any], index: int) -> dict[str, Any]:
+    if not isinstance(spec, str):
+        return {"index": index, "kind": "identity", "module": "Block", "shape": [], **dict(spec)}
+    return {"name": spec, "kind": "identity", "module": "Block", "index": index, "owner": spec,
+            "shape": [8, 16],
+            "skip": {"module": spec, "where": "input", "path": [0], "call": 0},
+            "branch": {"module": f"{spec}.branch", "where": "output", "path": [], "call": 0},
+            "result": {"module": spec, "where": "output", "path": [], "call": 0},
+            "source": {"module": spec, "where": "input", "path": [0], "call": 0}}
+
+
+def _series(columns: Mapping[str, Values], steps: int, capacity: int) -> dict[str, Any]:
+    names = list(columns)
+    s = Series(names, capacity)
+    table = np.full((steps, len(names)), np.nan)
+    present = np.zeros((steps, len(names)), dtype=bool)
+    for j, name in enumerate(names):
+        values = list(columns[name])[:steps]
+        for i, v in enumerate(values):
+            if v is not None:
+                table[i, j], present[i, j] = float(v), True
+    for i in range(steps):
+        if present[i].any():
+            s.append(i, table[i], present[i])
+    return s.to_state()

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from resdoctor.rules.activation_growth import activation_growth
+from resdoctor.rules.testing import make_run
+
+
+def _run(stream, steps=10, fail_at=None):
+    names = [f"s{i}" for i in range(len(stream))]
+    series = {n: [None] + [float(v)] * (steps - 1) for n, v in zip(names, stream)}
+    events = [{"step": fail_at, "module": "s0.branch", "phase": "forward"}] if fail_at else []
+    return make_run(steps, scalars={"loss": [1.0] * steps}, sites=names,
+                    site_series={"stream_norm": series}, events=events)
+
+
+@pytest.mark.parametrize("factor, fires", [(1.19, False), (1.21, True)])
+def test_per_block_threshold(factor, fires):
+    found = activation_growth(_run(factor ** np.arange(30)))  # total 1.19^29 = 155 >= 100
+    assert bool(found) is fires
+    if fires:
+        f = found[0]
+        assert f.evidence["per_block_growth"] == pytest.approx(1.21, rel=1e-3)
+        assert f.step == 1 and f.severity == "warning"
+
+
+@pytest.mark.parametrize("total, fires", [(99.0, False), (101.0, True)])
+def test_total_threshold(total, fires):
+    stream = total ** (np.arange(10) / 9)
+    assert bool(activation_growth(_run(stream), per_block=1.1)) is fires
+
+
+def test_sqrt_depth_growth_of_a_preactivation_resnet_is_quiet():
+    assert activation_growth(_run(np.sqrt(np.arange(1, 101)))) == []
+
+
+def test_polynomial_growth_is_not_exponential():
+    # (d)^3 over 30 sites grows 27000x, but a power law fits it better than an exponential
+    assert activation_growth(_run(np.arange(1, 31) ** 3.0)) == []
+
+
+def test_growth_only_in_the_last_step_before_a_nan_still_fires():
+    steps = 10
+    names = [f"s{i}" for i in range(20)]
+    calm, wild = np.ones(20), 1.5 ** np.arange(20)
+    series = {n: [None] + [1.0] * 7 + [wild[i]] + [None] for i, n in enumerate(names)}
+    run = make_run(steps, sites=names, site_series={"stream_norm": series},
+                   events=[{"step": 9, "module": "s0.branch", "phase": "forward"}])
+    assert calm.sum() == 20
+    (f,) = activation_growth(run)
+    assert f.step == 8 and f.severity == "critical"
+
+
+def test_real_sick_run_grows_exponentially(sick):
+    (f,) = activation_growth(sick)
+    assert f.step <= int(sick.nonfinite["step"].iloc[0])
+    assert f.evidence["r2_exponential"] > f.evidence["r2_power"]
+    assert f.location in set(sick.sites["name"])
+    assert f.fixes[0].code == "residual-scaling"
+    assert f.fixes[0].params["scale"] == pytest.approx(12 ** -0.5, rel=1e-2)
+
+
+def test_real_preactivation_resnet_is_quiet(preact, healthy, zero_init):
+    for run in (preact, healthy, zero_init):
+        assert activation_growth(run) == []

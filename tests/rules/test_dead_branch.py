@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from resdoctor.rules.dead_branch import dead_branch
+from resdoctor.rules.testing import make_run
+
+
+def _run(b_values, steps=50, **series):
+    ratio = {"a": [None] + [0.3] * (steps - 1), "b": [None] + list(b_values)[1:steps]}
+    return make_run(steps, scalars={"loss": [1.0] * steps}, sites=["a", "b"],
+                    site_series={"branch_ratio": ratio, **series})
+
+
+@pytest.mark.parametrize("value, fires", [(0.0101, False), (0.0099, True)])
+def test_ratio_threshold(value, fires):
+    found = dead_branch(_run([value] * 50))
+    assert bool(found) is fires
+    if fires:
+        f = found[0]
+        assert f.location == "b" and f.evidence["sites"] == ["b"] and f.step == 10
+        assert f.fixes[0].code == "reduce-depth" and f.fixes[0].params["blocks"] == ["b"]
+
+
+@pytest.mark.parametrize("dead_rows, fires", [(31, False), (33, True)])
+def test_min_fraction_threshold(dead_rows, fires):
+    # warm-up 10 steps -> 40 judged rows; 80% = 32 rows
+    values = [0.0] * 10 + [1e-4] * dead_rows + [0.2] * (40 - dead_rows)
+    assert bool(dead_branch(_run(values))) is fires
+
+
+def test_zero_init_branch_that_wakes_up_is_quiet():
+    values = list(np.minimum(np.arange(50) * 0.004, 0.1))  # 0 at start, 0.01 by step 3
+    assert dead_branch(_run(values)) == []
+
+
+def test_warmup_is_tunable():
+    values = [0.0] * 30 + [0.2] * 20  # dead for 30 steps, then alive
+    assert dead_branch(_run(values)) == []
+    assert dead_branch(_run(values), warmup_steps=0, min_fraction=0.5)
+
+
+def test_gradient_share_and_attribution_are_evidence():
+    (f,) = dead_branch(_run([1e-4] * 50, grad_branch_share={"b": [None] + [1e-3] * 49},
+                            attribution_share={"b": [None] + [0.001] * 49}))
+    assert f.evidence["grad_branch_share"] == {"b": 0.001}
+    assert f.evidence["attribution_confirms"] is True
+
+
+def test_real_dead_branches(dead):
+    (f,) = dead_branch(dead)
+    assert f.evidence["sites"] == list(dead.sites.sort_values("index")["name"])
+    assert f.fixes[0].code == "reduce-depth"
+
+
+def test_real_zero_init_resnet_wakes_up(zero_init):
+    br = zero_init.series("branch_ratio")
+    assert float(br.iloc[0].max()) < 0.01  # the branches really start at ~0
+    assert dead_branch(zero_init) == []
+
+
+def test_healthy_runs_are_quiet(healthy, preact, converged):
+    for run in (healthy, preact, converged):
+        assert dead_branch(run) == []

@@ -1,0 +1,42 @@
+import pytest
+
+from resdoctor.rules.oversmoothing import oversmoothing
+from resdoctor.rules.testing import make_run
+
+
+def _run(sim, energy, steps=10):
+    names = [f"s{i}" for i in range(len(sim))]
+    s = {n: [None] + [v] * (steps - 1) for n, v in zip(names, sim)}
+    e = {n: [None] + [v] * (steps - 1) for n, v in zip(names, energy)}
+    return make_run(steps, sites=names, site_series={"smoothing": s, "smoothing_energy": e})
+
+
+@pytest.mark.parametrize("deep, fires", [(0.89, False), (0.91, True)])
+def test_similarity_threshold(deep, fires):
+    found = oversmoothing(_run([0.2, 0.5, 0.8, deep], [0.8, 0.5, 0.2, 0.05]))
+    assert bool(found) is fires
+    if fires:
+        assert found[0].location == "s3" and found[0].evidence["collapse_depth"] == 4
+
+
+@pytest.mark.parametrize("energy, fires", [(0.11, False), (0.09, True)])
+def test_energy_threshold(energy, fires):
+    assert bool(oversmoothing(_run([0.2, 0.5, 0.8, 0.95], [0.8, 0.5, 0.2, energy]))) is fires
+
+
+def test_inputs_that_are_already_similar_are_not_oversmoothing():
+    # similar from the first site on: nothing got worse with depth (rise 0.01 < 0.1)
+    assert oversmoothing(_run([0.95, 0.95, 0.95, 0.96], [0.05] * 4)) == []
+
+
+def test_real_residual_gcn_oversmooths(smooth_gcn):
+    (f,) = oversmoothing(smooth_gcn)
+    sim = smooth_gcn.series("smoothing")
+    assert float(sim.iloc[:, -1].median()) >= 0.9 > float(sim.iloc[:, 0].median())
+    assert [x.code for x in f.fixes] == ["initial-residual", "pairnorm", "reduce-depth"]
+    assert f.fixes[2].params["depth"] < len(smooth_gcn.sites)
+
+
+def test_healthy_runs_are_quiet(healthy, preact, zero_init):
+    for run in (healthy, preact, zero_init):
+        assert oversmoothing(run) == []
