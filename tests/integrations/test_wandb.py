@@ -139,6 +139,8 @@ def wb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):  # artifact staging etc.
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
     yield lambda run: Offline(Path(run.dir).parent)
     if wandb.run is not None:
         wandb.run.finish()
