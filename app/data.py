@@ -95,13 +95,15 @@ def is_upload(path: str) -> bool:
 
 
 def record_demo(fixed: bool) -> tuple[str, str | None]:
-    """Record the demo run (and its fixed variant) into a temp folder; return their paths."""
+    """Record the demo run into a temp folder, and with ``fixed`` the same recipe re-run with
+    the top fix resdoctor suggests for it; return their paths."""
     from resdoctor.demo import record_demo as _record
 
     folder = Path(tempfile.mkdtemp(prefix="resdoctor-demo-"))
     sick = _record(str(folder / "demo.pt"), seed=0)
-    healthy = _record(str(folder / "demo-fixed.pt"), seed=0, healthy=True) if fixed else None
-    return str(sick), (str(healthy) if healthy else None)
+    cured = _record(str(folder / "demo-fixed.pt"), seed=0, fixed=True, from_run=sick) if fixed \
+        else None
+    return str(sick), (str(cured) if cured else None)
 
 
 def list_runs(folder: str, limit: int = 200) -> list[str]:

@@ -1,13 +1,16 @@
 """A synthetic run of a million steps, 200 modules with parameters and 100 residual sites.
 
 Built with the recorder's own ``Journal`` and ``Series`` (filled to capacity, so every series holds
-the most rows a real run file can), written with ``runfile.write``. Used by the app's scale test;
-``python tests/app/app_large_run.py OUT.pt`` writes one to open with ``streamlit run app/main.py``.
+the most rows a real run file can), written with ``runfile.write``. Used by the app's scale test.
+
+    python tests/app/app_large_run.py OUT.pt    # write one, to open with streamlit run app/main.py
+    python tests/app/app_large_run.py --sizes   # rows of every frame the app would draw from it
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -57,7 +60,29 @@ def _fill(series, stride: int, capacity: int, rng: np.random.Generator) -> None:
     series.stride = stride
 
 
+def sizes() -> list[tuple[str, int]]:
+    """(frame, rows) of what the app draws for the synthetic run (built in memory)."""
+    from app.view import View
+    from resdoctor.run import Run
+
+    view = View(Run(large_state()))
+    out = [(f"heatmap {s}", len(view.heatmap(s))) for s in
+           ("grad_norm", "update_ratio", "branch_ratio", "stream_norm", "smoothing")]
+    out.append(("lines branch_ratio, 6 sites", len(view.lines("branch_ratio",
+                                                               tuple(view.spread("branch_ratio"))))))
+    out.append(("depth profiles stream_norm, 5 steps", len(view.snapshots("stream_norm"))))
+    out.append(("scalars loss, lr, grad_norm_total", len(view.scalars())))
+    out.append(("skipped-step marks (20,000 skipped)", len(view.skipped())))
+    return out
+
+
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "large_run.pt"
-    runfile.write(large_state(), out)
-    print(out)
+    if sys.argv[1:] == ["--sizes"]:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        print(f"synthetic run: {STEPS:,} steps, 200 modules with parameters, 100 sites")
+        for name, rows in sizes():
+            print(f"{name:40s} {rows:>8,} rows")
+    else:
+        out = sys.argv[1] if len(sys.argv) > 1 else "large_run.pt"
+        runfile.write(large_state(), out)
+        print(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,23 @@ def test_bad_command_line(app) -> None:
     assert not at.exception and not at.error
     assert any("unknown option '--port'" in w.value for w in at.warning)
     assert MAIN.endswith("main.py")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: the demo records several times faster
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_demo_and_its_fix(app, one_thread) -> None:
+    at = app()
+    assert "No run at hand?" in texts(at)
+    next(b for b in at.button if "compare it with its fix" in b.label).click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert _title(at).endswith("demo.pt")
+    assert at.query_params["compare"].endswith("demo-fixed.pt")
+    assert "Compare" in [t.label for t in at.tabs]
+    sick = resdoctor.analyze(at.query_params["run"])
+    assert sick.verdict == "critical" and f"Verdict: {sick.verdict}" in texts(at)
