@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -60,6 +61,7 @@ class Probe:
     fast: bool = False
     cause: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    defaults: dict[str, Any] = field(default_factory=dict)  # the family's arch defaults
 
     @property
     def supported(self) -> frozenset[str]:
@@ -96,7 +98,11 @@ class Probe:
         if code == "guard-op" and target is not None and onset is not None and not (
                 target == onset.module or onset.module.startswith(f"{target}.") or not target):
             raise FixNotApplicable(f"guard-op targets {target!r}; the fault is in {onset.module!r}")
-        return apply_fix(self.recipe, code, params, self.supported)
+        full = replace(self.recipe, arch={**self.defaults, **self.recipe.arch})
+        new = apply_fix(full, code, params, self.supported)
+        if new == full:
+            raise FixNotApplicable(f"{code}: the probe is built that way already")
+        return new
 
 
 REGISTRY: dict[str, Probe] = {}

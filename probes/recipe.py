@@ -118,7 +118,8 @@ FIXES = {
     "mixed-precision": _mixed_precision,
     "pre-activation": lambda r, p: r.with_arch(preact=True),
     "pre-layernorm": lambda r, p: r.with_arch(norm="pre"),
-    "add-normalization": lambda r, p: r.with_arch(norm=True),
+    "add-normalization": lambda r, p: r.with_arch(
+        norm="pre" if isinstance(r.arch.get("norm"), str) else True),
     "pairnorm": lambda r, p: r.with_arch(pairnorm=True),
     "add-residual": lambda r, p: r.with_arch(residual=True),
 }

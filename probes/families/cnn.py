@@ -15,11 +15,14 @@ from resdoctor.models import PreActResNet, ResNet
 
 FIXES = frozenset({"pre-activation", "add-normalization", "residual-scaling", "reduce-depth"})
 
+DEFAULTS: dict[str, Any] = {"layers": (1, 1, 1), "widths": (8, 16, 16), "norm": True,
+                            "preact": False, "residual_scale": 1.0}
+
 
 def build(r: Recipe) -> Setup:
     """arch: layers, widths, norm, preact, zero_init, nan_grad (block path, step), guard_eps,
     frozen (parameter-name substrings kept out of the optimizer), residual_scale, init."""
-    a: dict[str, Any] = {"layers": (1, 1, 1), "widths": (8, 16, 16), "norm": True, **r.arch}
+    a: dict[str, Any] = {**DEFAULTS, **r.arch}
     layers = _spread(int(a["depth"]), len(a["layers"])) if "depth" in a else tuple(a["layers"])
     if a.get("preact"):
         model: nn.Module = PreActResNet(layers, a["widths"][: len(layers)])

@@ -15,6 +15,10 @@ from probes.train import Setup
 FIXES = frozenset({"pairnorm", "initial-residual", "add-residual", "add-normalization",
                    "residual-scaling", "reduce-depth"})
 
+DEFAULTS: dict[str, Any] = {"kind": "plain", "depth": 8, "dim": 32, "block": "res+",
+                            "norm": False, "pairnorm": False, "initial_residual": 0.0,
+                            "residual_scale": 1.0}
+
 
 def _norm(kind: str, dim: int) -> nn.Module:
     from torch_geometric.nn import PairNorm
@@ -86,8 +90,9 @@ def _norm_kind(a: dict[str, Any]) -> str:
 def build(r: Recipe) -> Setup:
     """arch: kind ("plain" | "res"), depth, dim, block, norm (True: LayerNorm), pairnorm,
     initial_residual, residual_scale, residual (True turns a plain GCN into res+ blocks)."""
-    a: dict[str, Any] = {"kind": "plain", "depth": 8, "dim": 32, "block": "res+", "norm": False,
-                         **r.arch}
+    a: dict[str, Any] = {**DEFAULTS, **r.arch}
+    if a.get("residual") and a["kind"] == "res":
+        raise FixNotApplicable("add-residual: the GCN is residual already")
     kind = "res" if a.get("residual") else a["kind"]
     alpha, scale = float(a.get("initial_residual", 0.0)), float(a.get("residual_scale", 1.0))
     if kind == "plain":

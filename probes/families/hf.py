@@ -14,6 +14,9 @@ from probes.train import Setup
 
 FIXES = frozenset({"residual-scaling", "reduce-depth"})
 
+DEFAULTS: dict[str, Any] = {"depth": 3, "dim": 32, "heads": 4, "init_range": 0.02,
+                            "residual_scale": 1.0}
+
 
 def _scale_branches(model: nn.Module, outputs: list[str], scale: float) -> None:
     """Residual scaling: multiply each branch's output (a forward hook on its last layer)."""
@@ -27,7 +30,7 @@ def gpt2(r: Recipe) -> Setup:
     residual_scale."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    a: dict[str, Any] = {"depth": 3, "dim": 32, "heads": 4, "init_range": 0.02, **r.arch}
+    a: dict[str, Any] = {**DEFAULTS, **r.arch}
     cfg = GPT2Config(n_layer=a["depth"], n_embd=a["dim"], n_head=a["heads"], vocab_size=64,
                      n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      initializer_range=a["init_range"], bos_token_id=0, eos_token_id=0)
@@ -55,7 +58,7 @@ def bert(r: Recipe) -> Setup:
     arch: depth, dim, heads, init_range, residual_scale."""
     from transformers import BertConfig, BertForTokenClassification
 
-    a: dict[str, Any] = {"depth": 3, "dim": 32, "heads": 4, "init_range": 0.02, **r.arch}
+    a: dict[str, Any] = {**DEFAULTS, **r.arch}
     cfg = BertConfig(num_hidden_layers=a["depth"], hidden_size=a["dim"],
                      num_attention_heads=a["heads"], intermediate_size=4 * a["dim"],
                      vocab_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,

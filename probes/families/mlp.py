@@ -15,6 +15,8 @@ from resdoctor.models import ResidualMLP
 
 FIXES = frozenset({"residual-scaling", "add-normalization", "pre-layernorm", "reduce-depth",
                    "add-residual"})
+DEFAULTS: dict[str, Any] = {"depth": 8, "dim": 32, "norm": False, "residual": True,
+                            "activation": "relu", "residual_scale": 1.0, "task": "teacher"}
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh,
                                            "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
@@ -32,8 +34,7 @@ def _dead_branches(model: ResidualMLP, bias: float, norm: bool) -> None:
 def build(r: Recipe) -> Setup:
     """arch: depth, dim, norm, residual, activation, residual_scale, gate (block, init),
     guard_eps, dead_bias, task ("teacher" | "linear"), init ("kaiming")."""
-    a: dict[str, Any] = {"depth": 8, "dim": 32, "norm": False, "residual": True,
-                         "activation": "relu", "residual_scale": 1.0, "task": "teacher", **r.arch}
+    a: dict[str, Any] = {**DEFAULTS, **r.arch}
     if not a["residual"] and float(a["residual_scale"]) != 1.0:
         raise FixNotApplicable("residual-scaling: this MLP has no residual connections")
     dead = a.get("dead_bias")

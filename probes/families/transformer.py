@@ -13,12 +13,14 @@ from resdoctor.models import TinyTransformer
 
 FIXES = frozenset({"pre-layernorm", "add-normalization", "residual-scaling", "reduce-depth"})
 
+DEFAULTS: dict[str, Any] = {"depth": 4, "dim": 32, "heads": 4, "norm": "pre",
+                            "residual_scale": 1.0}
+
 
 def build(r: Recipe) -> Setup:
     """arch: depth, dim, heads, norm ("pre" | "post" | "none"; True means "pre"),
     residual_scale, gate (block, init), guard_eps, l1."""
-    a: dict[str, Any] = {"depth": 4, "dim": 32, "heads": 4, "norm": "pre",
-                         "residual_scale": 1.0, **r.arch}
+    a: dict[str, Any] = {**DEFAULTS, **r.arch}
     norm = "pre" if a["norm"] is True else a["norm"]
     model = TinyTransformer(vocab=64, dim=a["dim"], depth=a["depth"], heads=a["heads"],
                             max_len=32, norm=norm, residual_scale=float(a["residual_scale"]))
