@@ -44,11 +44,11 @@ def main() -> None:
         _welcome()
         return
     a = _open(choice.run, "Run")
+    if choice.refresh:  # also while the file does not exist yet
+        _live(choice.run, a.key if a else None, choice.refresh)
     if a is None:
         return
     b = _open(choice.compare, "Second run") if choice.compare else None
-    if choice.refresh:
-        _live(a, choice.refresh)
     ui.guarded("Header", header.render, a)
     labels = list(SECTIONS) + (["Compare"] if b is not None else [])
     for label, tab in zip(labels, st.tabs(labels, key="tab", bind="query-params"), strict=True):
@@ -72,14 +72,14 @@ def _open(path: str, what: str) -> data.Opened | None:
     return None
 
 
-def _live(opened: data.Opened, every: float) -> None:
+def _live(path: str, shown: data.FileKey | None, every: float) -> None:
     """Poll the file's mtime; rerun the whole page when it changed (cache is keyed on it)."""
 
     def poll() -> None:
-        key = data.file_key(opened.path)
-        if key is not None and key != opened.key:
+        key = data.file_key(path)
+        if key is not None and key != shown:
             st.rerun()
-        st.caption(f"Watching {opened.path} every {every:g} s · {opened.run.steps:,} steps so far")
+        st.caption(f"Watching {path} for changes every {every:g} s.")
 
     st.fragment(poll, run_every=every)()
 

@@ -30,7 +30,7 @@ class Choice:
 
 def choose() -> Choice:
     """Draw the sidebar and return the current choice."""
-    problem = _init_state()
+    _init_state()
     with st.sidebar:
         st.header("Run")
         st.text_input("Run file", key="run_path", placeholder="path/to/run.pt",
@@ -50,19 +50,19 @@ def choose() -> Choice:
         every = st.selectbox("Auto-refresh while the run is written", list(REFRESH), key="every")
     run, cmp = st.session_state.run_path.strip(), st.session_state.cmp_path.strip()
     _sync_query(run, cmp)
-    return Choice(run, cmp, REFRESH[every], problem or st.session_state.get("problem"))
+    return Choice(run, cmp, REFRESH[every], st.session_state.get("problem"))
 
 
-def _init_state() -> str | None:
+def _init_state() -> None:
     """First run of a session: take the query string, else the command line."""
     if "run_path" in st.session_state:
-        return None
+        return
     paths, problem = data.cli_runs(sys.argv[1:])
+    st.session_state.problem = problem
     query = st.query_params
     st.session_state.run_path = query.get("run") or (paths[0] if paths else "")
     st.session_state.cmp_path = query.get("compare") or (paths[1] if len(paths) > 1 else "")
     st.session_state.folder = os.path.dirname(st.session_state.run_path) or os.getcwd()
-    return problem
 
 
 def _picker(target: str, key: str, label: str) -> None:

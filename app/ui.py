@@ -25,6 +25,14 @@ def guarded(title: str, draw: Callable[..., None], *args: Any) -> None:
         st.error(f"{title}: this section could not be drawn ({type(e).__name__}: {first})")
 
 
+def no_sites(view: View) -> bool:
+    """True (with a note) when the model has no residual site, so site signals cannot exist."""
+    if len(view.run.sites):
+        return False
+    st.info("No residual site was found in this model, so there is nothing to show here.")
+    return True
+
+
 def signal_choice(view: View, signals: tuple[str, ...], key: str) -> str | None:
     """Radio over the recorded signals among ``signals``; None (with a note) if none is."""
     present = [s for s in signals if view.has(s)]

@@ -13,6 +13,8 @@ SIGNAL = "stream_norm"
 def render(opened: Opened) -> None:
     view = opened.view
     st.subheader("Activation growth")
+    if ui.no_sites(view):
+        return
     if not view.has(SIGNAL):
         st.info("The stream norm was not recorded in this run (watch(..., sites=False)?).")
         return

@@ -23,6 +23,9 @@ def render(opened: Opened) -> None:
         st.error(opened.analysis_error or "the analysis failed")
     else:
         verdict_banner(report.verdict, [f.severity for f in report.findings])
+    if run.steps == 0:
+        st.info("No step recorded yet. If training is running, turn on auto-refresh in the "
+                "sidebar: the file is rewritten every flush_every steps or flush_seconds.")
     c = st.columns(6)
     c[0].metric("steps", f"{run.steps:,}")
     c[1].metric("modules with parameters", len(opened.view.depth_order("grad_norm")))

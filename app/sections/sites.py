@@ -15,8 +15,7 @@ REFERENCE = {"branch_ratio": 1.0, "grad_branch_share": 0.5, "attribution_share":
 def render(opened: Opened) -> None:
     view = opened.view
     st.subheader("Residual sites")
-    if not len(opened.run.sites):
-        st.info("No residual site was found in this model.")
+    if ui.no_sites(view):
         return
     st.caption("Branch ratio ‖F(x)‖/‖x‖ ≫ 1: the branch overwhelms the skip path; ≈ 0: the "
                "branch is dead. Gradient branch share: the part of the gradient at the site's "

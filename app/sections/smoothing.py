@@ -11,6 +11,8 @@ from app.data import Opened
 def render(opened: Opened) -> None:
     view = opened.view
     st.subheader("Over-smoothing")
+    if ui.no_sites(view):
+        return
     if not view.has("smoothing"):
         st.info("Over-smoothing was not recorded in this run (smoothing_every=0?).")
         return

@@ -47,11 +47,39 @@ def record(path: Path, *, lr: float, norm: bool, steps: int = 30) -> str:
     return str(path)
 
 
+def record_edge_cases(folder: Path) -> dict[str, str]:
+    """A plain (non-residual) MLP run, and a run closed before its first step."""
+    import torch
+    import torch.nn.functional as F
+
+    import resdoctor
+    from resdoctor.models import ResidualMLP
+
+    model = ResidualMLP(depth=3, dim=16, residual=False)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = torch.randn(8, 16), torch.randn(8, 1)
+    with resdoctor.watch(model, opt, folder / "plain.pt") as doctor:
+        for _ in range(5):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    with resdoctor.watch(ResidualMLP(depth=3, dim=16), None, folder / "empty.pt"):
+        pass
+    return {"plain": str(folder / "plain.pt"), "empty": str(folder / "empty.pt")}
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("runs")
     return {"sick": record(folder / "sick.pt", lr=0.1, norm=False),
             "healthy": record(folder / "healthy.pt", lr=0.02, norm=True)}
+
+
+@pytest.fixture(scope="session")
+def edge_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return record_edge_cases(tmp_path_factory.mktemp("edge"))
 
 
 @pytest.fixture(scope="session")

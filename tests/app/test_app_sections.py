@@ -162,3 +162,21 @@ def test_loss_lr_and_skipped(app, runs, kind: str) -> None:
     at.toggle[0].set_value(False).run()
     _clean(at)
     assert '"type": "log"' not in str(chart_data(at)[0][0]).replace("'", '"')
+
+
+TABS = ["Diagnosis", "Gradient flow", "Residual sites", "Activation growth", "Over-smoothing",
+        "Loss & LR"]
+
+
+@pytest.mark.parametrize("kind", ["plain", "empty"])
+def test_runs_without_sites_or_steps(app, edge_runs, kind: str) -> None:
+    notes = []
+    for tab in TABS if kind == "empty" else TABS[2:5]:
+        at = app(run=edge_runs[kind], tab=tab)
+        _clean(at)
+        notes += [i.value for i in at.info]
+    no_sites = "No residual site was found in this model, so there is nothing to show here."
+    assert notes.count(no_sites) == 3  # sites, activation growth, over-smoothing
+    assert ("No step recorded yet" in " ".join(notes)) == (kind == "empty")
+    if kind == "empty":
+        assert any(n.startswith("Not recorded in this run: `grad_norm`") for n in notes)
