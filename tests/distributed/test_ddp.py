@@ -9,7 +9,7 @@ import pytest
 
 import resdoctor
 from tests.distributed._launch import expected, tail, torchrun
-from tests.distributed.worker import NAN_MODULE, NAN_RANK, NAN_STEP, STEPS
+from tests.distributed.worker import CENSUS_STEPS, NAN_MODULE, NAN_RANK, NAN_STEP, STEPS
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,11 @@ def test_crashed_run_merges_from_rank_files(out, capsys) -> None:
     assert run.steps == 4 and run.state["ranks"] == [0, 1]  # flushed every 2 steps
     rank0 = resdoctor.load(files[0]).series("grad_norm")
     np.testing.assert_array_equal(run.series("grad_norm").to_numpy(), rank0.to_numpy())
+
+
+def test_no_collective_added_per_step(out) -> None:
+    """The profiler's census of collectives over the same training loop, unwatched and watched."""
+    for rank in (0, 1):
+        plain, watched = expected(out, rank)["collectives"]
+        per_step = {name: count * STEPS // CENSUS_STEPS for name, count in plain.items()}
+        assert plain and watched == per_step

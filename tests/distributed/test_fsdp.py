@@ -7,7 +7,7 @@ import pytest
 
 import resdoctor
 from tests.distributed._launch import expected, tail, torchrun
-from tests.distributed.worker import NAN_MODULE, NAN_RANK, NAN_STEP, STEPS
+from tests.distributed.worker import CENSUS_STEPS, NAN_MODULE, NAN_RANK, NAN_STEP, STEPS
 
 pytest.importorskip("torch.distributed.fsdp").fully_shard  # noqa: B018 - FSDP2 is needed
 
@@ -63,3 +63,11 @@ def test_no_hooks_remain(out) -> None:
     for rank in (0, 1):
         before, after = expected(out, rank)["hooks"]
         assert after == before > 0  # FSDP's own hooks stay, resdoctor's are gone
+
+
+def test_no_collective_added_per_step(out) -> None:
+    """The profiler's census of collectives over the same training loop, unwatched and watched."""
+    for rank in (0, 1):
+        plain, watched = expected(out, rank)["collectives"]
+        per_step = {name: count * STEPS // CENSUS_STEPS for name, count in plain.items()}
+        assert plain and watched == per_step

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 import resdoctor
 from resdoctor.models import ResidualMLP
 
 STEPS, NAN_STEP, NAN_RANK, NAN_MODULE = 10, 7, 1, "blocks.1.branch.1"
+CENSUS_STEPS = 2  # unwatched steps profiled for the collective census
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -46,10 +50,10 @@ def hook_count(model: nn.Module, opt: torch.optim.Optimizer) -> int:
 def build(mode: str) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     model = ResidualMLP(d_in=8, dim=16, depth=3)
-    state = {"step": 0}
+    state = {"step": 0, "inject": True}
 
     def inject(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if dist.get_rank() == NAN_RANK and state["step"] == NAN_STEP:
+        if dist.get_rank() == NAN_RANK and state["step"] == NAN_STEP and state["inject"]:
             return output * float("nan")
         return None
 
@@ -73,10 +77,43 @@ def main(mode: str, out: str) -> None:
     names = [n for n, m in model.named_modules() if list(m.parameters(recurse=False))]
     opt = torch.optim.SGD(wrapped.parameters(), lr=0.05)
     hooks_before = hook_count(model, opt)
+    model.state["inject"] = False  # the same loop unwatched, for the collective census
+    for _ in range(2):  # DDP broadcasts its rebuilt buckets once, in its second forward
+        wrapped(torch.randn(4, 8)).sum().backward()
+        opt.zero_grad()
+    with profile(activities=[ProfilerActivity.CPU]) as plain:
+        train(model, wrapped, opt, None, new_expected(names), rank, steps=CENSUS_STEPS)
+    model.state["inject"] = True
     doctor = resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "run.pt"),
                              flush_every=2, flush_seconds=0, update_every=1)
-    expected: dict[str, list] = {"modules": names, "grad_norm": [], "loss": [], "update": []}
-    for step in range(STEPS):
+    expected = new_expected(names)
+    with profile(activities=[ProfilerActivity.CPU]) as watched:
+        train(model, wrapped, opt, doctor, expected, rank)
+    expected["collectives"] = [collectives(plain), collectives(watched)]
+    doctor.close()
+    expected["hooks"] = [hooks_before, hook_count(model, opt)]
+    torch.save(expected, os.path.join(out, f"expected.rank{rank}.pt"))
+    if mode == "ddp":
+        watch_on_rank_0_only(model, wrapped, opt, out, rank)
+        dist.barrier()
+        crash(model, wrapped, opt, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def new_expected(names: list[str]) -> dict[str, Any]:
+    return {"modules": names, "grad_norm": [], "loss": [], "update": []}
+
+
+def collectives(prof: profile) -> dict[str, int]:
+    """Collective calls seen by the profiler, by name (``c10d::allreduce_``, ...)."""
+    return dict(Counter(e.name for e in prof.events() if e.name.startswith(("c10d::", "gloo:"))))
+
+
+def train(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer, doctor: Any,
+          expected: dict[str, Any], rank: int, steps: int = STEPS) -> None:
+    names = expected["modules"]
+    for step in range(steps):
         model.state["step"] = step
         gen = torch.Generator().manual_seed(1000 * rank + step)
         x = torch.randn(4, 8, generator=gen)
@@ -89,16 +126,8 @@ def main(mode: str, out: str) -> None:
         after = [full(p.detach()) for p in model.parameters()]
         expected["update"].append(update_ratios(model, names, before, after))
         expected["loss"].append(float(loss.detach()))
-        doctor.log(loss=loss.detach())
-    doctor.close()
-    expected["hooks"] = [hooks_before, hook_count(model, opt)]
-    torch.save(expected, os.path.join(out, f"expected.rank{rank}.pt"))
-    if mode == "ddp":
-        watch_on_rank_0_only(model, wrapped, opt, out, rank)
-        dist.barrier()
-        crash(model, wrapped, opt, out)
-    dist.barrier()
-    dist.destroy_process_group()
+        if doctor is not None:
+            doctor.log(loss=loss.detach())
 
 
 def watch_on_rank_0_only(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer,
