@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -42,7 +43,10 @@ def _one_line_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                # torch's safe loader warns about the pickle protocol of files it then refuses
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback

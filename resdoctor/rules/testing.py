@@ -91,3 +91,33 @@ def _series(columns: Mapping[str, Values], steps: int, capacity: int) -> dict[st
         if present[i].any():
             s.append(i, table[i], present[i])
     return s.to_state()
+
+
+def diverging_run(steps: int = 30, nan_at: int = 20) -> Run:
+    """A small synthetic sick run: the loss climbs from step ``nan_at // 2``, gradients surge,
+    then a NaN appears at ``nan_at`` in ``b1.branch`` (forward). For renderer and CLI tests."""
+    half = nan_at // 2
+    loss = [2.0 - 0.05 * t for t in range(half)] + [3.0 * 1.5 ** t for t in range(nan_at - half)]
+    loss += [float("nan")] * (steps - nan_at)
+    grad = [1.0] * half + [20.0 * 2.0 ** t for t in range(nan_at - half)]
+    grad += [float("inf")] * (steps - nan_at)
+    modules = [("b0.branch", "Linear", 72), ("b1.branch", "Linear", 72), ("head", "Linear", 9)]
+    return make_run(
+        steps, scalars={"loss": loss, "grad_norm_total": grad, "lr": [0.1] * steps},
+        modules=modules, sites=["b0", "b1"],
+        site_series={"branch_ratio": {"b0": [None] + [0.5] * (steps - 1),
+                                      "b1": [None] + [0.4] * (steps - 1)},
+                     "stream_norm": {"b0": [None] + [1.0] * (steps - 1),
+                                     "b1": [None] + [1.2] * (steps - 1)}},
+        events=[{"step": nan_at, "module": "b1.branch", "phase": "forward",
+                 "detail": {"input_rms": 3.0, "amp_skipped": False}}])
+
+
+def quiet_run(steps: int = 30) -> Run:
+    """A small synthetic healthy run (the loss falls, nothing else happens)."""
+    return make_run(
+        steps, scalars={"loss": [2.0 * 0.95 ** t for t in range(steps)],
+                        "grad_norm_total": [1.0] * steps},
+        sites=["b0", "b1"],
+        site_series={"branch_ratio": {"b0": [None] + [0.5] * (steps - 1),
+                                      "b1": [None] + [0.4] * (steps - 1)}})
