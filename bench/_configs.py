@@ -65,7 +65,7 @@ class Resdoctor(Config):
         import resdoctor
 
         self._runs += 1
-        path = tmp / f"{self.name}-{self._runs}.pt"
+        path = tmp / f"resdoctor-{id(self)}-{self._runs}.pt"
         self.doctor = resdoctor.watch(work.model, optimizer=work.optimizer, path=path,
                                       **self.options)
 
@@ -160,7 +160,10 @@ class Naive(Config):
 
 
 def make(name: str) -> Config:
-    """The configuration called ``name`` (one of ``CONFIGS``)."""
+    """The configuration called ``name``: one of ``CONFIGS``, or ``resdoctor:opt=value,...``
+    for resdoctor with other options (``resdoctor:nonfinite=False,sites=False``)."""
+    if name.startswith("resdoctor:"):
+        return Resdoctor(name, **_options(name.split(":", 1)[1]))
     if name == "plain":
         return Config()
     if name == "resdoctor":
@@ -171,6 +174,16 @@ def make(name: str) -> Config:
     if name not in factories:
         raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
     return factories[name]()
+
+
+def _options(text: str) -> dict[str, Any]:
+    import ast
+
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = ast.literal_eval(value.strip())
+    return out
 
 
 def hook_census(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Counter:

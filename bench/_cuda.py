@@ -15,6 +15,7 @@ file is allowed to wait for the device, and happens only at ``close()``.
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -79,13 +80,18 @@ def _profiled(work: Workload, config: Config, n: int) -> Counter:
     return counts
 
 
-def sync_census(work: Workload, steps: int, tmp: str) -> dict[str, Any]:
+def sync_census(work: Workload, steps: int) -> dict[str, Any]:
     """Host syncs and device-to-host copies per step: plain, resdoctor, resdoctor-all."""
+    with tempfile.TemporaryDirectory(prefix="resdoctor-sync-") as tmp:
+        return _census(work, steps, Path(tmp))
+
+
+def _census(work: Workload, steps: int, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"syncs_per_step": {}, "profiler_per_step": {}, "error_mode": {},
                            "examples": {}}
     plain_syncs = None
     for config in _configs():
-        config.setup(work, Path(tmp))
+        config.setup(work, tmp)
         try:
             _steps(work, config, 2)  # warm-up: discovery traces the first forward
             torch.cuda.synchronize()

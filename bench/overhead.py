@@ -70,23 +70,26 @@ def time_config(work: Workload, config: Config, args: argparse.Namespace, tmp: P
     config.setup(work, tmp)
     setup_s = time.perf_counter() - t0
     times: list[float] = []
+    cpu: list[float] = []
     first = 0.0
     try:
         for i in range(args.warmup + args.steps):
             _sync(device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             config.after_step(work.step())
             _sync(device)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if i == 0:
                 first = dt
             if i >= args.warmup:
                 times.append(dt)
+                cpu.append(dc)
     finally:
         t0 = time.perf_counter()
         config.teardown()
         teardown_s = time.perf_counter() - t0
-    return {"times": times, "setup_s": setup_s, "first_step_s": first, "teardown_s": teardown_s}
+    return {"times": times, "cpu_times": cpu, "setup_s": setup_s, "first_step_s": first,
+            "teardown_s": teardown_s}
 
 
 def measure(work: Workload, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -108,11 +111,15 @@ def measure(work: Workload, args: argparse.Namespace, device: torch.device) -> d
 
 
 def summarize(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per configuration: median step time and the median over rounds of the ratio to plain,
+    by wall clock (the result) and by process CPU time (steadier on a loaded machine)."""
     plain = [statistics.median(r["times"]) for r in rounds["plain"]]
+    plain_cpu = [statistics.median(r["cpu_times"]) for r in rounds["plain"]]
     out: dict[str, Any] = {}
     for name, rs in rounds.items():
         medians = [statistics.median(r["times"]) for r in rs]
         ratios = [m / p for m, p in zip(medians, plain, strict=True)]
+        cpu = [statistics.median(r["cpu_times"]) / p for r, p in zip(rs, plain_cpu, strict=True)]
         out[name] = {
             "title": TITLES.get(name, name),
             "median_step_ms": 1e3 * statistics.median(t for r in rs for t in r["times"]),
@@ -120,6 +127,10 @@ def summarize(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
             "round_ratios": ratios,
+            "cpu_ratio": statistics.median(cpu),
+            "cpu_ratio_min": min(cpu),
+            "cpu_ratio_max": max(cpu),
+            "median_step_cpu_ms": 1e3 * statistics.median(t for r in rs for t in r["cpu_times"]),
             "timed_steps": sum(len(r["times"]) for r in rs),
             "first_step_ms": 1e3 * statistics.median(r["first_step_s"] for r in rs),
             "setup_ms": 1e3 * statistics.median(r["setup_s"] for r in rs),
@@ -129,16 +140,19 @@ def summarize(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any], configs: list[str]) -> str:
-    """A plain-text table: one row per model, plain step time then each ratio (min-max)."""
-    head = ["model", "plain ms/step"] + [c for c in configs if c != "plain"]
+    """Plain text: per model a wall-clock row and a CPU-time row; plain's ms/step, then each
+    configuration's ratio to plain with the range over rounds."""
+    head = ["model", "clock", "plain ms/step"] + [c for c in configs if c != "plain"]
     rows = [head]
     for model, res in results.items():
-        row = [model, f"{res['plain']['median_step_ms']:.1f}"]
-        for c in head[2:]:
-            r = res.get(c)
-            row.append("-" if r is None else
-                       f"{r['ratio']:.3f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})")
-        rows.append(row)
+        for clock, key, ms in (("wall", "ratio", "median_step_ms"),
+                               ("cpu", "cpu_ratio", "median_step_cpu_ms")):
+            row = [model, clock, f"{res['plain'][ms]:.1f}"]
+            for c in head[3:]:
+                r = res.get(c)
+                row.append("-" if r is None else
+                           f"{r[key]:.3f}x ({r[key + '_min']:.2f}-{r[key + '_max']:.2f})")
+            rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
@@ -178,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 from bench._cuda import sync_census
 
-                report.setdefault("sync_census", {})[name] = sync_census(
-                    work, args.sync_steps, tempfile.gettempdir())
+                report.setdefault("sync_census", {})[name] = sync_census(work, args.sync_steps)
     finally:
         Wandb.finish()
     report["machine"]["loadavg_end"] = _machine.loadavg()

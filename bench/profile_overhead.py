@@ -2,7 +2,8 @@
 
 Three views of the same workload:
 
-1. timing: plain and watched steps alternated round by round; the overhead in ms per step.
+1. timing: plain and watched steps alternated round by round (wall and CPU time); with
+   ``--ablate`` also resdoctor without non-finite checks and without residual sites.
 2. cProfile of watched steps: resdoctor's functions by cumulative time per step, and the
    functions they call (torch ops, numpy) by the time spent in them from resdoctor's code.
 3. torch.profiler: aten ops per step, watched minus plain (count and self CPU time), which
@@ -36,34 +37,51 @@ PACKAGE = "/resdoctor/"
 MODELS = "/resdoctor/models/"  # the benchmark's model, not resdoctor's overhead
 
 
-def _run(work: Workload, config: Config, steps: int) -> list[float]:
-    times = []
+ABLATIONS = ("resdoctor:nonfinite=False", "resdoctor:sites=False",
+             "resdoctor:nonfinite=False,sites=False")
+
+
+def _run(work: Workload, config: Config, steps: int) -> tuple[list[float], list[float]]:
+    wall, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         config.after_step(work.step())
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
-def timing(work: Workload, name: str, rounds: int, steps: int, tmp: Path) -> dict[str, float]:
-    """Median step time of plain and ``name``, alternated; overhead in ms per step."""
-    medians: dict[str, list[float]] = {"plain": [], name: []}
+def timing(work: Workload, names: list[str], rounds: int, steps: int,
+           tmp: Path) -> dict[str, dict[str, float]]:
+    """Plain and each configuration alternated round by round: median wall and CPU ms per step,
+    the CPU-time overhead in ms per step (median of per-round differences) and the ratios."""
+    names = ["plain", *names]
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = ["plain", name] if r % 2 == 0 else [name, "plain"]
-        for config_name in order:
-            config = make(config_name)
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            config = make(name)
             config.setup(work, tmp)
             try:
                 _run(work, config, 2)
-                medians[config_name].append(statistics.median(_run(work, config, steps)))
+                w, c = _run(work, config, steps)
             finally:
                 config.teardown()
-    plain = 1e3 * statistics.median(medians["plain"])
-    watched = 1e3 * statistics.median(medians[name])
-    pairs = list(zip(medians[name], medians["plain"], strict=True))
-    return {"plain_ms": plain, "watched_ms": watched,
-            "overhead_ms": statistics.median(1e3 * (w - p) for w, p in pairs),
-            "ratio": statistics.median(w / p for w, p in pairs)}
+            wall[name].append(statistics.median(w))
+            cpu[name].append(statistics.median(c))
+    out = {}
+    for name in names:
+        pairs = list(zip(cpu[name], cpu["plain"], strict=True))
+        out[name] = {
+            "wall_ms": 1e3 * statistics.median(wall[name]),
+            "cpu_ms": 1e3 * statistics.median(cpu[name]),
+            "cpu_overhead_ms": statistics.median(1e3 * (a - b) for a, b in pairs),
+            "cpu_ratio": statistics.median(a / b for a, b in pairs),
+            "wall_ratio": statistics.median(
+                a / b for a, b in zip(wall[name], wall["plain"], strict=True)),
+        }
+    return out
 
 
 def _label(func: tuple[str, int, str]) -> str:
@@ -120,7 +138,8 @@ def _ops(work: Workload, config: Config, steps: int) -> dict[str, tuple[float, f
 
 
 def op_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -> list[dict]:
-    """Ops that watching adds, per step: extra calls times the op's mean self CPU time."""
+    """Ops that watching adds, per step. For an op plain training never calls, its whole self CPU
+    time; for one it also calls (``in_plain``), the difference of totals, which is noisier."""
     result = {}
     for config_name in ("plain", name):
         config = make(config_name)
@@ -131,11 +150,11 @@ def op_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -> li
             config.teardown()
     rows = []
     for op, (c1, t1) in result[name].items():
-        c0 = result["plain"].get(op, (0.0, 0.0))[0]
+        c0, t0 = result["plain"].get(op, (0.0, 0.0))
         if c1 - c0 < 0.5:  # an op resdoctor does not add: its time difference is noise
             continue
-        rows.append({"op": op, "extra_calls": c1 - c0, "extra_self_ms": (c1 - c0) * t1 / c1,
-                     "watched_calls": c1, "watched_self_ms": t1})
+        rows.append({"op": op, "extra_calls": c1 - c0, "extra_self_ms": t1 - t0 if c0 else t1,
+                     "in_plain": c0 > 0, "watched_calls": c1, "watched_self_ms": t1})
     rows.sort(key=lambda r: -r["extra_self_ms"])
     return rows[:top]
 
@@ -149,11 +168,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="steps per round / per profile")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--ablate", action="store_true",
+                   help="also time resdoctor without non-finite checks / without sites")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 rounds of 2 steps")
     p.add_argument("--out", default="bench/results/profile.json", help="JSON ('' = none)")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.steps = 2, 2
+        args.rounds, args.steps, args.ablate = 2, 2, True
     return args
 
 
@@ -165,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": _machine.describe(device), "workload": work.title,
                            "config": args.config}
     with tempfile.TemporaryDirectory(prefix="resdoctor-profile-") as tmp:
-        out["timing"] = timing(work, args.config, args.rounds, args.steps, Path(tmp))
+        names = [args.config, *(ABLATIONS if args.ablate else ())]
+        out["timing"] = timing(work, names, args.rounds, args.steps, Path(tmp))
         out["cprofile"] = python_profile(work, args.config, args.steps, Path(tmp), args.top)
         out["ops"] = op_profile(work, args.config, args.steps, Path(tmp), args.top)
     print(render(out))
@@ -177,20 +199,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(out: dict[str, Any]) -> str:
-    t = out["timing"]
     lines = [f"{out['workload']}: {out['config']}",
-             f"plain {t['plain_ms']:.1f} ms/step, watched {t['watched_ms']:.1f} ms/step, "
-             f"overhead {t['overhead_ms']:.1f} ms/step ({t['ratio']:.3f}x)", "",
-             "resdoctor functions (per step, under cProfile):",
-             f"  {'cum ms':>8} {'self ms':>8} {'calls':>7}  function"]
+             f"  {'wall ms':>8} {'cpu ms':>8} {'+cpu ms':>8} {'cpu x':>6} {'wall x':>6}  config"]
+    for name, t in out["timing"].items():
+        lines.append(f"  {t['wall_ms']:8.1f} {t['cpu_ms']:8.1f} {t['cpu_overhead_ms']:8.1f} "
+                     f"{t['cpu_ratio']:6.3f} {t['wall_ratio']:6.3f}  {name}")
+    lines += ["", "resdoctor functions (per step, under cProfile):",
+              f"  {'cum ms':>8} {'self ms':>8} {'calls':>7}  function"]
     for r in out["cprofile"]["resdoctor_functions"]:
         lines.append(f"  {r['cum_ms']:8.2f} {r['self_ms']:8.2f} {r['calls']:7.0f}  {r['function']}")
     lines += ["", "called from resdoctor (self ms per step):"]
     lines += [f"  {r['self_ms']:8.2f}  {r['function']}"
               for r in out["cprofile"]["called_from_resdoctor"]]
-    lines += ["", "aten ops, watched minus plain (per step):",
+    lines += ["", "ops resdoctor adds (per step; * = plain calls it too, so +ms is a noisy diff):",
               f"  {'+ms':>8} {'+calls':>7}  op"]
-    lines += [f"  {r['extra_self_ms']:8.2f} {r['extra_calls']:7.0f}  {r['op']}" for r in out["ops"]]
+    lines += [f"  {r['extra_self_ms']:8.2f} {r['extra_calls']:7.0f}  {r['op']}"
+              + (" *" if r["in_plain"] else "") for r in out["ops"]]
     return "\n".join(lines)
 
 

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from resdoctor import runfile
+from resdoctor._segment import Segment, Transfer, unpack
 from resdoctor.journal import Journal, SegmentMeta
 from resdoctor.options import Options
 
@@ -80,7 +82,10 @@ class Synthetic:
         self.share = rng.uniform(0.3, 0.6, (pool, s))
         self.noise = rng.normal(0, 0.02, pool)
         self.nan_at = steps - max(steps // 1000, 5)  # the run diverges near its end
-        self.nan_module = shape.checked()[len(shape.checked()) * 2 // 3]
+        self.checked = shape.checked()
+        self.nan_module = self.checked[len(self.checked) * 2 // 3]
+        at = torch.tensor(self.checked)
+        self._after, self._from = at > self.nan_module, at >= self.nan_module
         self.skip_every = 997
 
     def skipped(self, step: int) -> bool:
@@ -111,29 +116,41 @@ class Synthetic:
                 if out[key] is not None:
                     out[key] = np.full_like(out[key], np.nan)
             out["loss"] = math.nan
+        for key in ("grad_norm", "param_norm", "update_ratio", "site", "smooth", "gshare"):
+            if out[key] is not None:  # the device sends float32
+                out[key] = np.asarray(out[key], dtype=np.float32)
         return out
 
-    def segment(self, step: int, v: dict[str, Any]) -> tuple[SegmentMeta, list]:
-        """The step as the recorder hands it to ``Journal.consume``."""
+    def segment(self, step: int, v: dict[str, Any]) -> tuple[SegmentMeta, Segment]:
+        """The step as the recorder's hooks leave it: a device-side ``Segment``."""
         nan, onset = step >= self.nan_at, step == self.nan_at
-        values: list[tuple[Any, np.ndarray]] = []
-        for m in self.shape.checked():
-            bad_in = nan and (not onset or m > self.nan_module)
-            bad_out = nan and (not onset or m >= self.nan_module)
-            values.append((("fwd", m), np.array([np.nan if bad_in else 1.0,
-                                                 np.nan if bad_out else 1.0])))
-        for i in range(self.shape.blocks):
-            values.append((("site", i), v["site"][i]))
-            if v["smooth"] is not None:
-                values.append((("smooth", i), v["smooth"][i]))
-            if v["gshare"] is not None:
-                values.append((("gshare", i), v["gshare"][i: i + 1]))
+        seg = Segment(forwards=1, backwards=1, stepped=not self.skipped(step))
+        fwd = torch.ones(len(self.checked), 2)  # [modules, (input rms, output rms)]
+        if nan:  # at the onset only the NaN module's output and what follows it are NaN
+            fwd[self._after | (not onset), 0] = math.nan
+            fwd[self._from | (not onset), 1] = math.nan
+        for k, m in enumerate(self.checked):
+            seg.add(("fwd", m), fwd[k])
+        for kind in ("site", "smooth", "gshare"):
+            if v[kind] is not None:
+                block = torch.from_numpy(v[kind])
+                for i in range(self.shape.blocks):
+                    seg.add((kind, i), block[i])
         for name in ("grad_norm", "param_norm", "update_ratio"):
             if v[name] is not None:
-                values.append((("vec", name), v[name]))
-        skipped = self.skipped(step)
-        meta = SegmentMeta(1, 1, not skipped, {"loss": v["loss"], "lr": v["lr"]}, True)
-        return meta, values
+                seg.vectors[name] = torch.from_numpy(v[name])
+        seg.scalars.update(loss=v["loss"], lr=v["lr"])
+        meta = SegmentMeta(seg.forwards, seg.backwards, seg.stepped, dict(seg.scalars), True)
+        return meta, seg
+
+
+def consume(journal: Journal, transfer: Transfer, meta: SegmentMeta, seg: Segment) -> None:
+    """What ``Recorder.end_segment`` and ``drain`` do with a finished segment."""
+    with torch.no_grad():
+        flat, layout = seg.pack()
+    transfer.submit(meta, flat, layout)
+    for done_meta, host, done_layout in transfer.ready():
+        journal.consume(done_meta, unpack(host, done_layout))
 
 
 def fast_commit(journal: Journal, v: dict[str, Any]) -> None:
@@ -152,10 +169,8 @@ def fast_commit(journal: Journal, v: dict[str, Any]) -> None:
         series["smoothing_energy"].append(step, v["smooth"][:, 1], sites)
     if v["gshare"] is not None:
         series["grad_branch_share"].append(step, v["gshare"], sites)
-    measured = ~np.isnan(site[:, 0]) | ~np.isnan(site[:, 1])
-    if measured.any():
-        with np.errstate(divide="ignore", invalid="ignore"):
-            series["branch_ratio"].append(step, site[:, 1] / site[:, 0], measured)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        series["branch_ratio"].append(step, site[:, 1] / site[:, 0], sites)
     scalars = series["scalars"]
     total = float(np.sqrt(np.sum(v["grad_norm"] ** 2)))
     row = {"grad_norm_total": total, "loss": float(v["loss"]), "lr": float(v["lr"])}
@@ -187,13 +202,19 @@ def record(steps: int, blocks: int = 100, mode: str = "fast", seed: int = 0,
     synth = Synthetic(shape, steps, seed, every=options.grad_share_every)
     rss0 = peak = _rss()
     journal = new_journal(shape, options)
+    transfer = Transfer()
     t0 = time.perf_counter()
+    host = 0.0  # time in the recorder's host side only, not in making up the numbers
     for step in range(steps):
         v = synth.values(step)
         if mode == "consume" or synth.event(step):
-            journal.consume(*synth.segment(step, v))
+            meta, seg = synth.segment(step, v)
+            h0 = time.perf_counter()
+            consume(journal, transfer, meta, seg)
         else:
+            h0 = time.perf_counter()
             fast_commit(journal, v)
+        host += time.perf_counter() - h0
         if step % 20_000 == 0:
             peak = max(peak, _rss())
             if progress and step:
@@ -204,7 +225,7 @@ def record(steps: int, blocks: int = 100, mode: str = "fast", seed: int = 0,
     nbytes = sum(a.nbytes for s in journal.series.values()
                  for a in (s._steps, s._count, s._sum, s._n, s._max, s._min))
     return journal, {
-        "record_s": seconds, "host_us_per_step": 1e6 * seconds / max(steps, 1),
+        "record_s": seconds, "host_us_per_step": 1e6 * host / max(steps, 1),
         "rss_delta_mb": (peak - rss0) / 2**20, "series_arrays_mb": nbytes / 2**20,
         "nan_onset_step": synth.nan_at, "skipped_steps": len(journal.skipped),
     }
@@ -260,8 +281,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
     from bench import _machine
 
     result: dict[str, Any] = {
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="resdoctor-scale-") as tmp:
         path = Path(args.keep or os.path.join(tmp, "run.pt"))
         result["run_file"] = write_and_read(journal, path)
+    result["machine"]["loadavg_end"] = _machine.loadavg()
     result["misses"] = [f"{k} {result['run_file'][k]:.2f} > {v}" for k, v in TARGETS.items()
                         if result["run_file"][k] > v]
     print(summary(result))

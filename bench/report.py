@@ -1,0 +1,82 @@
+"""Render benchmark JSON results as the Markdown tables of docs/performance.md.
+
+    python -m bench.report bench/results/overhead.json bench/results/scale.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("resdoctor", "resdoctor-all", "wandb", "anomaly", "naive")
+HEADS = {"resdoctor": "resdoctor (defaults)", "resdoctor-all": "resdoctor (everything)",
+         "wandb": "wandb.watch gradients", "anomaly": "detect_anomaly",
+         "naive": "naive `.item()` hooks"}
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    gpu = f", {m['gpu']}" if m.get("gpu") else ""
+    return (f"{m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} torch thread(s){gpu}; "
+            f"torch {m['torch']}, Python {m['python']}, resdoctor {m['resdoctor']} "
+            f"@ {m['commit']}; load average at start {m.get('loadavg_start')}, "
+            f"at end {m.get('loadavg_end')}")
+
+
+def overhead(report: dict[str, Any]) -> str:
+    """The ratio table: one row per model and clock, plain's ms/step, then each ratio."""
+    cols = [c for c in COLUMNS if any(c in r for r in report["models"].values())]
+    lines = ["| model | clock | plain ms/step | " + " | ".join(HEADS[c] for c in cols) + " |",
+             "|---|---|---:|" + "---:|" * len(cols)]
+    for model, res in report["models"].items():
+        for clock, key, ms in (("wall", "ratio", "median_step_ms"),
+                               ("CPU", "cpu_ratio", "median_step_cpu_ms")):
+            cells = [f"{res[c][key]:.2f}x" if c in res else "-" for c in cols]
+            lines.append(f"| {report['titles'].get(model, model)} | {clock} | "
+                         f"{res['plain'][ms]:.0f} | " + " | ".join(cells) + " |")
+    s = report["settings"]
+    lines += ["", f"Command: `{report['command'].strip()}` ({s['rounds']} rounds x "
+              f"{s['steps']} timed steps per configuration, alternated).",
+              f"Machine: {machine_line(report['machine'])}."]
+    return "\n".join(lines)
+
+
+def scale(result: dict[str, Any]) -> str:
+    """The scale table: recording memory, file size, write, load and analyze times."""
+    rec, f = result["recording"], result["run_file"]
+    rows = [
+        ("steps x blocks", f"{result['steps']:,} x {result['blocks']} ({result['mode']} mode)"),
+        ("host time of recording", f"{rec['host_us_per_step']:.0f} us/step"),
+        ("memory of recording", f"RSS +{rec['rss_delta_mb']:.0f} MB "
+                                f"(series arrays {rec['series_arrays_mb']:.0f} MB)"),
+        ("run file", f"{f['file_mb']:.1f} MB (target < {result['targets']['file_mb']:.0f} MB)"),
+        ("one flush (state + write)", f"{f['state_s'] + f['write_s']:.2f} s "
+                                      f"(= {f['flush_ms_per_step_at_default']:.2f} ms/step at "
+                                      f"flush_every=500)"),
+        ("`resdoctor.load`", f"{f['load_s']:.2f} s ({f['load_all_series_s']:.2f} s with every "
+                             f"series as a DataFrame)"),
+        ("`resdoctor.analyze`", f"{f['analyze_s']:.2f} s in-process, {f['cli_analyze_s']:.2f} s "
+                                f"for the CLI with imports (target < "
+                                f"{result['targets']['analyze_s']:.0f} s)"),
+    ]
+    lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    lines += ["", f"Command: `{result['command'].strip()}`.",
+              f"Machine: {machine_line(result['machine'])}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = argv if argv is not None else sys.argv[1:]
+    if not paths:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        print(overhead(data) if "models" in data else scale(data))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
