@@ -3,7 +3,7 @@
 Sources, first match wins at start-up: ``?run=PATH&compare=PATH`` query parameters, then the
 command line (``streamlit run app/main.py -- RUN [RUN2]``). Afterwards the text boxes, the folder
 picker, the uploads and the demo buttons change the choice; the query string follows it, so the
-address bar is a link to the same view.
+address bar is a link to the same view (``&tab=...&refresh=5s`` keep the tab and auto-refresh).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import streamlit as st
 
 from app import data
 
-REFRESH = {"off": None, "every 2 s": 2.0, "every 5 s": 5.0, "every 15 s": 15.0,
-           "every 60 s": 60.0}
+REFRESH = {"off": None, "2s": 2.0, "5s": 5.0, "15s": 15.0, "60s": 60.0}
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,8 @@ def choose() -> Choice:
         st.header("Refresh")
         st.button("Reload now", help="Re-read the file if it changed on disk.",
                   width="stretch")
-        every = st.selectbox("Auto-refresh while the run is written", list(REFRESH), key="every")
+        every = st.selectbox("Auto-refresh while the run is written", list(REFRESH),
+                             key="refresh", bind="query-params")
     run, cmp = st.session_state.run_path.strip(), st.session_state.cmp_path.strip()
     _sync_query(run, cmp)
     return Choice(run, cmp, REFRESH[every], st.session_state.get("problem"))
@@ -72,7 +72,8 @@ def _picker(target: str, key: str, label: str) -> None:
         st.caption(f"No *.pt files in {folder}")
         return
     st.selectbox(label, files, index=None, key=key, format_func=os.path.basename,
-                 placeholder=f"{len(files)} run files in {os.path.basename(folder) or folder}",
+                 placeholder=f"{len(files)} run file{'s' if len(files) > 1 else ''} in "
+                             f"{os.path.basename(folder) or folder}",
                  on_change=_picked, args=(key, target))
 
 

@@ -57,10 +57,11 @@ def step_slider(view: View, signal: str, key: str, label: str = "Step") -> int |
 
 
 def bucket_note(view: View, signal: str, cells: int | None = None) -> None:
-    """Caption saying how the display was down-sampled."""
+    """Caption saying what the chart was drawn from and how much was drawn."""
     stride = view.run.stride(signal)
     rows = len(view.table(signal))
-    text = f"{rows} recorded rows of {stride} step{'s' if stride > 1 else ''} each"
+    text = (f"Drawn from {rows:,} recorded rows over {view.run.steps:,} steps (each row averages "
+            f"{stride:,} step{'s' if stride > 1 else ''})")
     if cells is not None:
-        text += f"; {cells} cells drawn"
+        text += f"; {cells:,} cells"
     st.caption(text + ".")

@@ -3,6 +3,8 @@ Chromium (Debian's package); every tab's charts must render. Screenshots go to t
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,12 +34,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(runs: dict[str, str], tmp_path: Path) -> Iterator[str]:
+def live(runs: dict[str, str], tmp_path: Path) -> Path:
+    """A copy of the sick run that the test rewrites while the page watches it."""
+    path = tmp_path / "live.pt"
+    shutil.copy(runs["sick"], path)
+    return path
+
+
+@pytest.fixture
+def server(runs: dict[str, str], live: Path, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = (tmp_path / "streamlit.log").open("w")
     cmd = [sys.executable, "-m", "streamlit", "run", MAIN, "--server.headless", "true",
            "--server.port", str(port), "--browser.gatherUsageStats", "false",
-           "--", runs["sick"], runs["healthy"]]
+           "--", str(live), runs["healthy"]]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,7 +67,8 @@ def server(runs: dict[str, str], tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_app_in_headless_chromium(server: str, chromium: str, runs, tmp_path: Path) -> None:
+def test_app_in_headless_chromium(server: str, chromium: str, runs, live: Path,
+                                  tmp_path: Path) -> None:
     errors: list[str] = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=ARGS)
@@ -65,6 +76,7 @@ def test_app_in_headless_chromium(server: str, chromium: str, runs, tmp_path: Pa
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(server)
         page.get_by_text("Verdict: critical").wait_for(timeout=60_000)  # the sick run
+        page.get_by_role("tab", name="Compare").wait_for(timeout=60_000)
         assert page.get_by_role("tab").count() == 7
         page.screenshot(path=str(tmp_path / "diagnosis.png"))
         for tab, charts in TABS.items():
@@ -74,6 +86,13 @@ def test_app_in_headless_chromium(server: str, chromium: str, runs, tmp_path: Pa
             page.screenshot(path=str(tmp_path / f"{name}.png"))
         assert page.get_by_text("resolved:").count() >= 1  # the comparison's differences
         assert "Traceback" not in page.content()
+        # auto-refresh from the link: rewrite the file as the recorder does, the page follows
+        page.goto(f"{server}/?run={live}&refresh=2s")
+        page.get_by_text("Verdict: critical").wait_for(timeout=60_000)
+        shutil.copy(runs["healthy"], tmp_path / "next.pt")
+        os.replace(tmp_path / "next.pt", live)
+        page.get_by_text("Verdict: healthy").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "refreshed.png"))
         browser.close()
     assert not [e for e in errors if "vega" in e.lower() or "spec" in e.lower()], errors
     assert (tmp_path / "gradient-flow.png").stat().st_size > 20_000

@@ -79,7 +79,7 @@ def test_reload_when_the_file_changes(app, runs, tmp_path) -> None:
     at.button[0].click().run()  # "Reload now"
     assert not at.exception and not at.error
     assert next(m.value for m in at.metric if m.label == "non-finite onsets") == "0"
-    at.selectbox(key="every").set_value("every 2 s").run()
+    at.selectbox(key="refresh").set_value("2s").run()
     assert not at.exception
     assert any("Watching" in c.value for c in at.caption)
 
