@@ -231,7 +231,7 @@ def _merge_events(states: list[dict[str, Any]], max_events: int) -> list[dict[st
         events.append((order, first))
     # the earliest step first; within one, forward before backward, then a rank's own order
     # (its innermost module first)
-    events.sort(key=lambda x: (int(x[1]["step"]), _PHASES.get(x[1].get("phase"), 3),
+    events.sort(key=lambda x: (int(x[1]["step"]), _PHASES.get(str(x[1].get("phase")), 3),
                                x[1]["rank"], x[0]))
     return [e for _, e in events[:max_events]]
 
@@ -331,7 +331,8 @@ def _stack(parts: list[dict[str, Any] | None], stride: int, keys: np.ndarray | N
     if columns is None:
         columns = list(dict.fromkeys(c for p in present for c in p["columns"]))
     if keys is None:
-        keys = np.unique(np.concatenate([b[0] for b in buckets if b is not None] or [[]]))
+        found = [b[0] for b in buckets if b is not None]
+        keys = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     keys = keys.astype(np.int64)
     shape = (len(parts), len(keys), len(columns))
     total, n = np.zeros(shape), np.zeros(shape, np.int64)
@@ -345,10 +346,11 @@ def _stack(parts: list[dict[str, Any] | None], stride: int, keys: np.ndarray | N
         ok = (rows < len(keys)) & (keys[np.minimum(rows, len(keys) - 1)] == b[0])
         src = [i for i, c in enumerate(p["columns"]) if c in position]
         dst = [position[p["columns"][i]] for i in src]
-        if dst == list(range(len(columns))) and src == dst:  # same columns: rows only
-            at, pick = (rows[ok],), (np.flatnonzero(ok),)
-        else:
-            at, pick = np.ix_(rows[ok], dst), np.ix_(np.flatnonzero(ok), src)
+        at: tuple[np.ndarray, ...] = (rows[ok],)
+        pick: tuple[np.ndarray, ...] = (np.flatnonzero(ok),)
+        if not (dst == list(range(len(columns))) and src == dst):  # else: rows only
+            at = np.ix_(rows[ok], np.array(dst, np.int64))
+            pick = np.ix_(np.flatnonzero(ok), np.array(src, np.int64))
         for out, values in zip((total, n, mx, mn), (b[1], b[2], b[4], b[5]), strict=True):
             out[r][at] = values[pick]
         count[r, rows[ok]] = b[3][ok]

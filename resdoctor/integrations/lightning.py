@@ -25,7 +25,7 @@ try:
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # pragma: no cover - the standalone package
     try:
-        from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
+        from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]
     except ImportError as e:
         raise ImportError("resdoctor.integrations.lightning needs Lightning: "
                           "pip install resdoctor[lightning]") from e
