@@ -27,9 +27,7 @@ def tiny_gpt2() -> nn.Module:
     return transformers.GPT2LMHeadModel(config)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hf")
+def train(tmp, **args_kwargs):
     torch.manual_seed(0)
     model = tiny_gpt2()
     before = hook_count(model)
@@ -38,13 +36,18 @@ def trained(tmp_path_factory):
     args = transformers.TrainingArguments(
         output_dir=str(tmp / "out"), per_device_train_batch_size=2, max_steps=STEPS,
         gradient_accumulation_steps=ACCUMULATE, logging_steps=LOGGING, learning_rate=1e-3,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-        dataloader_num_workers=0, seed=0)
+        report_to=[], save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        **args_kwargs)
     callback = ResDoctorCallback(path=str(tmp / "run.pt"), flush_seconds=0)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
                                    callbacks=[callback])
     trainer.train()
     return model, trainer, callback, resdoctor.load(tmp / "run.pt"), before
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("hf"), use_cpu=True)
 
 
 def test_steps_are_optimizer_steps(trained) -> None:
@@ -86,3 +89,15 @@ def test_no_hooks_remain_after_training(trained) -> None:
 def test_unknown_option_fails_at_construction() -> None:
     with pytest.raises(TypeError, match="unknown watch"):
         ResDoctorCallback(path="x.pt", not_an_option=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 training needs a CUDA device")
+def test_fp16_gradscaler_passed_on(tmp_path) -> None:
+    _, trainer, callback, run, _ = train(tmp_path, fp16=True)
+    scaler = trainer.accelerator.scaler
+    assert scaler is not None and callback.watcher.recorder.scaler is scaler
+    assert run.steps == trainer.state.global_step == STEPS
+    grads = run.series("grad_norm").to_numpy()
+    finite = grads[np.isfinite(grads).all(axis=1)]
+    assert len(finite) and finite.max() < 1e3  # unscaled: the loss scale (2^16) is divided out
