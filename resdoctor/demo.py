@@ -23,6 +23,7 @@ from resdoctor.models import ResidualMLP
 from resdoctor.watcher import watch
 
 DEMO_STEPS = 80
+STOP_AFTER_NAN = 5  # consecutive non-finite losses after which training stops
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,16 @@ def _model(recipe: Recipe, seed: int) -> nn.Module:
 
 
 def train(recipe: Recipe, path: str, steps: int = DEMO_STEPS, seed: int = 0) -> str:
-    """Record ``steps`` SGD steps of ``recipe`` into ``path``; returns ``path``."""
+    """Record up to ``steps`` SGD steps of ``recipe`` into ``path`` (stopping 5 steps after the
+    loss turns non-finite); returns ``path``."""
     model = _model(recipe, seed)
     x, y, g = _data(seed)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9)
+    nan_steps = 0
     with watch(model, opt, path, smoothing_every=5, update_every=1, grad_share_every=5) as doctor:
         for step in range(steps):
+            if nan_steps >= STOP_AFTER_NAN:  # as a training script would: stop a dead run
+                break
             lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) if recipe.warmup else recipe.lr
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -80,6 +85,7 @@ def train(recipe: Recipe, path: str, steps: int = DEMO_STEPS, seed: int = 0) -> 
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
             opt.step()
             doctor.log(loss=loss, lr=lr)
+            nan_steps = nan_steps + 1 if not math.isfinite(loss.item()) else 0
     return path
 
 

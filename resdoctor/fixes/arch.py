@@ -199,7 +199,7 @@ def guard_op(module: str, module_type: str, phase: str, input_rms: float | None 
                "still have an infinite derivative, e.g. sqrt at 0); meanwhile zero non-finite "
                "gradients of its parameters")
     else:
-        limit = sig(max(10.0 * (input_rms or 0.0), 1e4), 2)
+        limit = sig(min(max(10.0 * (input_rms or 0.0), 1e4), 1e6), 2)
         snippet = (
             "# inside the op: torch.sqrt(x.clamp_min(EPS)), torch.log(x.clamp_min(EPS)), "
             "a / b.clamp_min(EPS)\n"
