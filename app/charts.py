@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -46,7 +48,7 @@ def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
     shown = shown.fillna(shown.min() if shown.notna().any() else 0.0)
     data = cells.drop(columns="depth").assign(shown=shown)
     title = f"log10 {value_title}" if log else value_title
-    scale = alt.Scale(scheme=scheme, domain=list(domain) if domain else alt.Undefined)
+    scale = alt.Scale(scheme=cast(Any, scheme), domain=list(domain) if domain else alt.Undefined)
     color = alt.condition("datum.nonfinite", alt.value(NONFINITE_COLOR), alt.Color(
         "shown:Q", title=title, scale=scale, legend=alt.Legend(orient="right",
                                                                  gradientLength=160)))
@@ -68,12 +70,14 @@ def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
 
 
 def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | None = None,
-          color_title: str = "", height: int = 280) -> alt.LayerChart:
-    """One line per name over steps; click the legend to highlight, drag to zoom on steps."""
+          color_title: str = "", height: int = 280, steps: int | None = None) -> alt.LayerChart:
+    """One line per name over steps (x from 0 to ``steps`` when given, so panels line up);
+    click the legend to highlight, drag to zoom on steps."""
     pick = alt.selection_point(fields=["name"], bind="legend")
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    x_scale = alt.Scale(domain=[0, steps], nice=False) if steps else alt.Undefined
     chart = alt.Chart(frame).mark_line(point=len(frame) <= 60, interpolate="linear").encode(
-        x=alt.X("step:Q", axis=STEP_AXIS),
+        x=alt.X("step:Q", axis=STEP_AXIS, scale=x_scale),
         y=alt.Y("value:Q", title=y_title, scale=y_scale,
                 axis=alt.Axis(format="~g") if log else alt.Undefined),
         color=alt.Color("name:N", title=color_title or None, sort=None,

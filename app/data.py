@@ -76,7 +76,10 @@ def compare(a: Opened, b: Opened) -> tuple[dict[str, Any] | None, str | None]:
 def _compare(a: FileKey, b: FileKey) -> dict[str, Any]:
     from resdoctor.compare import compare as _cmp
 
-    return _cmp(_open(*a).report, _open(*b).report).to_dict()
+    before, after = _open(*a).report, _open(*b).report
+    if before is None or after is None:
+        raise ValueError("both runs must be analysed to compare them")
+    return _cmp(before, after).to_dict()
 
 
 def save_upload(name: str, data: bytes) -> str:

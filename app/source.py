@@ -50,7 +50,7 @@ def choose() -> Choice:
                              key="refresh", bind="query-params")
     run, cmp = st.session_state.run_path.strip(), st.session_state.cmp_path.strip()
     _sync_query(run, cmp)
-    return Choice(run, cmp, REFRESH[every], st.session_state.get("problem"))
+    return Choice(run, cmp, REFRESH.get(every or "off"), st.session_state.get("problem"))
 
 
 def _init_state() -> None:

@@ -11,7 +11,7 @@ import streamlit as st
 from app.view import LABELS, View
 
 
-def show(chart: alt.TopLevelMixin) -> None:
+def show(chart: alt.Chart | alt.LayerChart) -> None:
     """Draw a chart at the container's width (streamlit sends its data as Arrow, not JSON)."""
     st.altair_chart(chart, width="stretch")
 

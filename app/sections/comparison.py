@@ -59,7 +59,8 @@ def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
         loss = pd.concat([o.view.scalars().query("name == 'loss'").assign(name=f"{t}: {names[t]}")
                           for t, o in tagged.items()], ignore_index=True)
         if len(loss):
-            ui.show(charts.lines(loss, y_title="loss", log=bool((loss["value"] > 0).all())))
+            ui.show(charts.lines(loss, y_title="loss", log=bool((loss["value"] > 0).all()),
+                                 steps=max(a.run.steps, b.run.steps)))
     with right:
         st.markdown("**Branch ratio by depth** (last step with finite values)")
         prof = pd.concat([_last_profile(o, "branch_ratio").assign(run=f"{t}: {names[t]}")

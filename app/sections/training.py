@@ -26,12 +26,12 @@ def render(opened: Opened) -> None:
             st.markdown(f"**{TITLES[name]}**")
             part = frame[frame["name"] == name]
             ui.show(charts.lines(part, y_title=TITLES[name], log=log and _positive(part),
-                                 onset=onset, height=240))
+                                 onset=onset, height=240, steps=opened.run.steps))
     others = frame[~frame["name"].isin(MAIN)]
     if len(others):
         st.markdown("**Other logged scalars**")
         ui.show(charts.lines(others, y_title="value", log=log and _positive(others),
-                             onset=onset))
+                             onset=onset, steps=opened.run.steps))
     _skipped(opened)
 
 
