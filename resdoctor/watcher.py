@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from typing import Any
@@ -41,6 +42,7 @@ class Watcher:
         self._integrations: list[Any] = []
         if world > 1:
             self._integrations.append(distributed.RankMerger(self))
+        _LIVE.add(self)  # held until close(): `resdoctor.watch(model)` unassigned keeps recording
 
     @property
     def sites(self) -> list[Site] | None:
@@ -76,6 +78,7 @@ class Watcher:
 
     def close(self) -> None:
         """Flush, write the run file and remove every hook. Safe to call twice."""
+        _LIVE.discard(self)
         if self.recorder.closed:
             return
         try:
@@ -101,6 +104,16 @@ class Watcher:
                 self.recorder._site_hooks.remove()
         except Exception:  # noqa: BLE001
             pass
+
+
+_LIVE: set[Watcher] = set()
+
+
+@atexit.register
+def _close_live_watchers() -> None:
+    """A script that ends without close() still gets its final run file."""
+    for watcher in list(_LIVE):
+        watcher.close()
 
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

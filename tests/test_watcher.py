@@ -278,3 +278,24 @@ def test_a_bug_in_discovery_is_recorded_and_training_goes_on(tmp_path):
         mlp_step(twin, opt2, x, y)
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+def test_an_unassigned_watcher_keeps_recording_until_exit(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import gc, torch, torch.nn.functional as F, resdoctor
+        from resdoctor.models import ResidualMLP
+        model = ResidualMLP(depth=2)
+        opt = torch.optim.SGD(model.parameters(), 0.01)
+        resdoctor.watch(model, opt, {str(tmp_path / "u.pt")!r}, flush_every=0, flush_seconds=0)
+        gc.collect()
+        x, y = torch.randn(8, 16), torch.randn(8, 1)
+        for _ in range(7):
+            opt.zero_grad(); F.mse_loss(model(x), y).backward(); opt.step()
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    run = resdoctor.load(tmp_path / "u.pt")  # written at interpreter exit
+    assert run.steps == 7
