@@ -10,7 +10,6 @@ import functools
 import importlib
 import json
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from enum import Enum
@@ -206,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

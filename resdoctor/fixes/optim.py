@@ -41,7 +41,7 @@ def clip_gradients(grad_norms: np.ndarray, first: int, last: int) -> Fix:
 def lower_lr(factor: float, basis: str, current_lr: float | None = None,
              update_ratio: float | None = None) -> Fix:
     """Multiply every learning rate by ``factor`` (< 1); ``basis`` says where it came from."""
-    factor = sig(min(max(factor, 0.01), 0.5), 1)
+    factor = sig(min(max(factor, 0.01), 0.5), 2)
     new_lr = sig(current_lr * factor, 2) if current_lr else None
     change = f"  # {current_lr:g} -> {new_lr:g}" if current_lr and new_lr else ""
     snippet = (

@@ -86,21 +86,26 @@ def _first_bad_scalar(run: Run, skipped: frozenset[int]) -> int | None:
     return steps[0] if steps else None
 
 
+def _step(f: Finding) -> int:
+    return f.step if f.step is not None else -1
+
+
 def annotate(findings: list[Finding], tl: Timeline) -> tuple[list[Finding], list[str]]:
     """Add lead times: each earlier finding gets ``lead_steps`` to the first failure, the failure
     gets ``first_warning`` and the ordered ``sequence``. Returns the findings and a note."""
-    timed = sorted((f for f in findings if f.step is not None), key=lambda f: f.step)
+    timed = sorted((f for f in findings if f.step is not None), key=_step)
     failures = [f for f in timed if f.code in FAILURE_CODES and f.severity == "critical"]
     if not failures:
         return findings, []
     # the first NaN is the failure when there is one; else the loss divergence
-    fail = min(failures, key=lambda f: (f.code != "nonfinite", f.step))
-    before = [f for f in timed if f.step < fail.step and f is not fail]
+    fail = min(failures, key=lambda f: (f.code != "nonfinite", _step(f)))
+    at = _step(fail)
+    before = [f for f in timed if _step(f) < at and f is not fail]
     early = {id(f) for f in before}
     out = []
     for f in findings:
         if id(f) in early:
-            f = replace(f, evidence={**f.evidence, "lead_steps": fail.step - f.step,
+            f = replace(f, evidence={**f.evidence, "lead_steps": at - _step(f),
                                      "precedes": fail.code})
         elif f is fail and before:
             first = before[0]
@@ -108,15 +113,15 @@ def annotate(findings: list[Finding], tl: Timeline) -> tuple[list[Finding], list
                 **f.evidence,
                 "first_warning": {"code": first.code, "step": first.step,
                                   "location": first.location},
-                "lead_steps": fail.step - first.step,
+                "lead_steps": at - _step(first),
                 "sequence": [{"code": g.code, "step": g.step, "location": g.location}
                              for g in [*before, fail]]})
         out.append(f)
     if not before:
-        return out, [f"{fail.code} at step {fail.step} had no earlier warning sign in the "
+        return out, [f"{fail.code} at step {at} had no earlier warning sign in the "
                      "recorded signals"]
     chain = " -> ".join(f"{g.code}@{g.step}" + (f" ({g.location})" if g.location else "")
                         for g in [*before, fail])
-    lead = fail.step - before[0].step
+    lead = at - _step(before[0])
     return out, [f"timeline: {chain}; first warning {lead} step{'s' * (lead != 1)} before "
                  f"{fail.code}"]

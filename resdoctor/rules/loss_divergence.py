@@ -82,15 +82,16 @@ def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0
 
 def _episodes(above: pd.Series, min_rows: int) -> list[tuple[int, int, bool]]:
     """(start step, last step, recovered) of each run of >= ``min_rows`` True values."""
-    out, start, count = [], None, 0
+    out: list[tuple[int, int, bool]] = []
+    start, count = 0, 0
     idx = above.index
     for i, v in enumerate(above.to_numpy(dtype=bool)):
         if v:
-            start = idx[i] if count == 0 else start
+            start = int(idx[i]) if count == 0 else start
             count += 1
         if (not v or i == len(idx) - 1) and count:
             if count >= min_rows:
-                out.append((int(start), int(idx[i - (not v)]), not v))
+                out.append((start, int(idx[i - (not v)]), not v))
             count = 0
     return out
 
