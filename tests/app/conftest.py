@@ -117,19 +117,19 @@ def app() -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[str]:
-    """Debian's chromium; installed with apt-get when missing."""
+    """Debian's chromium; installed with apt-get when missing (skipped where there is no apt)."""
     if not Path(CHROMIUM).exists():
         apt = shutil.which("apt-get")
         if apt is None:
-            pytest.skip("chromium is missing and apt-get is not available")
-        subprocess.run([apt, "install", "-y", "-q", "chromium"], check=False,
-                       capture_output=True, timeout=600)
+            pytest.skip("chromium is missing and there is no apt-get to install it")
+        for args in (["install", "-y", "-q", "chromium"], ["update", "-q"],
+                     ["install", "-y", "-q", "chromium"]):
+            if Path(CHROMIUM).exists():
+                break
+            done = subprocess.run([apt, *args], capture_output=True, text=True, timeout=900)
         if not Path(CHROMIUM).exists():
-            subprocess.run([apt, "update", "-q"], check=False, capture_output=True, timeout=600)
-            subprocess.run([apt, "install", "-y", "-q", "chromium"], check=True,
-                           capture_output=True, timeout=600)
+            pytest.fail(f"apt-get could not install chromium: {done.stderr.strip()[-300:]}")
     yield CHROMIUM
-
 
 def chart_data(at: Any) -> list[tuple[dict[str, Any], list[Any]]]:
     """Every vega-lite chart of the page: (spec, [its datasets as pandas frames]) as sent."""
