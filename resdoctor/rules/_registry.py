@@ -37,7 +37,8 @@ class Rule:
 
     @property
     def summary(self) -> str:
-        return (inspect.getdoc(self.fn) or "").split("\n", 1)[0]
+        """The docstring's first paragraph, on one line."""
+        return " ".join((inspect.getdoc(self.fn) or "").split("\n\n", 1)[0].split())
 
     def missing(self, run: Run) -> list[str]:
         """The requirements ``run`` does not meet (empty: the rule can run)."""

@@ -86,3 +86,12 @@ def test_missing_signals_skip_a_rule_with_a_note():
     assert r.missing(make_run(3)) == ["smoothing"]
     _, notes = run_rules(make_run(3))
     assert any(n.startswith("oversmoothing: skipped, needs smoothing") for n in notes)
+
+
+def test_every_builtin_threshold_default_is_in_the_docs():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs/analyze.md").read_text()
+    for r in registry:
+        for name, default in r.defaults.items():
+            assert f"| {r.code}.{name} | {default!r} |" in doc, f"{r.code}.{name}={default!r}"
