@@ -16,8 +16,10 @@ from probes.train import Setup
 
 
 def _t(expect: str = "", allow: str = "", onset: Onset | None = None, traps: str = "") -> Truth:
-    return Truth(frozenset(expect.split()), frozenset(allow.split()), onset,
-                 frozenset(traps.split()))
+    """``expect``'s first code is the probe's primary condition."""
+    codes = expect.split()
+    return Truth(frozenset(codes), frozenset(allow.split()), onset, frozenset(traps.split()),
+                 codes[0] if codes else None)
 
 
 def _probe(name: str, family: str, summary: str, truth: Truth, recipe: Recipe,

@@ -66,6 +66,7 @@ class FixOutcome:
     params: dict[str, Any]
     applied: bool
     reason: str = ""
+    primary: str | None = None  # the probe's own condition
     remaining: list[str] = field(default_factory=list)  # expected codes still measured present
     tool_remaining: list[str] = field(default_factory=list)  # ... still found by resdoctor
     loss_before: float = math.inf
@@ -74,6 +75,11 @@ class FixOutcome:
 
     @property
     def gone(self) -> bool:
+        """The probe's primary condition is no longer measured present."""
+        return self.applied and self.primary not in self.remaining
+
+    @property
+    def all_gone(self) -> bool:
         return self.applied and not self.remaining
 
     @property
@@ -167,7 +173,7 @@ def verify_fix(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome:
     after = probe.record(path, recipe)  # losses compared like for like: both runs under watch
     tool = set(_found(_diagnose(path)))
     expect = sorted(probe.truth.expect)
-    return FixOutcome(probe.name, code, params, True, "",
+    return FixOutcome(probe.name, code, params, True, "", probe.truth.primary,
                       [c for c in expect if c in present], [c for c in expect if c in tool],
                       outcome.final_loss, after.final_loss, time.perf_counter() - start)
 
@@ -231,6 +237,7 @@ def summary(ev: Evaluation) -> dict[str, Any]:
         "lead_probes": len(leads), "label_problems": sum(bool(o.label_problems) for o in outs),
         "fixes_tried": len(ev.fixes), "fixes_applied": len(applied),
         "cured": sum(f.cured for f in ev.fixes),
+        "cured_all_codes": sum(f.cured and f.all_gone for f in ev.fixes),
         "cure_rate": sum(f.cured for f in ev.fixes) / len(ev.fixes) if ev.fixes else None,
         "seconds": ev.seconds,
     }

@@ -28,13 +28,15 @@ class Truth:
 
     ``onset``: for NaN probes, the exact first non-finite step, module and phase.
     ``traps``: for healthy controls, the trap they set (``amp-skips``, ``zero-init``,
-    ``converged``), checked on the measurement too.
+    ``converged``), checked on the measurement too. ``primary``: the condition the probe was
+    built to show; a fix cures the probe when it is gone (the others are reported beside it).
     """
 
     expect: frozenset[str]
     allow: frozenset[str] = frozenset()
     onset: Onset | None = None
     traps: frozenset[str] = frozenset()  # healthy controls: see labels.trap_problems
+    primary: str | None = None  # the condition the probe was built to show (fix verification)
 
     @property
     def forbid(self) -> frozenset[str]:

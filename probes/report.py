@@ -61,12 +61,41 @@ def fix_table(ev: Evaluation) -> str:
         if not f.applied:
             rows.append([f.probe, f.code or "-", "-", "-", "-", f"not applied: {f.reason}"])
             continue
-        gone = "yes" if f.gone else "no (" + _codes(f.remaining) + ")"
-        rows.append([f.probe, f.code or "-", gone, _codes(f.tool_remaining),
+        others = [c for c in f.remaining if c != f.primary]
+        rows.append([f.probe, f.code or "-", f.primary or "-", "yes" if f.gone else "no",
+                     _codes(others), _codes(f.tool_remaining),
                      f"{_loss(f.loss_before)} -> {_loss(f.loss_after)}",
                      "cured" if f.cured else "not cured"])
-    return _table(["probe", "top fix", "condition gone (measured)", "resdoctor still finds",
-                   "final loss", "result"], rows)
+    return _table(["probe", "top fix", "condition", "gone (measured)", "other codes left",
+                   "resdoctor still finds", "final loss", "result"], rows)
+
+
+def _tool_says(o: Outcome, code: str) -> str:
+    hits = [f for f in o.findings if f["code"] == code]
+    if not hits:
+        return "no finding"
+    f = hits[0]
+    return f"{f['severity']} at step {f['step']}" + (f" in {f['location']}" if f["location"]
+                                                      else "")
+
+
+def mismatches(ev: Evaluation) -> str:
+    """Per failing probe: what was missed or wrongly found, with the measured evidence."""
+    lines = []
+    for o in ev.outcomes:
+        for code in o.missed:
+            note = o.measured.get(code, {}).get("note", "")
+            lines.append(f"- {o.probe}: missed {code} (measured: {note})")
+        for code in o.false:
+            note = o.measured.get(code, {}).get("note", "")
+            lines.append(f"- {o.probe}: false {code}, {_tool_says(o, code)} "
+                         f"(measured {o.measured.get(code, {}).get('status', '?')}: {note})")
+        if o.localised is False:
+            t, got = o.onset or {}, o.located or {}
+            lines.append(f"- {o.probe}: NaN onset at step {got.get('step')} in "
+                         f"{got.get('module')} ({got.get('phase')}); measured step {t.get('step')}"
+                         f" in {t.get('module')} ({t.get('phase')})")
+    return "\n".join(lines)
 
 
 def summary_text(ev: Evaluation) -> str:
@@ -83,7 +112,9 @@ def summary_text(ev: Evaluation) -> str:
         lines.append(f"LABEL PROBLEMS: {s['label_problems']} probes (see --json)")
     if ev.fixes:
         lines.append(f"top fix cures: {s['cured']}/{s['fixes_tried']} pathological probes "
-                     f"({_pct(s['cure_rate'])}); applied {s['fixes_applied']}")
+                     f"({_pct(s['cure_rate'])}; condition gone and final loss lower); applied "
+                     f"{s['fixes_applied']}; every expected code gone too: "
+                     f"{s['cured_all_codes']}")
     lines.append(f"wall time: {s['seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -92,6 +123,9 @@ def render(ev: Evaluation) -> str:
     parts = [accuracy_table(ev), "", code_table(ev), ""]
     if ev.fixes:
         parts += [fix_table(ev), ""]
+    wrong = mismatches(ev)
+    if wrong:
+        parts += ["mismatches:", wrong, ""]
     return "\n".join(parts + [summary_text(ev)])
 
 
@@ -108,7 +142,8 @@ def _clean(x: Any) -> Any:
 def to_json(ev: Evaluation) -> dict[str, Any]:
     outcomes = [{**asdict(o), "passed": o.passed, "missed": o.missed, "false": o.false,
                  "localised": o.localised} for o in ev.outcomes]
-    fixes = [{**asdict(f), "gone": f.gone, "better": f.better, "cured": f.cured}
+    fixes = [{**asdict(f), "gone": f.gone, "all_gone": f.all_gone, "better": f.better,
+              "cured": f.cured}
              for f in ev.fixes]
     return _clean({"summary": summary(ev), "per_code": per_code(ev.outcomes),
                    "probes": outcomes, "fixes": fixes})
