@@ -21,6 +21,18 @@ def _log10(values: pd.Series) -> np.ndarray:
         return np.log10(np.clip(v, tiny, None))
 
 
+def _shown(frame: pd.DataFrame, log: bool) -> pd.DataFrame:
+    """Add the plotted column: on a log scale, zeros (e.g. zero-initialised branches) are drawn
+    at a floor a decade below the smallest positive value instead of vanishing; tooltips keep
+    the true value."""
+    v = frame["value"].to_numpy(dtype=np.float64)
+    if not log:
+        return frame.assign(shown=v)
+    positive = v[v > 0]
+    floor = positive.min() / 10 if len(positive) else 1e-12
+    return frame.assign(shown=np.maximum(v, floor))
+
+
 def onset_rule(step: int | None, label: str = "first NaN/Inf") -> alt.Chart | None:
     """A dashed vertical rule with a label at the first non-finite step."""
     if step is None:
@@ -76,9 +88,10 @@ def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | 
     pick = alt.selection_point(fields=["name"], bind="legend")
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     x_scale = alt.Scale(domain=[0, steps], nice=False) if steps else alt.Undefined
-    chart = alt.Chart(frame).mark_line(point=len(frame) <= 60, interpolate="linear").encode(
+    mark = alt.Chart(_shown(frame, log)).mark_line(point=len(frame) <= 60)
+    chart = mark.encode(
         x=alt.X("step:Q", axis=STEP_AXIS, scale=x_scale),
-        y=alt.Y("value:Q", title=y_title, scale=y_scale,
+        y=alt.Y("shown:Q", title=y_title, scale=y_scale,
                 axis=alt.Axis(format="~g") if log else alt.Undefined),
         color=alt.Color("name:N", title=color_title or None, sort=None,
                         legend=alt.Legend() if frame["name"].nunique() > 1 else None),
@@ -99,10 +112,10 @@ def profile(frame: pd.DataFrame, *, y_title: str, log: bool = False, color: str 
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     color_enc = (alt.Color("step:O", title="step", scale=alt.Scale(scheme="blues"))
                  if color == "step" else alt.Color(f"{color}:N", title=None))
-    chart = alt.Chart(frame).mark_line(point=True).encode(
+    chart = alt.Chart(_shown(frame, log)).mark_line(point=True).encode(
         x=alt.X("name:N", sort=order, title="depth (forward order)",
                 axis=alt.Axis(labelAngle=-40, labelLimit=140)),
-        y=alt.Y("value:Q", title=y_title, scale=y_scale),
+        y=alt.Y("shown:Q", title=y_title, scale=y_scale),
         color=color_enc,
         tooltip=[alt.Tooltip("name:N"), alt.Tooltip("depth:Q"), alt.Tooltip(f"{color}:N"),
                  alt.Tooltip("value:Q", format=".4~g")],

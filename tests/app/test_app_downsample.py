@@ -105,3 +105,16 @@ def test_event_marks_exact_when_few_counted_when_many() -> None:
     many = downsample.event_marks(np.arange(0, 1_000_000, 7), total_steps=1_000_000)
     assert len(many) <= downsample.MAX_EVENT_MARKS
     assert many["count"].sum() == len(np.arange(0, 1_000_000, 7))
+
+
+def test_log_charts_keep_zero_values_visible() -> None:
+    """A zero-initialised branch has ratio 0: on a log axis it is drawn at a floor, not dropped."""
+    from app import charts
+
+    frame = pd.DataFrame({"step": [0, 1, 2], "name": ["b"] * 3, "value": [0.0, 1e-3, 2e-2]})
+    spec = charts.lines(frame, y_title="ratio", log=True).to_dict()
+    data = next(iter(spec["datasets"].values()))
+    assert [row["shown"] for row in data] == [1e-4, 1e-3, 2e-2]
+    assert [row["value"] for row in data] == [0.0, 1e-3, 2e-2]  # the tooltip's true values
+    linear = charts.lines(frame, y_title="ratio").to_dict()
+    assert [r["shown"] for r in next(iter(linear["datasets"].values()))] == [0.0, 1e-3, 2e-2]
