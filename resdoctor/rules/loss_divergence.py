@@ -18,7 +18,7 @@ from resdoctor.run import Run
 @rule("loss-divergence", requires=("scalar:loss",))
 def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0.5,
                     min_rows: int = 3, min_steps: int = 8, oscillations: int = 2,
-                    window_fraction: float = 0.02) -> list[Finding]:
+                    window_fraction: float = 0.1, max_window: int = 50) -> list[Finding]:
     """The smoothed loss climbs above its best so far by a share of the progress made.
 
     Args:
@@ -32,13 +32,15 @@ def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0
         min_steps: logged losses needed.
         oscillations: episodes that recover, at or above which the loss "oscillates".
         window_fraction: rolling-median smoothing window as a fraction of the logged steps
-            (at least 3).
+            (at least 3): wide enough to average out batch-to-batch swings of the loss.
+        max_window: cap on that window (recorded rows), so a long run's divergence is seen
+            within at most 25 rows.
     """
     tl = timeline(run)
     loss = tl.healthy_series(run.scalar("loss"))
     if len(loss) < min_steps:
         return []
-    w = max(3, int(window_fraction * len(loss)))
+    w = max(3, min(max_window, int(window_fraction * len(loss))))
     smooth = loss.rolling(w, min_periods=1).median()
     start = float(loss.iloc[:w].median())
     best = smooth.cummin()

@@ -19,7 +19,9 @@ def test_rise_threshold(rise, fires):
     assert bool(found) is fires
     if fires:
         f = found[0]
-        assert f.severity == "critical" and f.step in (30, 31)
+        # the loss jumped at step 30; a rolling median lags by at most half its window
+        assert f.severity == "critical"
+        assert 30 <= f.step <= 30 + f.evidence["smoothing_window"] // 2
         assert f.evidence["best_step"] == 29 and f.evidence["recovered"] is False
 
 
