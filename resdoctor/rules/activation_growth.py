@@ -39,8 +39,7 @@ def activation_growth(run: Run, *, per_block: float = 1.2, total: float = 100.0,
     sn = sn.where(sn > 0)
     if sn.shape[1] < min_sites or sn.empty:
         return []
-    fits = pd.DataFrame([_fit(row) for _, row in sn.iterrows()], index=sn.index)
-    fits = fits.dropna()
+    fits = _fits(sn).dropna()
     if fits.empty:
         return []
     hot = (fits["factor"] >= per_block) & (fits["total"] >= total) & fits["exponential"]
@@ -76,27 +75,35 @@ def activation_growth(run: Run, *, per_block: float = 1.2, total: float = 100.0,
     )]
 
 
-def _fit(row: pd.Series) -> dict[str, Any]:
-    """Exponential (log y ~ depth) vs power-law (log y ~ log depth) fit of one step's stream."""
-    y = np.log(row.to_numpy(dtype=float))
-    d = np.arange(1, len(y) + 1, dtype=float)
-    ok = np.isfinite(y)
-    if ok.sum() < 3:
-        return {"factor": np.nan, "total": np.nan, "r2_exp": np.nan, "r2_pow": np.nan,
-                "exponential": False}
-    y, d = y[ok], d[ok]
-    slope, r2_exp = _linfit(d, y)
-    _, r2_pow = _linfit(np.log(d), y)
-    factor = float(np.exp(slope))
-    return {"factor": factor, "total": float(np.exp(slope * (d[-1] - d[0]))), "r2_exp": r2_exp,
-            "r2_pow": r2_pow, "exponential": bool(r2_exp >= r2_pow)}
+def _fits(sn: pd.DataFrame) -> pd.DataFrame:
+    """Per step: exponential (log y ~ depth) vs power-law (log y ~ log depth) least squares."""
+    y = np.log(sn.to_numpy(dtype=float))  # [R, S]
+    mask = np.isfinite(y)
+    d = np.arange(1, y.shape[1] + 1, dtype=float)
+    slope, r2_exp = _linfit(np.broadcast_to(d, y.shape), y, mask)
+    _, r2_pow = _linfit(np.broadcast_to(np.log(d), y.shape), y, mask)
+    span = np.where(mask, d, np.nan)
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = np.exp(slope * (np.nanmax(span, axis=1) - np.nanmin(span, axis=1)))
+    out = pd.DataFrame({"factor": np.exp(slope), "total": total, "r2_exp": r2_exp,
+                        "r2_pow": r2_pow, "exponential": r2_exp >= r2_pow}, index=sn.index)
+    return out[mask.sum(axis=1) >= 3]
 
 
-def _linfit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    slope, intercept = np.polyfit(x, y, 1)
-    resid = y - (slope * x + intercept)
-    ss = float(((y - y.mean()) ** 2).sum())
-    return float(slope), (1.0 - float((resid**2).sum()) / ss) if ss > 0 else 0.0
+def _linfit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise slope and R^2 of y ~ x over the masked cells."""
+    w = mask.astype(float)
+    y0 = np.where(mask, y, 0.0)
+    n = np.maximum(w.sum(axis=1, keepdims=True), 1.0)
+    xm, ym = (w * x).sum(1, keepdims=True) / n, (w * y0).sum(1, keepdims=True) / n
+    dx, dy = w * (x - xm), w * (y0 - ym)
+    sxx = (dx * dx).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (dx * dy).sum(1) / sxx
+        resid = dy - slope[:, None] * dx
+        ss = (dy * dy).sum(1)
+        r2 = np.where(ss > 0, 1.0 - (resid * resid).sum(1) / np.where(ss > 0, ss, 1.0), 0.0)
+    return slope, r2
 
 
 def _fixes(run: Run) -> list[Fix]:
