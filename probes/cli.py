@@ -31,8 +31,25 @@ def _probe(name: str) -> probes.Probe:
         raise typer.Exit(2) from None
 
 
-def list_cmd(fast: Annotated[bool, typer.Option(help="Only the fast subset.")] = False) -> None:
-    """List the probes with their family, ground truth and fixes they can apply."""
+def _markdown(names: list[str]) -> None:
+    typer.echo("| probe | family | what | expected (first = primary) | allowed | exact onset |")
+    typer.echo("|---|---|---|---|---|---|")
+    for name in names:
+        p = probes.get(name)
+        t = p.truth
+        expect = [t.primary] + sorted(t.expect - {t.primary}) if t.primary else []
+        onset = f"step {t.onset.step}, `{t.onset.module}`, {t.onset.phase}" if t.onset else "-"
+        what = p.summary + (f" ({', '.join(sorted(t.traps))})" if t.traps else "")
+        typer.echo(f"| `{name}` | {p.family} | {what} | {', '.join(expect) or 'healthy'} | "
+                   f"{', '.join(sorted(t.allow)) or '-'} | {onset} |")
+
+
+def list_cmd(fast: Annotated[bool, typer.Option(help="Only the fast subset.")] = False,
+             markdown: Annotated[bool, typer.Option(help="As a markdown table.")] = False) -> None:
+    """List the probes with their family and ground truth."""
+    if markdown:
+        _markdown(probes.names(fast))
+        return
     for name in probes.names(fast):
         p = probes.get(name)
         truth = ", ".join(sorted(p.truth.expect)) or "healthy"

@@ -77,10 +77,10 @@ class Measurement:
 
 
 def _pick(args: Any, kwargs: dict[str, Any], output: Any, at: At) -> torch.Tensor | None:
-    if at.where == "out":
-        value = output[at.index] if isinstance(output, (tuple, list)) else output
-    elif isinstance(at.index, str):
+    if isinstance(at.index, str):
         value = kwargs.get(at.index)
+    elif at.where == "out":
+        value = output[at.index] if isinstance(output, (tuple, list)) else output
     else:
         value = args[at.index] if at.index < len(args) else None
     return value if isinstance(value, torch.Tensor) else None

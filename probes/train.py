@@ -30,7 +30,6 @@ class Setup:
     loss_fn: Callable[[Any, Any], torch.Tensor]
     taps: list[SiteTap] = field(default_factory=list)
     l1: float = 0.0  # weight of the gates' L1 penalty (faults.Gate)
-    frozen: tuple[str, ...] = ()  # parameter-name substrings left out of the optimizer
 
 
 @dataclass
@@ -48,9 +47,8 @@ class Result:
         return sum(tail) / len(tail) if tail and all(math.isfinite(x) for x in tail) else math.inf
 
 
-def _optimizer(model: nn.Module, r: Recipe, frozen: tuple[str, ...]) -> torch.optim.Optimizer:
-    params = [p for n, p in model.named_parameters()
-              if p.requires_grad and not any(f in n for f in frozen)]
+def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
     if r.optimizer == "sgd":
         return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
     cls = torch.optim.AdamW if r.optimizer == "adamw" else torch.optim.Adam
@@ -69,7 +67,7 @@ class _Loop:
 
     def __init__(self, setup: Setup, r: Recipe) -> None:
         self.setup, self.r = setup, r
-        self.opt = _optimizer(setup.model, r, setup.frozen)
+        self.opt = _optimizer(setup.model, r)
         warm = max(r.warmup, 0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)

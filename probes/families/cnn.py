@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -20,8 +20,8 @@ DEFAULTS: dict[str, Any] = {"layers": (1, 1, 1), "widths": (8, 16, 16), "norm": 
 
 
 def build(r: Recipe) -> Setup:
-    """arch: layers, widths, norm, preact, zero_init, nan_grad (block path, step), guard_eps,
-    frozen (parameter-name substrings kept out of the optimizer), residual_scale, init."""
+    """arch: layers (or depth), widths, norm, preact, zero_init, nan_grad (block path, step),
+    guard_eps, residual_scale, init ("kaiming")."""
     a: dict[str, Any] = {**DEFAULTS, **r.arch}
     layers = _spread(int(a["depth"]), len(a["layers"])) if "depth" in a else tuple(a["layers"])
     if a.get("preact"):
@@ -41,10 +41,10 @@ def build(r: Recipe) -> Setup:
     scale = float(a.get("residual_scale", 1.0))
     if scale != 1.0:
         for _, block in blocks:
-            last = block.conv2 if a.get("preact") else block.bn2
+            last = cast(nn.Module, block.conv2 if a.get("preact") else block.bn2)
             last.register_forward_hook(lambda m, i, o, s=scale: o * s)
     return Setup(model, data.images(seed=r.seed), data.cross_entropy,
-                 taps(model, bool(a.get("preact"))), frozen=tuple(a.get("frozen", ())))
+                 taps(model, bool(a.get("preact"))))
 
 
 def _spread(depth: int, stages: int) -> tuple[int, ...]:

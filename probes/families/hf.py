@@ -63,7 +63,8 @@ def bert(r: Recipe) -> Setup:
                      num_attention_heads=a["heads"], intermediate_size=4 * a["dim"],
                      vocab_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0, initializer_range=a["init_range"],
-                     num_labels=64, classifier_dropout=0.0)
+                     classifier_dropout=0.0)
+    cfg.num_labels = 64
     model = BertForTokenClassification(cfg)
     layers = [f"bert.encoder.layer.{i}" for i in range(a["depth"])]
     outs = [f"{b}.attention.output" for b in layers] + [f"{b}.output" for b in layers]

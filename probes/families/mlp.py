@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -25,10 +25,11 @@ def _dead_branches(model: ResidualMLP, bias: float, norm: bool) -> None:
     """End every branch with a ReLU after a bias of ``bias`` (< 0: the ReLU never fires).
     With ``norm`` (the add-normalization fix) a LayerNorm re-centres it before the ReLU."""
     for block in model.blocks:
-        last = block.branch[-1]
+        branch = cast(nn.Sequential, block.branch)
+        last = cast(nn.Linear, branch[-1])
         nn.init.constant_(last.bias, bias)
         tail = [nn.LayerNorm(last.out_features)] if norm else []
-        block.branch.extend([*tail, nn.ReLU()])
+        branch.extend([*tail, nn.ReLU()])
 
 
 def build(r: Recipe) -> Setup:
@@ -43,14 +44,14 @@ def build(r: Recipe) -> Setup:
                         scale=float(a["residual_scale"]))
     if a.get("init") == "kaiming":  # He init on every branch layer, no residual scaling
         for block in model.blocks:
-            for layer in block.branch:
+            for layer in cast(nn.Sequential, block.branch):
                 if isinstance(layer, nn.Linear):
                     nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
     if dead is not None:
         _dead_branches(model, float(dead), bool(a["norm"]))
     gate = a.get("gate")
     if gate is not None and gate[0] < a["depth"]:
-        model.blocks[gate[0]].branch.append(Gate(gate[1], a.get("guard_eps")))
+        cast(nn.Sequential, model.blocks[gate[0]].branch).append(Gate(gate[1], a.get("guard_eps")))
     batch = data.linear_regression(seed=r.seed) if a["task"] == "linear" \
         else data.regression(seed=r.seed)
     return Setup(model, batch, data.mse, taps(a["depth"], bool(a["residual"])),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from probes import data
 from probes.faults import Gate, Wrapped
@@ -21,7 +21,7 @@ def build(r: Recipe) -> Setup:
     """arch: depth, dim, heads, norm ("pre" | "post" | "none"; True means "pre"),
     residual_scale, gate (block, init), guard_eps, l1."""
     a: dict[str, Any] = {**DEFAULTS, **r.arch}
-    norm = "pre" if a["norm"] is True else a["norm"]
+    norm: Literal["pre", "post", "none"] = "pre" if a["norm"] is True else a["norm"]
     model = TinyTransformer(vocab=64, dim=a["dim"], depth=a["depth"], heads=a["heads"],
                             max_len=32, norm=norm, residual_scale=float(a["residual_scale"]))
     gate = a.get("gate")
