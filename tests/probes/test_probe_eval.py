@@ -3,6 +3,7 @@ a fix verified on a real re-run, and the CLI (standalone and as ``resdoctor prob
 
 import json
 import math
+import os
 
 import pytest
 import typer
@@ -100,3 +101,11 @@ def test_register_adds_a_probe_group_to_the_resdoctor_cli():
     res = CliRunner().invoke(app, ["probe", "list", "--fast"])
     assert res.exit_code == 0
     assert "mlp-sqrt-nan" in res.output and "gcn-plain-deep" not in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PROBES_ALL"), reason="set PROBES_ALL=1 (about 2 min)")
+@pytest.mark.parametrize("name", [n for n in probes.names() if n not in probes.names(fast=True)])
+def test_every_other_label_holds(name):
+    probe = probes.get(name)
+    assert probes.label_problems(probe.truth, probe.measure().measurement) == []
