@@ -17,7 +17,7 @@ from resdoctor.run import Run
 
 
 @rule("activation-growth", requires=("stream_norm",))
-def activation_growth(run: Run, *, per_block: float = 1.2, total: float = 100.0,
+def activation_growth(run: Run, *, per_block: float = 1.15, total: float = 10.0,
                       min_sites: int = 4, min_fraction: float = 0.5,
                       critical_total: float = 1e4) -> list[Finding]:
     """Fit log(stream RMS) against site depth: exponential growth fires, power-law growth
@@ -26,9 +26,10 @@ def activation_growth(run: Run, *, per_block: float = 1.2, total: float = 100.0,
     Args:
         per_block: stream RMS growth factor per residual site (from the log-linear fit) at or
             above which growth is exponential. An unnormalised ResNet doubles its variance per
-            block, x1.41 in RMS (De & Smith 2020; Hanin & Rolnick 2018); sqrt(depth) growth is
-            under x1.2 per block past the first few blocks.
-        total: growth over all sites (last / first, from the fit) needed as well.
+            block, x1.41 in RMS (De & Smith 2020; Hanin & Rolnick 2018); sqrt(depth) growth
+            fits a power law better, and its log-linear factor is ~x1.1 over 12 sites.
+        total: growth over all sites (last / first, from the fit) needed as well: an order of
+            magnitude (sqrt(depth) needs 100 sites to get there).
         min_sites: residual sites needed for a fit.
         min_fraction: share of recorded steps that must show exponential growth (or the last
             step before a failure).

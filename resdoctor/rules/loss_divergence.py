@@ -16,9 +16,10 @@ from resdoctor.run import Run
 
 
 @rule("loss-divergence", requires=("scalar:loss",))
-def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0.5,
+def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0.1,
                     min_rows: int = 3, min_steps: int = 8, oscillations: int = 2,
-                    window_fraction: float = 0.1, max_window: int = 50) -> list[Finding]:
+                    window_fraction: float = 0.1, max_window: int = 50,
+                    noise_sigmas: float = 3.0) -> list[Finding]:
     """The smoothed loss climbs above its best so far by a share of the progress made.
 
     Args:
@@ -26,7 +27,7 @@ def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0
             made so far (initial - best) is divergence (loss units cancel; Chowdhery et al. 2022
             and Wortsman et al. 2023 on loss spikes and divergence).
         rel_rise: also at least this fraction of the best value itself, so a run that never
-            improved must rise 50% above its start.
+            improved must rise 10% above its start.
         min_rows: consecutive recorded steps above the line for an episode (one noisy batch is
             not divergence).
         min_steps: logged losses needed.
@@ -35,16 +36,22 @@ def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0
             (at least 3): wide enough to average out batch-to-batch swings of the loss.
         max_window: cap on that window (recorded rows), so a long run's divergence is seen
             within at most 25 rows.
+        noise_sigmas: the rise must also exceed this many standard errors of the smoothed loss
+            (robust sigma of the batch-to-batch residuals / sqrt(window)): swings of a noisy or
+            batch-cycling loss are not divergence.
     """
     tl = timeline(run)
     loss = tl.healthy_series(run.scalar("loss"))
     if len(loss) < min_steps:
         return []
     w = max(3, min(max_window, int(window_fraction * len(loss))))
-    smooth = loss.rolling(w, min_periods=1).median()
+    smooth = loss.rolling(w, min_periods=w // 2 + 1).median().dropna()
     start = float(loss.iloc[:w].median())
     best = smooth.cummin()
-    line = np.maximum(rise_fraction * (start - best), rel_rise * best.abs())
+    noise = 1.4826 * float((loss - loss.rolling(w, min_periods=1, center=True).median())
+                           .abs().median())
+    line = np.maximum(np.maximum(rise_fraction * (start - best), rel_rise * best.abs()),
+                      noise_sigmas * noise / np.sqrt(w))
     above = smooth - best > line
     episodes = _episodes(above, min_rows)
     ends_failed = tl.failure_step is not None and bool(above.iloc[-1])
@@ -78,7 +85,7 @@ def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0
         step=onset, location=None, phase=None, evidence=evidence,
         fixes=tuple(_fixes(run, tl, onset)), rule="loss-divergence",
         thresholds={"rise_fraction": rise_fraction, "rel_rise": rel_rise, "min_rows": min_rows,
-                    "smoothing_window": w},
+                    "smoothing_window": w, "noise": sig(noise, 3)},
     )]
 
 

@@ -13,24 +13,26 @@ def _run(stream, steps=10, fail_at=None):
                     site_series={"stream_norm": series}, events=events)
 
 
-@pytest.mark.parametrize("factor, fires", [(1.19, False), (1.21, True)])
+@pytest.mark.parametrize("factor, fires", [(1.14, False), (1.16, True)])
 def test_per_block_threshold(factor, fires):
-    found = activation_growth(_run(factor ** np.arange(30)))  # total 1.19^29 = 155 >= 100
+    found = activation_growth(_run(factor ** np.arange(30)))  # total 1.14^29 = 45 >= 10
     assert bool(found) is fires
     if fires:
         f = found[0]
-        assert f.evidence["per_block_growth"] == pytest.approx(1.21, rel=1e-3)
+        assert f.evidence["per_block_growth"] == pytest.approx(1.16, rel=1e-3)
         assert f.step == 1 and f.severity == "warning"
 
 
-@pytest.mark.parametrize("total, fires", [(99.0, False), (101.0, True)])
+@pytest.mark.parametrize("total, fires", [(9.9, False), (10.1, True)])
 def test_total_threshold(total, fires):
-    stream = total ** (np.arange(10) / 9)
-    assert bool(activation_growth(_run(stream), per_block=1.1)) is fires
+    stream = total ** (np.arange(10) / 9)  # x1.29 per site
+    assert bool(activation_growth(_run(stream))) is fires
 
 
-def test_sqrt_depth_growth_of_a_preactivation_resnet_is_quiet():
-    assert activation_growth(_run(np.sqrt(np.arange(1, 101)))) == []
+@pytest.mark.parametrize("sites", [12, 100])
+def test_sqrt_depth_growth_of_a_preactivation_resnet_is_quiet(sites):
+    # 100 sites: sqrt grows 10x, at the total threshold, but a power law fits it better
+    assert activation_growth(_run(np.sqrt(np.arange(1, sites + 1)))) == []
 
 
 def test_polynomial_growth_is_not_exponential():
