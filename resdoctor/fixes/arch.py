@@ -60,19 +60,44 @@ def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: boo
                      reason: str = "") -> Fix:
     """Scale each residual branch by alpha = 1/sqrt(N) (or DeepNorm's 1/alpha for post-LN)."""
     n = max(int(depth), 1)
-    scale = sig(1.0 / math.sqrt(n), 3)
     deep_alpha, deep_beta = sig((2 * n) ** 0.25, 3), sig((8 * n) ** -0.25, 3)
     taps = [(m, i) for _, m, i in branch_taps(sites)]
-    entries = [m if i is None else f"{m}|{i}" for m, i in taps]
+    blocks = list(dict.fromkeys(str(s.get("owner", "")) for s in sites))
     if post_norm:  # LN(alpha*x + F(x)) == LN(x + F(x)/alpha): DeepNorm as a branch scale
         alpha = sig(1.0 / deep_alpha, 3)
         formula = f"DeepNorm: 1/alpha, alpha=(2N)^(1/4)={deep_alpha}"
-        beta_line = (f"    for p in model.get_submodule(name).parameters():  # DeepNorm init\n"
-                     f"        if p.dim() > 1:\n            p.data.mul_({deep_beta})\n")
     else:
-        alpha, formula, beta_line = scale, "1/sqrt(N)", ""
-    body = (f"\n\n\n{SCALE}\n\n\nALPHA = {alpha}  # {formula}, N = {n} residual branches\n"
-            f"BRANCHES = {names_literal(entries)}\n"
+        alpha, formula = sig(1.0 / math.sqrt(n), 3), "1/sqrt(N)"
+    head = f"\n\n\n{SCALE}\n\n\nALPHA = {alpha}  # {formula}, N = {n} residual branches\n"
+    if taps:
+        snippet = _header() + head + _wrap_branches(taps, deep_beta if post_norm else None)
+    else:  # no module output carries the branch: edit the blocks' forward by hand
+        snippet = ("import torch\nfrom torch import nn" + head
+                   + f"BLOCKS = {names_literal(blocks)}\n"
+                   "# in each block: self.scale = Scale(ALPHA) in __init__, and in forward\n"
+                   "#     x = x + self.scale(branch(x))     instead of x + branch(x)\n")
+    return Fix(
+        code="residual-scaling",
+        title=f"Scale the {len(taps) or len(sites)} residual branches by alpha={alpha}",
+        detail=(f"{reason} Multiply each branch by a learnable alpha initialised at {formula} "
+                f"(N = {n}); 1/sqrt(N) keeps the stream's variance O(1) with depth (Hayou et al. "
+                "2021). Alternatives: SkipInit / ReZero alpha = 0 (De & Smith 2020; Bachlechner "
+                f"et al. 2020); DeepNorm alpha = (2N)^(1/4) = {deep_alpha}, beta = (8N)^(-1/4) = "
+                f"{deep_beta} for post-LN (Wang et al. 2022).").strip(),
+        snippet=snippet,
+        params={"scale": alpha, "formula": formula, "N": n, "branches": [m for m, _ in taps],
+                "blocks": blocks, "rezero_alpha": 0.0, "deepnorm_alpha": deep_alpha,
+                "deepnorm_beta": deep_beta, "post_norm": bool(post_norm)},
+    )
+
+
+def _wrap_branches(taps: list[tuple[str, int | None]], beta: float | None) -> str:
+    """Snippet lines wrapping each branch module in ``BranchWrapper(..., Scale(ALPHA))``."""
+    entries = [m if i is None else f"{m}|{i}" for m, i in taps]
+    beta_line = "" if beta is None else (
+        "    for p in model.get_submodule(name).parameters():  # DeepNorm init\n"
+        f"        if p.dim() > 1:\n            p.data.mul_({beta})\n")
+    return (f"BRANCHES = {names_literal(entries)}\n"
             "new_params = []\n"
             "for entry in BRANCHES:\n"
             "    name, _, index = entry.partition(\"|\")\n"
@@ -81,19 +106,6 @@ def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: boo
             "                            int(index) if index else None)\n"
             "    new_params += list(wrapped.post.parameters())\n"
             "    replace_module(model, name, wrapped)\n" + ADD_NEW_PARAMS)
-    return Fix(
-        code="residual-scaling",
-        title=f"Scale the {len(taps)} residual branches by alpha={alpha}",
-        detail=(f"{reason} Multiply each branch by a learnable alpha initialised at {formula} "
-                f"(N = {n}); 1/sqrt(N) keeps the stream's variance O(1) with depth (Hayou et al. "
-                "2021). Alternatives: SkipInit / ReZero alpha = 0 (De & Smith 2020; Bachlechner "
-                f"et al. 2020); DeepNorm alpha = (2N)^(1/4) = {deep_alpha}, beta = (8N)^(-1/4) = "
-                f"{deep_beta} for post-LN (Wang et al. 2022).").strip(),
-        snippet=_header() + body,
-        params={"scale": alpha, "formula": formula, "N": n, "branches": [m for m, _ in taps],
-                "rezero_alpha": 0.0, "deepnorm_alpha": deep_alpha, "deepnorm_beta": deep_beta,
-                "post_norm": bool(post_norm)},
-    )
 
 
 def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "") -> Fix:

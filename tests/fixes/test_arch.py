@@ -136,3 +136,14 @@ def test_structural_templates_define_working_blocks(build):
         assert out.shape == (2, 5, 8)
     assert scope["BLOCKS"] == fix.params["blocks"]
     assert np.isfinite(out.detach().numpy()).all()
+
+
+def test_residual_scaling_without_branch_modules_names_the_blocks():
+    sites = [{"name": f"b{i}", "owner": f"b{i}", "branch": None, "shape": [2, 4]}
+             for i in range(4)]
+    fix = fixes.residual_scaling(sites, depth=4)
+    assert fix.params["branches"] == [] and fix.params["blocks"] == ["b0", "b1", "b2", "b3"]
+    scope: dict = {}
+    exec(compile(fix.snippet, "<fix>", "exec"), scope)
+    assert scope["ALPHA"] == 0.5 and scope["BLOCKS"] == fix.params["blocks"]
+    assert float(scope["Scale"](scope["ALPHA"])(torch.ones(1)).detach()) == 0.5
