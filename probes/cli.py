@@ -113,6 +113,8 @@ def eval_cmd(
     labels_: Annotated[bool, typer.Option("--labels/--no-labels",
                                           help="Re-measure every label too.")] = True,
     keep: Annotated[str, typer.Option(help="Keep the run files in this folder.")] = "",
+    remedies: Annotated[bool, typer.Option(help="Also re-run each sick probe with its known "
+                                                "remedy (is it curable at all?).")] = False,
 ) -> None:
     """Run the probes and score resdoctor: accuracy, precision/recall, lead time, fixes."""
     from probes.evaluate import evaluate
@@ -123,7 +125,7 @@ def eval_cmd(
         os.makedirs(keep, exist_ok=True)
     progress = None if as_json else (lambda line: typer.echo(line, err=True))
     ev = evaluate(chosen, verify_fixes=verify_fixes, check_labels=labels_,
-                  workdir=keep or None, progress=progress)
+                  workdir=keep or None, progress=progress, remedies=remedies)
     typer.echo(json.dumps(to_json(ev), indent=1) if as_json else render(ev))
     if any(o.label_problems for o in ev.outcomes):
         raise typer.Exit(1)

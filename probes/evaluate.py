@@ -154,11 +154,17 @@ def evaluate_probe(probe: Probe, workdir: str, check_labels: bool = True) -> Out
 
 def verify_fix(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome:
     """Re-run ``probe`` with the top fix resdoctor suggested; measure whether it cured it."""
-    start = time.perf_counter()
     top = outcome.top_fix
     if top is None:
         return FixOutcome(probe.name, None, {}, False, "no fix suggested")
-    code, params = top["code"], dict(top["params"])
+    return try_fix(probe, top["code"], dict(top["params"]), outcome.final_loss, workdir)
+
+
+def try_fix(probe: Probe, code: str, params: dict[str, Any], loss_before: float,
+            workdir: str, tag: str = "fixed") -> FixOutcome:
+    """Apply fix ``code`` with ``params``, re-measure the condition (plain hooks) and re-record
+    the run (resdoctor) to compare the final loss with ``loss_before``."""
+    start = time.perf_counter()
     try:
         recipe = probe.fixed(code, params)
     except FixNotApplicable as e:
@@ -169,13 +175,21 @@ def verify_fix(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome:
         return FixOutcome(probe.name, code, params, False, str(e))
     assert measured is not None
     present = {c for c, lab in labels(measured).items() if lab.status == "present"}
-    path = os.path.join(workdir, f"{probe.name}.fixed.pt")
+    path = os.path.join(workdir, f"{probe.name}.{tag}.pt")
     after = probe.record(path, recipe)  # losses compared like for like: both runs under watch
     tool = set(_found(_diagnose(path)))
     expect = sorted(probe.truth.expect)
     return FixOutcome(probe.name, code, params, True, "", probe.truth.primary,
                       [c for c in expect if c in present], [c for c in expect if c in tool],
-                      outcome.final_loss, after.final_loss, time.perf_counter() - start)
+                      loss_before, after.final_loss, time.perf_counter() - start)
+
+
+def verify_remedy(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome | None:
+    """The probe's known remedy (its author's choice of fix): shows the probe is curable."""
+    if probe.remedy is None:
+        return None
+    code, params = probe.remedy
+    return try_fix(probe, code, dict(params), outcome.final_loss, workdir, "remedy")
 
 
 @dataclass
@@ -183,14 +197,16 @@ class Evaluation:
     outcomes: list[Outcome]
     fixes: list[FixOutcome]
     seconds: float
+    remedies: list[FixOutcome] = field(default_factory=list)
 
 
 def evaluate(probes: Iterable[Probe], verify_fixes: bool = False, check_labels: bool = True,
-             workdir: str | None = None,
-             progress: Callable[[str], None] | None = None) -> Evaluation:
-    """Run every probe (and, with ``verify_fixes``, every pathological probe's top fix)."""
+             workdir: str | None = None, progress: Callable[[str], None] | None = None,
+             remedies: bool = False) -> Evaluation:
+    """Run every probe (with ``verify_fixes``, every pathological probe's top fix; with
+    ``remedies``, its known remedy)."""
     start = time.perf_counter()
-    outcomes, fixes = [], []
+    outcomes, fixes, cures = [], [], []
     with tempfile.TemporaryDirectory(prefix="probes-") as tmp:
         work = workdir or tmp
         for probe in probes:
@@ -205,7 +221,10 @@ def evaluate(probes: Iterable[Probe], verify_fixes: bool = False, check_labels: 
                 if progress:
                     progress(f"{probe.name}: fix {fix.code}: "
                              f"{'cured' if fix.cured else 'not cured'} ({fix.seconds:.1f}s)")
-    return Evaluation(outcomes, fixes, time.perf_counter() - start)
+            cure = verify_remedy(probe, out, work) if remedies and not out.healthy else None
+            if cure is not None:
+                cures.append(cure)
+    return Evaluation(outcomes, fixes, time.perf_counter() - start, cures)
 
 
 def per_code(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
@@ -239,5 +258,6 @@ def summary(ev: Evaluation) -> dict[str, Any]:
         "cured": sum(f.cured for f in ev.fixes),
         "cured_all_codes": sum(f.cured and f.all_gone for f in ev.fixes),
         "cure_rate": sum(f.cured for f in ev.fixes) / len(ev.fixes) if ev.fixes else None,
+        "remedies": len(ev.remedies), "remedies_cured": sum(f.cured for f in ev.remedies),
         "seconds": ev.seconds,
     }

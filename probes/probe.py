@@ -64,6 +64,7 @@ class Probe:
     cause: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
     defaults: dict[str, Any] = field(default_factory=dict)  # the family's arch defaults
+    remedy: tuple[str, dict[str, Any]] | None = None  # the fix a practitioner would apply
 
     @property
     def supported(self) -> frozenset[str]:

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from probes.evaluate import Evaluation, Outcome, per_code, summary
+from probes.evaluate import Evaluation, FixOutcome, Outcome, per_code, summary
 
 
 def _codes(codes: list[str]) -> str:
@@ -55,9 +55,9 @@ def _loss(x: float) -> str:
     return "nan/inf" if not math.isfinite(x) else f"{x:.3g}"
 
 
-def fix_table(ev: Evaluation) -> str:
+def fix_table(ev: Evaluation, fixes: list[FixOutcome] | None = None) -> str:
     rows = []
-    for f in ev.fixes:
+    for f in ev.fixes if fixes is None else fixes:
         if not f.applied:
             rows.append([f.probe, f.code or "-", "-", "-", "-", f"not applied: {f.reason}"])
             continue
@@ -84,8 +84,8 @@ def mismatches(ev: Evaluation) -> str:
     lines = []
     for o in ev.outcomes:
         for code in o.missed:
-            note = o.measured.get(code, {}).get("note", "")
-            lines.append(f"- {o.probe}: missed {code} (measured: {note})")
+            note = o.measured.get(code, {}).get("note")
+            lines.append(f"- {o.probe}: missed {code}" + (f" (measured: {note})" if note else ""))
         for code in o.false:
             note = o.measured.get(code, {}).get("note", "")
             lines.append(f"- {o.probe}: false {code}, {_tool_says(o, code)} "
@@ -115,6 +115,8 @@ def summary_text(ev: Evaluation) -> str:
                      f"({_pct(s['cure_rate'])}; condition gone and final loss lower); applied "
                      f"{s['fixes_applied']}; every expected code gone too: "
                      f"{s['cured_all_codes']}")
+    if ev.remedies:
+        lines.append(f"known remedies cure: {s['remedies_cured']}/{s['remedies']}")
     lines.append(f"wall time: {s['seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -123,6 +125,9 @@ def render(ev: Evaluation) -> str:
     parts = [accuracy_table(ev), "", code_table(ev), ""]
     if ev.fixes:
         parts += [fix_table(ev), ""]
+    if ev.remedies:
+        parts += ["known remedies (the probe author's fix, not resdoctor's):",
+                  fix_table(ev, ev.remedies), ""]
     wrong = mismatches(ev)
     if wrong:
         parts += ["mismatches:", wrong, ""]
@@ -145,5 +150,6 @@ def to_json(ev: Evaluation) -> dict[str, Any]:
     fixes = [{**asdict(f), "gone": f.gone, "all_gone": f.all_gone, "better": f.better,
               "cured": f.cured}
              for f in ev.fixes]
+    remedies = [{**asdict(f), "gone": f.gone, "cured": f.cured} for f in ev.remedies]
     return _clean({"summary": summary(ev), "per_code": per_code(ev.outcomes),
-                   "probes": outcomes, "fixes": fixes})
+                   "probes": outcomes, "fixes": fixes, "remedies": remedies})

@@ -12,7 +12,15 @@ from typer.testing import CliRunner
 import probes
 import resdoctor
 from probes.cli import register, standalone
-from probes.evaluate import FOUND, evaluate, evaluate_probe, per_code, summary, verify_fix
+from probes.evaluate import (
+    FOUND,
+    evaluate,
+    evaluate_probe,
+    per_code,
+    summary,
+    verify_fix,
+    verify_remedy,
+)
 from probes.report import render, to_json
 
 CODES = set(probes.CODES)
@@ -109,3 +117,11 @@ def test_register_adds_a_probe_group_to_the_resdoctor_cli():
 def test_every_other_label_holds(name):
     probe = probes.get(name)
     assert probes.label_problems(probe.truth, probe.measure().measurement) == []
+
+
+def test_known_remedy_cures_a_dead_branch_probe(tmp_path):
+    probe = probes.get("mlp-deadrelu")
+    out = evaluate_probe(probe, str(tmp_path), check_labels=False)
+    cure = verify_remedy(probe, out, str(tmp_path))
+    assert cure is not None and cure.code == "add-normalization" and cure.applied
+    assert cure.remaining == [] and cure.loss_after < cure.loss_before and cure.cured
