@@ -113,6 +113,7 @@ def _fixes(run: Run) -> list[Fix]:
     reason = "The stream multiplies at every block."
     out = [fixes.residual_scaling(sites, len(names), post_norm=bool(post_norm_sites(run)),
                                   reason=reason)]
-    if not any(has_norm(run, s["owner"]) for s in sites):
-        out.append(fixes.add_normalization(sites, reason=reason))
+    norm = fixes.add_normalization(sites, reason=reason)
+    if norm.params["branches"] and not any(has_norm(run, s["owner"]) for s in sites):
+        out.append(norm)
     return out

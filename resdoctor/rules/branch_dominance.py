@@ -84,5 +84,7 @@ def _fixes(run: Run, sites: list[str]) -> list[Fix]:
                                   post_norm=bool(post), reason=reason)]
     owners = pd.Series(site_dicts(run, sites)).map(lambda s: s.get("owner", ""))
     if not any(has_norm(run, o) for o in owners):
-        out.append(fixes.add_normalization(site_dicts(run, sites), reason=reason))
+        norm = fixes.add_normalization(site_dicts(run, sites), reason=reason)
+        if norm.params["branches"]:
+            out.append(norm)
     return out
