@@ -167,7 +167,8 @@ def demo(
         typer.echo(json.dumps(_json(reports), allow_nan=False))
         return
     _render_all(reports, snippets)
-    typer.echo(f"Saved {out}. Next: resdoctor analyze {out} --json", err=True)
+    saved = " ".join(r.run.path for r in reports)
+    typer.echo(f"Saved {saved}. Next: resdoctor analyze {saved}", err=True)
 
 
 @app.command("rules")
