@@ -167,7 +167,7 @@ def demo(
         typer.echo(json.dumps(_json(reports), allow_nan=False))
         return
     _render_all(reports, snippets)
-    saved = " ".join(r.run.path for r in reports)
+    saved = " ".join(str(r.run.path) for r in reports)
     typer.echo(f"Saved {saved}. Next: resdoctor analyze {saved}", err=True)
 
 
