@@ -69,8 +69,8 @@ _probe("mlp-adam-explode", "mlp", "pre-LN residual MLP, Adam warmed up to lr 0.3
        Recipe(steps=80, lr=0.3, warmup=60, arch={"norm": True, "depth": 8}), mlp,
        remedy="lower-lr", factor=0.1)
 _probe("preln-lr-diverge", "pre-ln", "pre-LN transformer, Adam warmed up to lr 0.5",
-       _t("loss-divergence branch-dominance activation-growth",
-          "exploding-gradients dead-branch"),
+       _t("loss-divergence branch-dominance",
+          "activation-growth exploding-gradients dead-branch"),
        Recipe(steps=80, lr=0.5, warmup=60, arch={"depth": 4}), transformer,
        remedy="lower-lr", factor=0.1)
 _probe("gpt2-lr-diverge", "hf", "HF GPT-2, Adam warmed up to lr 0.3",

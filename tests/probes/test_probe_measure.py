@@ -134,3 +134,5 @@ def test_dominance_dead_and_growth_labels_at_their_thresholds():
     assert labels.growth(_measurement(stream=rows)).status == "present"
     sqrt_rows = [[math.sqrt(i + 1) for i in range(10)]] * 5  # sqrt(depth): x3.2 overall
     assert labels.growth(_measurement(stream=sqrt_rows)).status == "absent"
+    jump = [[1.0] + [70.0] * 9] * 5  # x70 at one site, then flat: grew, but not exponentially
+    assert labels.growth(_measurement(stream=jump)).status == "borderline"
