@@ -27,6 +27,15 @@ class SegmentMeta:
     has_optimizer: bool
 
 
+def _bad(vectors: dict[str, np.ndarray], kind: str) -> np.ndarray:
+    """Per-module non-finite mask for "grad" or "param" (exact counts when recorded)."""
+    counts = vectors.get(f"{kind}_bad")
+    if counts is not None:
+        return counts > 0
+    norms = vectors.get(f"{kind}_norm")
+    return ~np.isfinite(norms) if norms is not None else np.zeros(0, bool)
+
+
 class _Accumulator:
     """Per-site sums of one step (several segments when gradient accumulation folds them)."""
 
@@ -139,8 +148,7 @@ class Journal:
         """False: a step; True: a step the GradScaler skipped; None: an accumulation micro-step."""
         if not meta.has_optimizer or meta.stepped:
             return False
-        grads = vectors.get("grad_norm")
-        if grads is not None and not np.all(np.isfinite(grads)):
+        if _bad(vectors, "grad").any():
             return True
         return None if (meta.backwards or meta.forwards) else False
 
@@ -182,32 +190,35 @@ class Journal:
         names = self._names
         forward_bad = False
         if "fwd" in blocks:
-            idx, v = blocks["fwd"]  # in completion order: [n, (input rms, output rms)]
-            bad = ~np.isfinite(v[:, 1])
+            # in completion order: [n, (input min, input max, output min, output max)]
+            idx, v = blocks["fwd"]
+            finite = np.isfinite(v)
+            bad = ~(finite[:, 2] & finite[:, 3])
             forward_bad = bool(bad.any())
-            for k in np.flatnonzero(bad & np.isfinite(v[:, 0])):
-                self._event(names[idx[k]], "forward", rank, amp, {"input_rms": float(v[k, 0])})
-        grads = vectors.get("grad_norm")
-        grads_bad = grads is not None and not np.all(np.isfinite(grads))
-        if grads is not None and grads_bad and not forward_bad:
-            self._backward_onset(blocks, grads, names, rank, amp)
-        params = vectors.get("param_norm")
-        if params is not None and not grads_bad and not forward_bad:
-            bad_idx = np.flatnonzero(~np.isfinite(params))
+            for k in np.flatnonzero(bad & finite[:, 0] & finite[:, 1]):
+                self._event(names[idx[k]], "forward", rank, amp,
+                            {"input_absmax": float(np.abs(v[k, :2]).max())})
+        grads_bad = _bad(vectors, "grad")
+        if grads_bad.any() and not forward_bad:
+            self._backward_onset(blocks, grads_bad, names, rank, amp)
+        params_bad = _bad(vectors, "param")
+        if params_bad.any() and not grads_bad.any() and not forward_bad:
+            bad_idx = np.flatnonzero(params_bad)
             if len(bad_idx):
                 first = bad_idx[np.argmin(self._param_order[bad_idx])]
                 self._event(self.param_modules[first], "optimizer", rank, amp,
                             {"modules_affected": int(len(bad_idx))})
 
-    def _backward_onset(self, blocks: dict[str, Any], grads: np.ndarray, names: list[str],
-                        rank: int, amp: bool) -> None:
+    def _backward_onset(self, blocks: dict[str, Any], grads_bad: np.ndarray,
+                        names: list[str], rank: int, amp: bool) -> None:
         """Backward runs in reverse: the NaN was made by the latest module in forward order whose
         parameter gradients (or, for parameter-free ops, input gradient) went bad."""
         bad = [(self._order.get(self.param_modules[i], -1), self.param_modules[i])
-               for i in np.flatnonzero(~np.isfinite(grads))]
+               for i in np.flatnonzero(grads_bad)]
         if "bwd" in blocks:
-            idx, v = blocks["bwd"]
-            bad += [(self._order.get(names[i], -1), names[i]) for i in idx[~np.isfinite(v[:, 0])]]
+            idx, v = blocks["bwd"]  # [n, (min, max)] of parameter-free ops' input gradients
+            made = idx[~np.isfinite(v).all(axis=1)]
+            bad += [(self._order.get(names[i], -1), names[i]) for i in made]
         _, module = max(bad)
         self._event(module, "backward", rank, amp, {"modules_affected": len(bad)})
 

@@ -27,7 +27,7 @@ from resdoctor.discovery import Site, sites_from
 from resdoctor.journal import Journal, SegmentMeta
 from resdoctor.options import Options
 from resdoctor.sensors import GradNorm, SiteProbe, Smoothing, UpdateRatio
-from resdoctor.sensors.site_probe import rms
+from resdoctor.sensors.site_probe import extrema, rms
 
 # Modules that turn finite inputs into finite outputs: their outputs need no NaN/Inf check.
 FINITE_PRESERVING: tuple[type[nn.Module], ...] = (
@@ -71,6 +71,7 @@ class Recorder:
         self.sites: list[Site] | None = None
         self._tracer: Tracer | None = None
         self._norm_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+        self._extrema_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
         self._calls: dict[str, int] = {}
         self._pending: dict[int, dict[str, Any]] = {}
         self._in_stack: dict[str, list[torch.Tensor | None]] = {}
@@ -137,6 +138,7 @@ class Recorder:
             self.end_segment()
         self.seg.forwards += 1
         self._norm_cache.clear()
+        self._extrema_cache.clear()
         self._calls.clear()
         self._pending.clear()
         self._in_stack.clear()
@@ -172,26 +174,35 @@ class Recorder:
                 t.register_hook(self._guard("backward", self._on_output_grad))
                 break
 
-    def _norm(self, t: torch.Tensor) -> torch.Tensor:
-        """RMS of ``t``, computed at most once per tensor version per forward."""
-        entry = self._norm_cache.get(id(t))
+    def _cached(self, cache: dict, t: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> Any:
+        """``fn(t)`` computed at most once per tensor version per forward."""
+        entry = cache.get(id(t))
         version = _version(t)
         if entry is not None and entry[0]() is t and entry[1] == version:
             return entry[2]
         with torch.no_grad(), self._paused():
-            value = rms(t)
-        self._norm_cache[id(t)] = (weakref.ref(t), version, value)
+            value = fn(t)
+        cache[id(t)] = (weakref.ref(t), version, value)
         return value
 
-    def _norms(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    def _norm(self, t: torch.Tensor) -> torch.Tensor:
+        """RMS of ``t`` (site magnitudes)."""
+        return self._cached(self._norm_cache, t, rms)
+
+    def _extrema(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        """``[min, max]`` over the floating tensors: finite exactly when every element is.
+
+        Unlike a norm this cannot overflow: activations that are huge but finite stay finite.
+        """
         floats = [t for t in tensors if t.is_floating_point()]
         if not floats:
             return None
-        total = self._norm(floats[0])
+        pairs = [self._cached(self._extrema_cache, t, extrema) for t in floats]
+        if len(pairs) == 1:
+            return pairs[0]
         with self._paused():
-            for t in floats[1:]:
-                total = total + self._norm(t)
-        return total
+            stacked = torch.stack([p.to(pairs[0].device) for p in pairs])  # [k, 2]
+            return torch.stack([stacked[:, 0].amin(), stacked[:, 1].amax()])
 
     def _paused(self) -> Any:
         return self._tracer.paused() if self._tracer is not None else _NULL
@@ -200,7 +211,7 @@ class Recorder:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
             if self._in_forward and self._recording():
                 ts = [t for _, t in iter_tensors((args, kwargs))]
-                self._in_stack.setdefault(name, []).append(self._norms(ts))
+                self._in_stack.setdefault(name, []).append(self._extrema(ts))
         return hook
 
     def _check_out(self, name: str) -> Callable[..., None]:
@@ -210,14 +221,15 @@ class Recorder:
             stack = self._in_stack.get(name)
             if not stack or not self._recording():
                 return
-            norm_in = stack.pop()
-            norm_out = self._norms([t for _, t in iter_tensors(output)])
-            if norm_out is None:
+            span_in = stack.pop()
+            span_out = self._extrema([t for _, t in iter_tensors(output)])
+            if span_out is None:
                 return
             with self._paused():
-                if norm_in is None or norm_in.device != norm_out.device:
-                    norm_in = torch.zeros_like(norm_out)  # e.g. token ids into an embedding
-                self.seg.add(("fwd", index), torch.stack([norm_in, norm_out]))
+                if span_in is None or span_in.device != span_out.device:
+                    span_in = torch.zeros_like(span_out)  # e.g. token ids into an embedding
+                # [in min, in max, out min, out max] in the tensors' own dtype: exact, no overflow
+                self.seg.add(("fwd", index), torch.cat([span_in, span_out]))
             if name in self._grad_checked and torch.is_grad_enabled():
                 self._check_input_grads(index, args, kwargs)
         return hook
@@ -225,7 +237,7 @@ class Recorder:
     def _check_input_grads(self, index: int, args: Any, kwargs: Any) -> None:
         def on_grad(g: torch.Tensor) -> None:
             with torch.no_grad():
-                self.seg.add(("bwd", index), rms(g).reshape(1))
+                self.seg.add(("bwd", index), extrema(g))
 
         for _, t in iter_tensors((args, kwargs)):
             if t.is_floating_point() and t.requires_grad:
@@ -378,15 +390,18 @@ class Recorder:
             scale = None
         with torch.no_grad():
             # with accumulation, the last backward of the step holds the accumulated gradient
-            self.seg.vectors["grad_norm"] = self.grads(scale)
+            norms, bad = self.grads(scale)
+            self.seg.vectors["grad_norm"] = norms
+            self.seg.vectors["grad_bad"] = bad
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _due(self.options.update_every, self._step):
             self.updates.before()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        param_norm, ratio = self.updates.after()
+        param_norm, bad, ratio = self.updates.after()
         self.seg.vectors["param_norm"] = param_norm
+        self.seg.vectors["param_bad"] = bad
         if ratio is not None:
             self.seg.vectors["update_ratio"] = ratio
         lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None

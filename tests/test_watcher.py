@@ -299,3 +299,41 @@ def test_an_unassigned_watcher_keeps_recording_until_exit(tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     run = resdoctor.load(tmp_path / "u.pt")  # written at interpreter exit
     assert run.steps == 7
+
+
+class Amplify(nn.Module):
+    """Multiplies by 1e18: with an input RMS ~1 the output is huge but finite in float32."""
+
+    def forward(self, x):
+        return x * 1e18
+
+
+def test_regression_huge_finite_activations_are_not_called_nonfinite(tmp_path):
+    # Bug: the non-finite check used an fp32 L2 norm, whose sum of squares overflows for
+    # finite values above ~1e19, so an exploding (still finite) layer was reported as the NaN
+    # onset many steps early. The check now uses min/max, which cannot overflow.
+    model = ResidualMLP(depth=2)
+    model.blocks[0].branch.insert(2, Amplify())
+    x, y = data()
+    with resdoctor.watch(model, path=tmp_path / "huge.pt") as doctor:
+        out = model(x)
+        assert torch.isfinite(out).all() and out.abs().max() > 1e17
+        out.sum().backward()
+        doctor.log()
+    run = resdoctor.load(tmp_path / "huge.pt")
+    assert run.nonfinite.empty
+    assert len(run.skipped_steps) == 0
+
+
+def test_regression_huge_finite_gradients_are_not_called_nonfinite(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.0)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "hugegrad.pt") as doctor:
+        opt.zero_grad()
+        (F.mse_loss(model(x), y) * 1e25).backward()  # gradient norms ~1e25: finite, > 1.8e19
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        opt.step()
+        doctor.log()
+    run = resdoctor.load(tmp_path / "hugegrad.pt")
+    assert run.nonfinite.empty and len(run.skipped_steps) == 0

@@ -196,7 +196,8 @@ def pre_layernorm(blocks: Sequence[str], dim: int | None) -> Fix:
     )
 
 
-def guard_op(module: str, module_type: str, phase: str, input_rms: float | None = None) -> Fix:
+def guard_op(module: str, module_type: str, phase: str,
+             input_absmax: float | None = None) -> Fix:
     """Keep one module from producing (or passing on) a non-finite value."""
     if module_type in NORM_TYPES:
         snippet = f"model.get_submodule({module!r}).eps = 1e-3  # default 1e-5\n"
@@ -211,7 +212,7 @@ def guard_op(module: str, module_type: str, phase: str, input_rms: float | None 
                "still have an infinite derivative, e.g. sqrt at 0); meanwhile zero non-finite "
                "gradients of its parameters")
     else:
-        limit = sig(min(max(10.0 * (input_rms or 0.0), 1e4), 1e6), 2)
+        limit = sig(min(max(10.0 * (input_absmax or 0.0), 1e4), 1e6), 2)
         snippet = (
             "# inside the op: torch.sqrt(x.clamp_min(EPS)), torch.log(x.clamp_min(EPS)), "
             "a / b.clamp_min(EPS)\n"

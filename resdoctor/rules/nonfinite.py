@@ -18,13 +18,14 @@ FP16_MAX = 65504.0
 
 
 @rule("nonfinite")
-def nonfinite(run: Run, *, overflow_rms: float = 1e4, skip_fraction: float = 0.2,
+def nonfinite(run: Run, *, overflow_absmax: float = 1e4, skip_fraction: float = 0.2,
               skip_streak: int = 25, calibration_steps: int = 50) -> list[Finding]:
     """NaN/Inf in the forward, backward or optimizer step; persistent AMP skips.
 
     Args:
-        overflow_rms: input RMS (activation units) above which the op's input was already huge,
-            so the NaN is an overflow of a blow-up rather than a bad op (fp16 overflows at 65504).
+        overflow_absmax: largest |input| (activation units) of the NaN-making op above which its
+            input was already huge, so the NaN is an overflow of a blow-up rather than a bad op
+            (fp16 overflows at 65504).
         skip_fraction: share of steps (after the GradScaler's calibration) an AMP GradScaler may
             skip before it is a finding. A calibrated scaler skips about 1 in ``growth_interval``
             (2000) steps (PyTorch AMP docs; Micikevicius et al. 2018).
@@ -35,23 +36,27 @@ def nonfinite(run: Run, *, overflow_rms: float = 1e4, skip_fraction: float = 0.2
     tl = timeline(run)
     out = []
     if tl.failure_step is not None:
-        out.append(_onset(run, tl, overflow_rms))
+        out.append(_onset(run, tl, overflow_absmax))
     amp = _amp(run, tl, skip_fraction, skip_streak, calibration_steps)
     if amp is not None:
         out.append(amp)
     return out
 
 
-def _onset(run: Run, tl: Timeline, overflow_rms: float) -> Finding:
+def _onset(run: Run, tl: Timeline, overflow_absmax: float) -> Finding:
     step = int(tl.failure_step or 0)
     ev = tl.failure or {}
     module, phase = ev.get("module"), ev.get("phase")
     detail = dict(ev.get("detail") or {})
+    magnitude = _input_magnitude(detail)
     g = tl.healthy_series(grad_total(run))
     loss = tl.healthy_series(run.scalar("loss"))
     evidence: dict[str, Any] = {"first_step": step, "module": module, "phase": phase}
-    if "input_rms" in detail:
-        evidence["input_rms"] = sig(float(detail["input_rms"]), 3)
+    if magnitude is not None:
+        evidence["input_absmax"] = sig(magnitude, 3)
+    if ev.get("rank") is not None and int(run.state.get("world_size") or 1) > 1:
+        evidence["rank"] = int(ev["rank"])
+        evidence["seen_by"] = (ev.get("detail") or {}).get("seen_by", [])
     later = [f"{e.module or '<model>'}@{int(e.step)} {e.phase}" for e in
              run.nonfinite.itertuples() if (e.module, e.phase) != (module, phase)][:5]
     evidence.update(onsets=int(len(run.nonfinite)), later_onsets=later)
@@ -59,18 +64,18 @@ def _onset(run: Run, tl: Timeline, overflow_rms: float) -> Finding:
         evidence["grad_norm_before"] = sig(float(g.iloc[-1]), 3)
     if not loss.empty:
         evidence["loss_before"] = sig(float(loss.iloc[-1]), 3)
-    overflow = float(detail.get("input_rms") or 0.0) >= overflow_rms
+    overflow = (magnitude or 0.0) >= overflow_absmax
     evidence["cause"] = "overflow" if overflow else ("op" if module is not None else "unknown")
     where = f"{module or 'the model'} ({phase} pass)" if phase else "the logged loss"
     message = (f"The first non-finite value appeared at step {step} in {where}"
-               + (f": its input RMS was already {detail['input_rms']:.3g}, so values blew up "
+               + (f": its inputs already reached {magnitude:.3g}, so values blew up "
                   "before they overflowed." if overflow else
                   ": its inputs were finite, so this op made it." if module else "."))
     return Finding(
         code="nonfinite", severity="critical", title=f"NaN/Inf at step {step} in {where}",
         message=message, step=step, location=module or None, phase=phase, evidence=evidence,
         fixes=tuple(_onset_fixes(run, tl, module, phase, detail, overflow)), rule="nonfinite",
-        thresholds={"overflow_rms": overflow_rms},
+        thresholds={"overflow_absmax": overflow_absmax},
     )
 
 
@@ -80,7 +85,7 @@ def _onset_fixes(run: Run, tl: Timeline, module: str | None, phase: str | None,
     guard = None
     if module is not None:
         guard = fixes.guard_op(module, module_types(run).get(module, "module"), phase or "forward",
-                               detail.get("input_rms"))
+                               _input_magnitude(detail))
     if not overflow and guard is not None:
         out.append(guard)
     clip = clip_fix(run, tl, tl.failure_step)
@@ -90,10 +95,16 @@ def _onset_fixes(run: Run, tl: Timeline, module: str | None, phase: str | None,
     if overflow and guard is not None:
         out.append(guard)
     if any(bool((d or {}).get("amp_skipped")) for d in run.nonfinite["detail"]) or (
-            overflow and float(detail.get("input_rms") or 0) < FP16_MAX * 10):
+            overflow and (_input_magnitude(detail) or 0.0) < FP16_MAX * 10):
         out.append(fixes.mixed_precision(
             "Under float16 autocast values above 65504 overflow: bfloat16 has float32's range."))
     return out
+
+
+def _input_magnitude(detail: dict[str, Any]) -> float | None:
+    """Largest |input| of the NaN-making op (older run files recorded an RMS instead)."""
+    value = detail.get("input_absmax", detail.get("input_rms"))
+    return None if value is None else float(value)
 
 
 def _amp(run: Run, tl: Timeline, skip_fraction: float, skip_streak: int,

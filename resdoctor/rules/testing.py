@@ -110,7 +110,7 @@ def diverging_run(steps: int = 30, nan_at: int = 20) -> Run:
                      "stream_norm": {"b0": [None] + [1.0] * (steps - 1),
                                      "b1": [None] + [1.2] * (steps - 1)}},
         events=[{"step": nan_at, "module": "b1.branch", "phase": "forward",
-                 "detail": {"input_rms": 3.0, "amp_skipped": False}}])
+                 "detail": {"input_absmax": 3.0, "amp_skipped": False}}])
 
 
 def quiet_run(steps: int = 30) -> Run:

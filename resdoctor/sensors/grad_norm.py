@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,32 +23,47 @@ class GradNorm:
         self._device: torch.device | None = None
 
     def norms(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """``[M]`` float64 norms of per-parameter tensors (None = absent), grouped by module.
+        """``[M]`` float64 L2 norms of per-parameter tensors (None = absent), per module."""
+        return self.measure(tensors)[0]
 
-        Absent tensors count as 0 through a masked multiply, so no index list is built on the
-        host and copied to the device (which would synchronise on CUDA).
+    def measure(self, tensors: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([M] L2 norms, [M] count of parameters holding NaN/Inf)`` per module.
+
+        Absent tensors count as 0 through a masked stack, so no index list is built on the host
+        and copied to the device (which would synchronise on CUDA). The L2 norm alone cannot
+        tell overflow from Inf (a finite gradient with norm > 1.8e19 squares past float32), so a
+        parameter is non-finite when its norm is NaN or its max is not finite: exact except for a
+        tensor whose only non-finite values are -inf.
         """
-        tensors = [_local(t) for t in tensors]
-        present = [t for t in tensors if t is not None]
+        present = [t for t in tensors if t is not None and t.numel()]
         if not present:
-            return torch.zeros(self._modules, dtype=torch.float64)
+            zeros = torch.zeros(self._modules, dtype=torch.float64)
+            return zeros, zeros.clone()
         device = present[0].device
         if self._device != device:
             self._owner = self._owner.to(device)
             self._device = device
-        if len(present) == len(tensors):
-            stacked = torch.stack(torch._foreach_norm(present))
-        else:
-            norms = iter(torch._foreach_norm(present))
-            zero = present[0].new_zeros(())
-            stacked = torch.stack([next(norms) if t is not None else zero for t in tensors])
+        l2 = self._stack(tensors, torch._foreach_norm(present))
+        top = self._stack(tensors, torch._foreach_max(present))
+        bad = (torch.isnan(l2) | ~torch.isfinite(top)).double()
         # fp32 norms (a float64 _foreach_norm is ~100x slower on CPU); squares and sums in
         # float64 so per-parameter norms up to float32's range combine without overflow
-        per_param = stacked.double() ** 2  # [P]
-        out = torch.zeros(self._modules, device=device, dtype=torch.float64)
-        return out.index_add_(0, self._owner, per_param).sqrt_()
+        norms = torch.zeros(self._modules, device=device, dtype=torch.float64)
+        norms.index_add_(0, self._owner, l2.double() ** 2).sqrt_()
+        counts = torch.zeros(self._modules, device=device, dtype=torch.float64)
+        return norms, counts.index_add_(0, self._owner, bad)
 
-    def __call__(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+    @staticmethod
+    def _stack(tensors: list[torch.Tensor | None], values: Any) -> torch.Tensor:
+        """One value per parameter: the computed ones in order, 0 for absent/empty tensors."""
+        values = list(values)
+        if len(values) == len(tensors):
+            return torch.stack(values)
+        it = iter(values)
+        zero = values[0].new_zeros(())
+        return torch.stack([next(it) if t is not None and t.numel() else zero for t in tensors])
+
+    def __call__(self, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
         loss-scaled gradients cannot overflow float32 inside the norm."""
         grads = [_local(p.grad.detach()) if p.grad is not None else None for p in self.params]
@@ -55,7 +72,7 @@ class GradNorm:
             if present:
                 unscaled = iter(torch._foreach_mul(present, scale.reciprocal()))
                 grads = [next(unscaled) if g is not None else None for g in grads]
-        return self.norms(grads)
+        return self.measure(grads)
 
 
 def _local(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -10,6 +10,17 @@ def rms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.detach(), dtype=torch.float32) / (max(x.numel(), 1) ** 0.5)
 
 
+def extrema(x: torch.Tensor) -> torch.Tensor:
+    """``[min, max]`` of x (one fused pass): both finite exactly when every element is finite.
+
+    A norm would overflow float32 for huge but finite values and call them non-finite.
+    """
+    if x.numel() == 0:
+        return x.new_zeros(2)
+    lo, hi = torch.aminmax(x.detach().reshape(-1))
+    return torch.stack([lo, hi])
+
+
 class SiteProbe:
     """Given the operands (or one operand and the sum) of ``out = skip + branch``.
 

@@ -22,15 +22,16 @@ class UpdateRatio:
             self._before = list(torch._foreach_mul([p.detach() for p in self.grouping.params],
                                                    1.0))
 
-    def after(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(param_norm [M], update_ratio [M] or None when no snapshot was taken)``."""
+    def after(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(param_norm [M], non-finite parameter count [M], update_ratio [M] or None when
+        no snapshot was taken)``."""
         params = [p.detach() for p in self.grouping.params]
         with torch.no_grad():
-            norm = self.grouping.norms(list(params))
+            norm, bad = self.grouping.measure(list(params))
             if self._before is None:
-                return norm, None
+                return norm, bad, None
             before, self._before = self._before, None
             old_norm = self.grouping.norms(list(before))
             torch._foreach_sub_(before, params)
             delta = self.grouping.norms(list(before))
-            return norm, delta / old_norm.clamp_min(1e-12)
+            return norm, bad, delta / old_norm.clamp_min(1e-12)

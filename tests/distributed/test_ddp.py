@@ -89,8 +89,6 @@ def test_analyze_merged_run(out) -> None:
     assert (first.step, first.location, first.phase) == (NAN_STEP, NAN_MODULE, "forward")
 
 
-@pytest.mark.xfail(strict=True, reason="resdoctor/rules/nonfinite.py does not yet copy the "
-                   "onset event's rank into the finding's evidence")
 def test_nonfinite_finding_names_the_rank(out) -> None:
     report = resdoctor.analyze(out / "run.pt")
     first = next(f for f in report.findings if f.code == "nonfinite")

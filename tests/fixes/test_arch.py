@@ -93,7 +93,7 @@ def test_guard_op_forward_stops_nan():
             return torch.log(x - 10.0)
 
     model = nn.Sequential(nn.Linear(3, 3), Bad())
-    fix = fixes.guard_op("1", "Bad", "forward", input_rms=2.0)
+    fix = fixes.guard_op("1", "Bad", "forward", input_absmax=2.0)
     assert fix.params["eps"] == 1e-6
     _run(fix.snippet, model)
     assert torch.isfinite(model(torch.randn(4, 3))).all()

@@ -10,12 +10,12 @@ from resdoctor.rules.nonfinite import nonfinite
 from resdoctor.rules.testing import make_run
 
 
-def _event_run(input_rms: float):
+def _event_run(input_absmax: float):
     loss = [2.0] * 5 + [float("nan")] * 5
     return make_run(10, scalars={"loss": loss},
                     modules=[("a", "Linear", 10), ("b", "LayerNorm", 4)],
                     events=[{"step": 5, "module": "b", "phase": "forward",
-                             "detail": {"input_rms": input_rms, "amp_skipped": False}}])
+                             "detail": {"input_absmax": input_absmax, "amp_skipped": False}}])
 
 
 def test_onset_step_module_phase_and_cause_below_overflow_threshold():
@@ -32,7 +32,7 @@ def test_overflow_just_above_threshold_puts_clip_or_lr_first():
     (f,) = nonfinite(_event_run(1.01e4))
     assert f.evidence["cause"] == "overflow"
     assert f.fixes[0].code in ("clip-gradients", "lower-lr")
-    assert f.thresholds == {"overflow_rms": 1e4}
+    assert f.thresholds == {"overflow_absmax": 1e4}
 
 
 def test_nan_loss_without_events_is_found_from_the_logged_loss():
