@@ -66,7 +66,7 @@ def fix_table(ev: Evaluation, fixes: list[FixOutcome] | None = None) -> str:
                      _codes(others), _codes(f.tool_remaining),
                      f"{_loss(f.loss_before)} -> {_loss(f.loss_after)}",
                      "cured" if f.cured else "not cured"])
-    return _table(["probe", "top fix", "condition", "gone (measured)", "other codes left",
+    return _table(["probe", "fix", "condition", "gone (measured)", "other codes left",
                    "resdoctor still finds", "final loss", "result"], rows)
 
 
