@@ -11,15 +11,13 @@ every rank records ``run.rank{r}.pt`` and rank 0 writes the merged ``run.pt`` at
 
 from __future__ import annotations
 
-import functools
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 import resdoctor
-from resdoctor.options import Options
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -30,35 +28,18 @@ except ImportError:  # pragma: no cover - the standalone package
         raise ImportError("resdoctor.integrations.lightning needs Lightning: "
                           "pip install resdoctor[lightning]") from e
 
+from resdoctor.integrations._callback import check_options, safe_hook  # noqa: E402
+
 __all__ = ["ResDoctorCallback"]
 
-_NAME = "lightning"
-_WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_every")
-
-
-def _safe(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """A callback hook that reports its own errors instead of raising them into training."""
-
-    @functools.wraps(hook)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return hook(self, *args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - never raise into the training loop
-            watcher = self.watcher
-            if watcher is not None:
-                watcher.recorder.record_error(f"{_NAME}.{hook.__name__}", e)
-            else:
-                warnings.warn(f"resdoctor: {hook.__name__} failed: {e}", stacklevel=2)
-            return None
-
-    return wrapper
+_safe = safe_hook("lightning")
 
 
 class ResDoctorCallback(Callback):
     """Watches the LightningModule during ``fit``; options are ``resdoctor.watch``'s."""
 
     def __init__(self, path: str = "run.pt", **watch_options: Any) -> None:
-        Options.from_kwargs(**{k: v for k, v in watch_options.items() if k not in _WATCH_ONLY})
+        check_options(watch_options)
         self.path = path
         self.watch_options = watch_options
         self.watcher: resdoctor.Watcher | None = None
