@@ -57,17 +57,16 @@ def _header() -> str:
 
 
 def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: bool = False,
-                     reason: str = "") -> Fix:
-    """Scale each residual branch by alpha = 1/sqrt(N) (or DeepNorm's 1/alpha for post-LN)."""
+                     reason: str = "", *, branch_ratio: float | None = None,
+                     growth: float | None = None) -> Fix:
+    """Scale each residual branch by alpha: 1/sqrt(N) (DeepNorm's 1/alpha for post-LN), or a
+    value derived from the measured ``branch_ratio`` (median ||F(x)||/||x|| of the worst site)
+    or per-block stream RMS ``growth``."""
     n = max(int(depth), 1)
     deep_alpha, deep_beta = sig((2 * n) ** 0.25, 3), sig((8 * n) ** -0.25, 3)
     taps = [(m, i) for _, m, i in branch_taps(sites)]
     blocks = list(dict.fromkeys(str(s.get("owner", "")) for s in sites))
-    if post_norm:  # LN(alpha*x + F(x)) == LN(x + F(x)/alpha): DeepNorm as a branch scale
-        alpha = sig(1.0 / deep_alpha, 3)
-        formula = f"DeepNorm: 1/alpha, alpha=(2N)^(1/4)={deep_alpha}"
-    else:
-        alpha, formula = sig(1.0 / math.sqrt(n), 3), "1/sqrt(N)"
+    alpha, formula = _alpha(n, deep_alpha, post_norm, branch_ratio, growth)
     head = f"\n\n\n{SCALE}\n\n\nALPHA = {alpha}  # {formula}, N = {n} residual branches\n"
     if taps:
         snippet = _header() + head + _wrap_branches(taps, deep_beta if post_norm else None)
@@ -87,8 +86,31 @@ def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: boo
         snippet=snippet,
         params={"scale": alpha, "formula": formula, "N": n, "branches": [m for m, _ in taps],
                 "blocks": blocks, "rezero_alpha": 0.0, "deepnorm_alpha": deep_alpha,
-                "deepnorm_beta": deep_beta, "post_norm": bool(post_norm)},
+                "deepnorm_beta": deep_beta, "post_norm": bool(post_norm),
+                "measured_branch_ratio": branch_ratio, "measured_growth": growth},
     )
+
+
+def _alpha(n: int, deep_alpha: float, post_norm: bool, branch_ratio: float | None,
+           growth: float | None) -> tuple[float, str]:
+    """The branch scale and the formula that gave it (see ``residual_scaling``)."""
+    if post_norm:  # LN(alpha*x + F(x)) == LN(x + F(x)/alpha): DeepNorm as a branch scale
+        alpha, formula = 1.0 / deep_alpha, f"DeepNorm: 1/alpha, alpha=(2N)^(1/4)={deep_alpha}"
+    else:
+        alpha, formula = 1.0 / math.sqrt(n), "1/sqrt(N)"
+    if growth is not None and growth > 1.0 and not post_norm and n > 1:
+        # Var grows by (1 + alpha^2 (g^2 - 1)) per block; allow sqrt(N) in RMS over the N sites,
+        # what a healthy pre-activation ResNet's stream does (He et al. 2016)
+        target = n ** (1.0 / (n - 1)) - 1.0
+        alpha = min(1.0, math.sqrt(target / (growth * growth - 1.0)))
+        formula = (f"sqrt((N^(1/(N-1)) - 1) / (g^2 - 1)) with the measured per-block growth "
+                   f"g = {sig(growth, 3)}: the stream then grows like sqrt(N), not g^N")
+    if branch_ratio is not None and branch_ratio > 0 and 1.0 / branch_ratio < alpha:
+        # bring the measured branch back to the skip's size: alpha * ||F(x)||/||x|| ~ 1
+        alpha = 1.0 / branch_ratio
+        formula = (f"1/r with the measured branch/skip ratio r = {sig(branch_ratio, 3)} "
+                   "(alpha * r ~ 1: the branch no larger than the skip)")
+    return sig(alpha, 3), formula
 
 
 def _wrap_branches(taps: list[tuple[str, int | None]], beta: float | None) -> str:
@@ -108,8 +130,13 @@ def _wrap_branches(taps: list[tuple[str, int | None]], beta: float | None) -> st
             "    replace_module(model, name, wrapped)\n" + ADD_NEW_PARAMS)
 
 
-def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "") -> Fix:
-    """Normalise each branch output (LayerNorm over features; BatchNorm2d for feature maps)."""
+ACTIVATIONS = "(nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid)"
+
+
+def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "",
+                      before_activation: bool = False) -> Fix:
+    """Normalise each branch output (LayerNorm over features; BatchNorm2d for feature maps), or
+    with ``before_activation`` the input of each branch's last activation."""
     entries, names = [], []
     for site, module, index in branch_taps(sites):
         shape = list(site.get("shape") or [])
@@ -122,19 +149,38 @@ def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "") -> Fix:
         entries.append(f"    ({module!r}, {index!r}, {norm}),\n")
         names.append(module)
     body = ("\n\n\nnew_params = []\nfor name, index, norm in [\n" + "".join(entries) + "]:\n"
-            "    wrapped = BranchWrapper(model.get_submodule(name), norm, index)\n"
-            "    new_params += list(norm.parameters())\n"
-            "    replace_module(model, name, wrapped)\n"
-            + ADD_NEW_PARAMS)
+            + (_BEFORE_ACTIVATION if before_activation else _AFTER_BRANCH) + ADD_NEW_PARAMS)
+    where = ("before the last activation of each branch, so its pre-activations are re-centred "
+             "and the units fire again (Ioffe & Szegedy 2015; Lu et al. 2019)"
+             if before_activation else "at the end of each branch")
     return Fix(
         code="add-normalization",
-        title=f"Normalise the output of {len(names)} residual branches",
-        detail=(f"{reason} A normalisation at the end of each branch bounds what it adds to the "
+        title=f"Normalise {len(names)} residual branches",
+        detail=(f"{reason} Add a normalisation {where}; it bounds what the branch adds to the "
                 "stream (res-post-norm: Liu et al. 2022, Swin V2; BatchNorm in ResNet branches: "
                 f"He et al. 2016). Branches: {short_list(names)}.").strip(),
         snippet=_header() + body,
-        params={"branches": names},
+        params={"branches": names, "before_activation": bool(before_activation)},
     )
+
+
+_AFTER_BRANCH = ("    wrapped = BranchWrapper(model.get_submodule(name), norm, index)\n"
+                 "    new_params += list(norm.parameters())\n"
+                 "    replace_module(model, name, wrapped)\n")
+
+_BEFORE_ACTIVATION = (
+    "    branch = model.get_submodule(name)\n"
+    "    if not isinstance(branch, nn.Sequential) and \".\" in name:  # a layer of the branch\n"
+    "        name = name.rpartition(\".\")[0]\n"
+    "        branch = model.get_submodule(name)\n"
+    "    if not isinstance(branch, nn.Sequential):\n"
+    "        continue  # not a Sequential: add the norm to its forward by hand\n"
+    f"    acts = [i for i, m in enumerate(branch) if isinstance(m, {ACTIVATIONS})]\n"
+    "    if acts:  # the norm goes in front of the last activation\n"
+    "        layers = list(branch)\n"
+    "        layers.insert(acts[-1], norm)\n"
+    "        new_params += list(norm.parameters())\n"
+    "        replace_module(model, name, nn.Sequential(*layers))\n")
 
 
 def pre_activation(blocks: Sequence[str], block_type: str) -> Fix:

@@ -70,7 +70,7 @@ def activation_growth(run: Run, *, per_block: float = 1.15, total: float = 10.0,
                  f"depth (R^2 {at['r2_exp']:.2f} vs {at['r2_pow']:.2f} for a power law), "
                  f"largest jump at {location}."),
         step=onset, location=location, phase="forward", evidence=evidence,
-        fixes=tuple(_fixes(run)), rule="activation-growth",
+        fixes=tuple(_fixes(run, float(fits.loc[hot, "factor"].median()))), rule="activation-growth",
         thresholds={"per_block": per_block, "total": total, "min_fraction": min_fraction,
                     "critical_total": critical_total},
     )]
@@ -107,12 +107,12 @@ def _linfit(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray,
     return slope, r2
 
 
-def _fixes(run: Run) -> list[Fix]:
+def _fixes(run: Run, growth: float) -> list[Fix]:
     names = list(run.sites.sort_values("index")["name"])
     sites = site_dicts(run, names)
     reason = "The stream multiplies at every block."
     out = [fixes.residual_scaling(sites, len(names), post_norm=bool(post_norm_sites(run)),
-                                  reason=reason)]
+                                  reason=reason, growth=growth)]
     norm = fixes.add_normalization(sites, reason=reason)
     if norm.params["branches"] and not any(has_norm(run, s["owner"]) for s in sites):
         out.append(norm)

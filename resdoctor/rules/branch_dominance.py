@@ -58,7 +58,7 @@ def branch_dominance(run: Run, *, ratio: float = 5.0, critical_ratio: float = 50
                  f"first, at step {onsets[first]}. The identity highway is lost, so signals and "
                  "gradients are multiplied block after block."),
         step=onsets[first], location=first, phase="forward", evidence=evidence,
-        fixes=tuple(_fixes(run, hit)), rule="branch-dominance",
+        fixes=tuple(_fixes(run, hit, float(medians.max()))), rule="branch-dominance",
         thresholds={"ratio": ratio, "critical_ratio": critical_ratio,
                     "min_fraction": min_fraction},
     )]
@@ -76,12 +76,13 @@ def _attribution(run: Run, sites: list[str], share: float) -> dict[str, Any]:
             "attribution_confirms": bool((med >= share).any())}
 
 
-def _fixes(run: Run, sites: list[str]) -> list[Fix]:
+def _fixes(run: Run, sites: list[str], worst_ratio: float) -> list[Fix]:
     all_sites = list(run.sites.sort_values("index")["name"])
     post = [s for s in post_norm_sites(run) if s in sites]
     reason = f"The branches of {short_list(sites, 3)} outgrow the skip path."
     out = [fixes.residual_scaling(site_dicts(run, all_sites), len(all_sites),
-                                  post_norm=bool(post), reason=reason)]
+                                  post_norm=bool(post), reason=reason,
+                                  branch_ratio=worst_ratio)]
     owners = pd.Series(site_dicts(run, sites)).map(lambda s: s.get("owner", ""))
     if not any(has_norm(run, o) for o in owners):
         norm = fixes.add_normalization(site_dicts(run, sites), reason=reason)

@@ -16,7 +16,7 @@ from resdoctor.run import Run
 @rule("dead-branch", requires=("branch_ratio",))
 def dead_branch(run: Run, *, ratio: float = 1e-2, min_fraction: float = 0.8,
                 warmup_steps: int = 10, warmup_fraction: float = 0.1, min_rows: int = 5,
-                attribution_share: float = 0.01) -> list[Finding]:
+                attribution_share: float = 0.01, zero_ratio: float = 1e-6) -> list[Finding]:
     """Sites whose branch/skip ratio stays near 0 after warm-up (zero-init branches that wake up
     are healthy).
 
@@ -30,6 +30,10 @@ def dead_branch(run: Run, *, ratio: float = 1e-2, min_fraction: float = 0.8,
         min_rows: post-warm-up recorded steps needed to judge.
         attribution_share: with ``attribution_share`` recorded, a site whose branch takes at
             most this share of the output attribution confirms the finding.
+        zero_ratio: median ||branch|| / ||skip|| at or below which a dead branch outputs
+            (numerically) zero, e.g. ReLUs that never fire (Lu et al. 2019, dying ReLU): no
+            branch scale can revive a zero, so normalising before its last activation comes
+            first; above it the branch is alive but scaled down, and a larger scale revives it.
     """
     tl = timeline(run)
     end = tl.failure_step if tl.failure_step is not None else run.steps
@@ -68,23 +72,30 @@ def dead_branch(run: Run, *, ratio: float = 1e-2, min_fraction: float = 0.8,
                  f"{short_list(dead, 4)} for {float(frac[dead].min()):.0%}+ of the steps: those "
                  "blocks compute ~the identity and waste depth."),
         step=warm, location=dead[0], phase="forward", evidence=evidence,
-        fixes=tuple(_fixes(run, dead)), rule="dead-branch",
-        thresholds={"ratio": ratio, "min_fraction": min_fraction, "warmup_steps": warm},
+        fixes=tuple(_fixes(run, dead, float(medians.median()) <= zero_ratio)),
+        rule="dead-branch",
+        thresholds={"ratio": ratio, "min_fraction": min_fraction, "warmup_steps": warm,
+                    "zero_ratio": zero_ratio},
     )]
 
 
-def _fixes(run: Run, dead: list[str]) -> list[Fix]:
+def _fixes(run: Run, dead: list[str], zero: bool) -> list[Fix]:
+    """Revive the branches first (a scale, or a norm when they output zero); drop them last."""
     sites = site_dicts(run, dead)
+    n = len(run.sites)
+    names = short_list(dead, 3)
+    scale = fixes.residual_scaling(sites, n, reason=(
+        f"The branches of {names} are alive but scaled down (or start at zero, as in ReZero / "
+        "SkipInit, and never wake up): replace their current multiplier by one at 1/sqrt(N)."))
+    norm = fixes.add_normalization(sites, before_activation=True, reason=(
+        f"The branches of {names} output ~zero: their last activation never fires, and no scale "
+        "can revive a zero."))
+    revive = [norm, scale] if zero and norm.params["branches"] else [scale]
     removable = [s["owner"] for s in sites
                  if s.get("kind") == "identity" and (s.get("result") or {}).get("module")
                  == s.get("owner") and not (s.get("result") or {}).get("path")]
     removable = sorted(set(removable), key=removable.index)
-    n = len(run.sites)
-    out = []
-    if removable:
-        out.append(fixes.reduce_depth(removable, n, n - len(removable),
-                                      "Their branches add ~nothing."))
-    reason = (f"If {short_list(dead, 3)} start at zero (ReZero / SkipInit / zero-init BN) and "
-              "never wake up, start the branch scale at 1/sqrt(N) instead.")
-    out.append(fixes.residual_scaling(sites, n, reason=reason))
-    return out
+    if removable:  # only once reviving them failed: a dead block is wasted depth
+        revive.append(fixes.reduce_depth(removable, n, n - len(removable),
+                                         "If they stay dead, their branches add ~nothing."))
+    return revive

@@ -147,3 +147,31 @@ def test_residual_scaling_without_branch_modules_names_the_blocks():
     exec(compile(fix.snippet, "<fix>", "exec"), scope)
     assert scope["ALPHA"] == 0.5 and scope["BLOCKS"] == fix.params["blocks"]
     assert float(scope["Scale"](scope["ALPHA"])(torch.ones(1)).detach()) == 0.5
+
+
+def test_residual_scaling_from_the_measured_branch_ratio_and_growth():
+    """Regression: a fixed 1/sqrt(N) (or DeepNorm) left a branch 60x the skip at ~30x; the scale
+    now comes from what was measured, and the formula is stated."""
+    _, _, sites = _mlp()
+    fix = fixes.residual_scaling(sites, depth=6, post_norm=True, branch_ratio=59.0)
+    assert fix.params["scale"] == pytest.approx(1 / 59.0, rel=1e-2)
+    assert "1/r" in fix.params["formula"] and "59" in fix.detail
+    mild = fixes.residual_scaling(sites, depth=6, branch_ratio=1.5)  # 1/sqrt(6) is smaller
+    assert mild.params["scale"] == pytest.approx(6 ** -0.5, rel=1e-2)
+    grow = fixes.residual_scaling(sites, depth=12, growth=1.41)
+    alpha = ((12 ** (1 / 11) - 1) / (1.41 ** 2 - 1)) ** 0.5
+    assert grow.params["scale"] == pytest.approx(alpha, rel=1e-2)
+    assert fixes.residual_scaling(sites, depth=12, growth=1.01).params["scale"] == 1.0
+
+
+def test_add_normalization_before_the_last_activation_revives_dead_relus():
+    model, x, sites = _mlp()
+    for block in model.blocks:
+        block.branch.append(torch.nn.ReLU())
+        torch.nn.init.constant_(block.branch[3].bias, -50.0)  # the ReLU never fires
+    fix = fixes.add_normalization(sites, before_activation=True)
+    assert fix.params["before_activation"] is True
+    opt = _run(fix.snippet, model)
+    h = model.proj(x)
+    assert (model.blocks[0](h) - h).abs().max() > 0  # alive again
+    _step(model, opt, x)

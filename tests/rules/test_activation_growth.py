@@ -58,7 +58,11 @@ def test_real_sick_run_grows_exponentially(sick):
     assert f.evidence["r2_exponential"] > f.evidence["r2_power"]
     assert f.location in set(sick.sites["name"])
     assert f.fixes[0].code == "residual-scaling"
-    assert f.fixes[0].params["scale"] == pytest.approx(12 ** -0.5, rel=1e-2)
+    # the scale comes from the measured per-block growth g: (1 + a^2 (g^2 - 1))^(N-1) = N
+    n, g = 12, f.fixes[0].params["measured_growth"]
+    alpha = min(1.0, ((n ** (1 / (n - 1)) - 1) / (g * g - 1)) ** 0.5)
+    assert f.fixes[0].params["scale"] == pytest.approx(alpha, rel=1e-2)
+    assert g >= 1.15 and "measured per-block growth" in f.fixes[0].detail
 
 
 def test_real_preactivation_resnet_is_quiet(preact, healthy, zero_init):

@@ -59,7 +59,10 @@ def test_real_dominant_branches(dominant):
     assert len(expected) >= 2 and set(f.evidence["sites"]) == expected
     assert f.evidence["max_ratio"] > 5
     scaling = next(x for x in f.fixes if x.code == "residual-scaling")
-    assert scaling.params["N"] == 4 and scaling.params["scale"] == 0.5
+    # alpha * (worst median ratio) ~ 1, not a fixed 1/sqrt(N) that leaves the branch dominant
+    worst = float(br[sorted(expected)].median().max())
+    assert scaling.params["N"] == 4
+    assert scaling.params["scale"] == pytest.approx(min(0.5, 1 / worst), rel=1e-2)
 
 
 def test_healthy_runs_are_quiet(healthy, preact, zero_init, converged):

@@ -18,7 +18,9 @@ def test_ratio_threshold(value, fires):
     if fires:
         f = found[0]
         assert f.location == "b" and f.evidence["sites"] == ["b"] and f.step == 10
-        assert f.fixes[0].code == "reduce-depth" and f.fixes[0].params["blocks"] == ["b"]
+        # a revive fix first (the branch is alive but small: a scale), dropping it last
+        assert [x.code for x in f.fixes] == ["residual-scaling", "reduce-depth"]
+        assert f.fixes[-1].params["blocks"] == ["b"]
 
 
 @pytest.mark.parametrize("dead_rows, fires", [(31, False), (33, True)])
@@ -49,7 +51,25 @@ def test_gradient_share_and_attribution_are_evidence():
 def test_real_dead_branches(dead):
     (f,) = dead_branch(dead)
     assert f.evidence["sites"] == list(dead.sites.sort_values("index")["name"])
-    assert f.fixes[0].code == "reduce-depth"
+    assert f.fixes[0].code in ("residual-scaling", "add-normalization")
+    assert f.fixes[-1].code == "reduce-depth"
+
+
+@pytest.mark.parametrize("value, zero", [(1.01e-6, False), (0.99e-6, True)])
+def test_zero_ratio_threshold_puts_a_norm_before_a_scale(value, zero):
+    """Regression: dead branches got reduce-depth first, which revives nothing; a branch that
+    outputs exactly zero (dead ReLUs) cannot be revived by a scale either."""
+    run = _run([value] * 50)
+    sites = [dict(s) for s in run.sites.to_dict("records")]
+    for s in sites:
+        s.update(result={"module": f"{s['name']}.branch"}, shape=[4, 8])
+    run.sites = type(run.sites)(sites)
+    (f,) = dead_branch(run)
+    codes = [x.code for x in f.fixes]
+    assert codes[0] == ("add-normalization" if zero else "residual-scaling")
+    assert f.thresholds["zero_ratio"] == 1e-6
+    if zero:
+        assert f.fixes[0].params["before_activation"] is True
 
 
 def test_real_zero_init_resnet_wakes_up(zero_init):
