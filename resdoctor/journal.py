@@ -44,23 +44,26 @@ class _Accumulator:
         "site": (SITE_QUANTITIES, "rms"),
         "smooth": (("smoothing", "smoothing_energy"), "mean"),
         "gshare": (("grad_branch_share",), "mean"),
+        "lsmooth": (("smoothing", "smoothing_energy"), "mean"),  # layers of site-less models
     }
 
-    def __init__(self, sites: int) -> None:
+    def __init__(self, sites: int, layers: int = 0) -> None:
         self.sites = sites
-        self.sums = {k: np.zeros((sites, len(v[0]))) for k, v in self.SPEC.items()}
-        self.counts = {k: np.zeros(sites) for k in self.SPEC}
+        self.size = {k: (layers if k == "lsmooth" else sites) for k in self.SPEC}
+        self.sums = {k: np.zeros((self.size[k], len(v[0]))) for k, v in self.SPEC.items()}
+        self.counts = {k: np.zeros(self.size[k]) for k in self.SPEC}
         self.scalars: dict[str, list[float]] = defaultdict(list)
 
     def add(self, blocks: dict[str, Any], scalars: dict[str, float]) -> None:
         for kind, (_, combine) in self.SPEC.items():
-            if kind not in blocks or not self.sites:
+            n = self.size[kind]
+            if kind not in blocks or not n:
                 continue
             idx, values = blocks[kind]
             values = values ** 2 if combine == "rms" else values
             for j in range(values.shape[1]):
-                self.sums[kind][:, j] += np.bincount(idx, values[:, j], minlength=self.sites)
-            self.counts[kind] += np.bincount(idx, minlength=self.sites)
+                self.sums[kind][:, j] += np.bincount(idx, values[:, j], minlength=n)
+            self.counts[kind] += np.bincount(idx, minlength=n)
         for name, x in scalars.items():
             self.scalars[name].append(x)
 
@@ -68,6 +71,8 @@ class _Accumulator:
         """``{series name: (values [sites], present mask)}``."""
         out = {}
         for kind, (names, combine) in self.SPEC.items():
+            if not self.size[kind]:
+                continue
             n = self.counts[kind]
             present = n > 0
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -89,6 +94,7 @@ class Journal:
         self.max_events = max_events
         self.meta = meta
         self.sites: list[dict[str, Any]] = []
+        self.layers: list[str] = []
         self.steps = 0
         self.series: dict[str, Series] = {
             name: Series(param_modules, capacity) for name in ("grad_norm", "param_norm",
@@ -125,6 +131,12 @@ class Journal:
                      "grad_branch_share"):
             self.series[name] = Series(names, self.capacity)
 
+    def set_layers(self, layers: list[str]) -> None:
+        """A model without residual sites: smoothing is sampled at these layers' outputs."""
+        self.layers = list(layers)
+        for name in ("smoothing", "smoothing_energy"):
+            self.series[name] = Series(self.layers, self.capacity)
+
     def set_order(self, order: dict[str, int]) -> None:
         for m in self.modules:
             m["order"] = order.get(m["name"], m["order"])
@@ -139,7 +151,7 @@ class Journal:
         skipped = self._classify(meta, vectors)
         self._onsets(blocks, vectors, skipped, rank)
         if self._acc is None or self._acc.sites != len(self.sites):
-            self._acc = _Accumulator(len(self.sites))
+            self._acc = _Accumulator(len(self.sites), len(self.layers))
         self._acc.add(blocks, meta.scalars)
         if skipped is not None:  # None: a micro-step of gradient accumulation, wait for the step
             self._commit(vectors, skipped)
@@ -156,7 +168,7 @@ class Journal:
         step = self.steps
         acc, self._acc = self._acc, None
         assert acc is not None
-        rows = acc.rows() if self.sites else {}
+        rows = acc.rows() if (self.sites or self.layers) else {}
         for name, (values, present) in rows.items():
             if present.any():
                 self.series[name].append(step, values, present)
@@ -243,6 +255,7 @@ class Journal:
             "steps": self.steps,
             "modules": [dict(m) for m in self.modules],
             "sites": [dict(s) for s in self.sites],
+            "layers": list(self.layers),
             "series": {k: s.to_state() for k, s in self.series.items()},
             "events": [dict(e) for e in self.events],
             "skipped_steps": torch.tensor(self.skipped[-100_000:], dtype=torch.long),

@@ -247,6 +247,8 @@ class Recorder:
     def _set_sites(self, sites: list[Site]) -> None:
         self.sites = sites
         self.journal.set_sites([s.to_dict() for s in sites])
+        if not sites and self.options.smoothing_every:
+            self._watch_layers()
         if not self.options.sites:
             return
         taps: dict[str, list[tuple[int, str, Any]]] = {}
@@ -267,6 +269,31 @@ class Recorder:
             self._site_hooks.forward_pre(module, self._guard("sites", self._tap_in(name, ins)))
             if outs:
                 self._site_hooks.forward(module, self._guard("sites", self._tap_out(name, outs)))
+
+    def _watch_layers(self) -> None:
+        """No residual site: sample over-smoothing at the outputs of the repeated layers instead
+        (a plain deep GCN or MLP smooths too, and has no addition to measure it at)."""
+        layers = repeated_layers(self.model)
+        if not layers:
+            return
+        self.journal.set_layers([name for name, _ in layers])
+        for i, (_, module) in enumerate(layers):
+            self._site_hooks.forward(module, self._guard("layers", self._layer_out(i)))
+
+    def _layer_out(self, i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if not (self._in_forward and self._recording()):
+                return
+            if not _due(self.options.smoothing_every, self._step):
+                return
+            t = next((t for _, t in iter_tensors(output) if t.is_floating_point()), None)
+            if t is None:
+                return
+            with torch.no_grad():
+                measured = self.smoothing(t)
+                if measured is not None:
+                    self.seg.add(("lsmooth", i), torch.stack(measured))
+        return hook
 
     def _tap_in(self, name: str, items: list[tuple[int, str, Any]]) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -474,6 +501,22 @@ class _Null:
 
 
 _NULL = _Null()
+
+
+def repeated_layers(model: nn.Module, min_layers: int = 3) -> list[tuple[str, nn.Module]]:
+    """The longest ModuleList/Sequential of same-type, parameterised modules: the model's layers."""
+    best: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = list(module.named_children())
+        if len(children) < max(min_layers, len(best) + 1):
+            continue
+        kinds = {type(child) for _, child in children}
+        if len(kinds) == 1 and any(True for _ in children[0][1].parameters()):
+            prefix = f"{name}." if name else ""
+            best = [(prefix + n, child) for n, child in children]
+    return best
 
 
 def _consumers(start: Any, target: Any, limit: int = 64) -> list[tuple[Any, int]]:

@@ -67,3 +67,31 @@ def test_example_inputs_give_site_signals_from_step_zero(tmp_path):
         model(ids).pow(2).mean().backward()
         doctor.log()
     assert resdoctor.load(tmp_path / "r.pt").series("branch_ratio").index.tolist() == [0]
+
+
+def test_models_without_residual_sites_get_smoothing_at_their_layers(tmp_path):
+    model = _models.PlainGCN(layers=6)
+    x, edge_index = _models.graph(30, 120)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    with resdoctor.watch(model, opt, tmp_path / "gcn.pt", smoothing_every=1) as doctor:
+        for _ in range(4):
+            opt.zero_grad()
+            loss = model(x, edge_index).pow(2).mean()
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    run = resdoctor.load(tmp_path / "gcn.pt")
+    assert run.sites.empty and run.state["layers"] == [f"convs.{i}" for i in range(6)]
+    sim = run.series("smoothing")
+    assert list(sim.columns) == run.state["layers"] and sim.notna().all().all()
+    # message passing averages neighbours: deeper layers are more alike than the first
+    assert (sim["convs.5"] > sim["convs.0"]).all()
+
+
+def test_repeated_layers_picks_the_longest_same_type_stack():
+    from resdoctor.models import ResidualMLP
+    from resdoctor.recorder import repeated_layers
+
+    names = [n for n, _ in repeated_layers(ResidualMLP(depth=4, residual=False))]
+    assert names == [f"blocks.{i}" for i in range(4)]
+    assert repeated_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())) == []

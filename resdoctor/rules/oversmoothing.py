@@ -76,9 +76,11 @@ def _num(x: Any) -> float | None:
 
 
 def _fixes(run: Run, sites: list[str], collapse: str) -> list[Fix]:
-    owners = [s["owner"] for s in site_dicts(run, sites)]
+    # residual sites name their owning blocks; a model without sites was sampled at its layers
+    owners = [s["owner"] for s in site_dicts(run, sites)] or list(sites)
     blocks = sorted(set(owners), key=owners.index)
-    deep_owner = site_dicts(run, [collapse])[0]["owner"] if site_dicts(run, [collapse]) else None
+    deep_owner = (site_dicts(run, [collapse])[0]["owner"] if site_dicts(run, [collapse])
+                  else collapse)
     cut = blocks.index(deep_owner) if deep_owner in blocks else len(blocks) - 1
     keep = max(1, cut)
     deep_sites = sites[sites.index(collapse):]
