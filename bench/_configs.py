@@ -8,11 +8,13 @@ benchmark proves that nothing survives a teardown.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,10 @@ class Config:
 
     def after_step(self, loss: torch.Tensor) -> None:
         """What the training loop adds after ``optimizer.step()``."""
+
+    def step_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Entered around each watched step (for process-wide switches such as anomaly mode)."""
+        return contextlib.nullcontext()
 
     def teardown(self) -> None:
         """Remove everything ``setup`` installed."""
@@ -119,14 +125,24 @@ class Wandb(Config):
 
 
 class Anomaly(Config):
-    """``torch.autograd.set_detect_anomaly(True)`` for the whole step."""
+    """``torch.autograd.set_detect_anomaly(True)`` for each watched step (on around the step and
+    off after it, so the plain twin model's steps run without it)."""
 
     name = "anomaly"
 
-    def setup(self, work: Workload, tmp: Path) -> None:
-        torch.autograd.set_detect_anomaly(True)
+    def step_context(self) -> contextlib.AbstractContextManager[Any]:
+        return _anomaly()
 
     def teardown(self) -> None:
+        torch.autograd.set_detect_anomaly(False)
+
+
+@contextlib.contextmanager
+def _anomaly() -> Iterator[None]:
+    torch.autograd.set_detect_anomaly(True)
+    try:
+        yield
+    finally:
         torch.autograd.set_detect_anomaly(False)
 
 

@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sync-steps", type=int, default=None,
                    help="CUDA only: steps per configuration in the host-sync census (5)")
     p.add_argument("--out", default="bench/results/overhead.json", help="JSON results ('' = none)")
+    p.add_argument("--unpaired", action="store_true",
+                   help="no twin model: ratios of round medians to plain's round")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     quick = args.quick
@@ -63,63 +65,95 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_config(work: Workload, config: Config, args: argparse.Namespace, tmp: Path,
-                device: torch.device) -> dict[str, Any]:
-    """Set up, warm up, time ``args.steps`` steps, tear down: one configuration, one round."""
+def _timed(work: Workload, config: Config | None, device: torch.device) -> tuple[float, float]:
+    """One training step (``config=None``: plain); (wall seconds, process CPU seconds)."""
+    _sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    if config is None:
+        work.step()
+    else:
+        with config.step_context():
+            config.after_step(work.step())
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def time_config(work: Workload, twin: Workload | None, config: Config, args: argparse.Namespace,
+                tmp: Path, device: torch.device) -> dict[str, Any]:
+    """Set up, warm up, time ``args.steps`` steps, tear down: one configuration, one round.
+
+    With a ``twin`` (an identical, never instrumented copy of the model), every watched step is
+    paired with a plain twin step taken right before or after it (the order alternates), so
+    both see the same moment of a shared machine.
+    """
     t0 = time.perf_counter()
     config.setup(work, tmp)
     setup_s = time.perf_counter() - t0
-    times: list[float] = []
-    cpu: list[float] = []
-    first = 0.0
+    out: dict[str, Any] = {"times": [], "cpu_times": [], "twin_times": [], "twin_cpu_times": []}
     try:
         for i in range(args.warmup + args.steps):
-            _sync(device)
-            c0, t0 = time.process_time(), time.perf_counter()
-            config.after_step(work.step())
-            _sync(device)
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            plain_first = twin is not None and i % 2 == 0
+            if plain_first:
+                tw = _timed(twin, None, device)
+            wall, cpu = _timed(work, config, device)
+            if twin is not None and not plain_first:
+                tw = _timed(twin, None, device)
             if i == 0:
-                first = dt
+                out["first_step_s"] = wall
             if i >= args.warmup:
-                times.append(dt)
-                cpu.append(dc)
+                out["times"].append(wall)
+                out["cpu_times"].append(cpu)
+                if twin is not None:
+                    out["twin_times"].append(tw[0])
+                    out["twin_cpu_times"].append(tw[1])
     finally:
         t0 = time.perf_counter()
         config.teardown()
-        teardown_s = time.perf_counter() - t0
-    return {"times": times, "cpu_times": cpu, "setup_s": setup_s, "first_step_s": first,
-            "teardown_s": teardown_s}
+        out["teardown_s"] = time.perf_counter() - t0
+    out["setup_s"] = setup_s
+    return out
 
 
-def measure(work: Workload, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def measure(work: Workload, twin: Workload | None, args: argparse.Namespace,
+            device: torch.device) -> dict[str, Any]:
     """Alternate every configuration round by round; returns per-configuration statistics."""
     configs = [make(name) for name in args.configs]
-    baseline = hook_census(work.model, work.optimizer)
+    models = [w for w in (work, twin) if w is not None]
+    baseline = [hook_census(w.model, w.optimizer) for w in models]
     rounds: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="resdoctor-bench-") as tmp:
         for r in range(args.rounds):
             k = r % len(configs)
             for config in configs[k:] + configs[:k]:  # rotate: every position, every config
-                rounds[config.name].append(time_config(work, config, args, Path(tmp), device))
-                left = hook_census(work.model, work.optimizer)
-                if left != baseline:
-                    diff = dict((left - baseline) + (baseline - left))
-                    raise RuntimeError(f"{config.name} left instrumentation behind: {diff}")
+                rounds[config.name].append(time_config(work, twin, config, args, Path(tmp),
+                                                       device))
+                for w, before in zip(models, baseline, strict=True):
+                    left = hook_census(w.model, w.optimizer)
+                    if left != before:
+                        diff = dict((left - before) + (before - left))
+                        raise RuntimeError(f"{config.name} left instrumentation behind: {diff}")
             print(f"  {work.name}: round {r + 1}/{args.rounds} done", file=sys.stderr)
-    return summarize(rounds)
+    return summarize(rounds, paired=twin is not None)
 
 
-def summarize(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _round_ratios(rs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str,
+                  paired: bool) -> list[float]:
+    """Per round: median of step-pair ratios (paired) or ratio of medians to plain's round."""
+    if paired:
+        return [statistics.median(a / b for a, b in zip(r[key], r["twin_" + key], strict=True))
+                for r in rs]
+    return [statistics.median(r[key]) / statistics.median(p[key])
+            for r, p in zip(rs, ref, strict=True)]
+
+
+def summarize(rounds: dict[str, list[dict[str, Any]]], paired: bool = True) -> dict[str, Any]:
     """Per configuration: median step time and the median over rounds of the ratio to plain,
-    by wall clock (the result) and by process CPU time (steadier on a loaded machine)."""
-    plain = [statistics.median(r["times"]) for r in rounds["plain"]]
-    plain_cpu = [statistics.median(r["cpu_times"]) for r in rounds["plain"]]
+    by wall clock (the result) and by process CPU time (steadier on a loaded machine). Paired,
+    plain's own ratio compares two identical plain models: the noise floor."""
     out: dict[str, Any] = {}
     for name, rs in rounds.items():
-        medians = [statistics.median(r["times"]) for r in rs]
-        ratios = [m / p for m, p in zip(medians, plain, strict=True)]
-        cpu = [statistics.median(r["cpu_times"]) / p for r, p in zip(rs, plain_cpu, strict=True)]
+        ratios = _round_ratios(rs, rounds["plain"], "times", paired)
+        cpu = _round_ratios(rs, rounds["plain"], "cpu_times", paired)
         out[name] = {
             "title": TITLES.get(name, name),
             "median_step_ms": 1e3 * statistics.median(t for r in rs for t in r["times"]),
@@ -179,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            sys.argv[1:]),
         "machine": _machine.describe(device),
         "settings": {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads",
-                                                   "quick", "configs")},
+                                                   "quick", "configs", "unpaired")},
         "targets": TARGETS[args.device],
         "models": {},
         "titles": {},
@@ -187,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.models:
             work = build(name, device, quick=args.quick)
+            twin = None if args.unpaired else build(name, device, quick=args.quick)
             report["titles"][name] = work.title
-            report["models"][name] = measure(work, args, device)
+            report["models"][name] = measure(work, twin, args, device)
+            del twin
             if device.type == "cuda":
                 from bench._cuda import sync_census
 

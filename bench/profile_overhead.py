@@ -1,12 +1,15 @@
 """Where resdoctor's overhead goes: the default configuration on the ResNet, profiled on CPU.
 
-Three views of the same workload:
+Four views of the same workload:
 
-1. timing: plain and watched steps alternated round by round (wall and CPU time); with
+1. timing: configurations alternated round by round, each watched step paired with a step of
+   an identical plain twin model (wall and CPU time; plain's row is the noise floor); with
    ``--ablate`` also resdoctor without non-finite checks and without residual sites.
-2. cProfile of watched steps: resdoctor's functions by cumulative time per step, and the
+2. direct cost: wall time inside resdoctor's hooks (by kind) and ``doctor.log`` per step, timed
+   by wrapping ``Recorder._guard``; steady on a busy machine, but blind to indirect costs.
+3. cProfile of watched steps: resdoctor's functions by cumulative time per step, and the
    functions they call (torch ops, numpy) by the time spent in them from resdoctor's code.
-3. torch.profiler: aten ops per step, watched minus plain (count and self CPU time), which
+4. torch.profiler: aten ops per step, watched minus plain (count and self CPU time), which
    shows the extra device work without the Python profiler's own cost.
 
     python -m bench.profile_overhead                 # ResNet-20, batch 64
@@ -51,36 +54,82 @@ def _run(work: Workload, config: Config, steps: int) -> tuple[list[float], list[
     return wall, cpu
 
 
-def timing(work: Workload, names: list[str], rounds: int, steps: int,
+def timing(work: Workload, twin: Workload, names: list[str], rounds: int, steps: int,
            tmp: Path) -> dict[str, dict[str, float]]:
-    """Plain and each configuration alternated round by round: median wall and CPU ms per step,
-    the CPU-time overhead in ms per step (median of per-round differences) and the ratios."""
+    """Plain and each configuration alternated round by round, every watched step paired with a
+    step of the plain twin (as in ``bench.overhead``): ms per step, overhead, ratios."""
+    from bench.overhead import summarize, time_config
+
+    args = argparse.Namespace(warmup=2, steps=steps)
     names = ["plain", *names]
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
+    got: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    device = torch.device("cpu")
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            config = make(name)
-            config.setup(work, tmp)
-            try:
-                _run(work, config, 2)
-                w, c = _run(work, config, steps)
-            finally:
-                config.teardown()
-            wall[name].append(statistics.median(w))
-            cpu[name].append(statistics.median(c))
+            got[name].append(time_config(work, twin, make(name), args, tmp, device))
+    stats = summarize(got, paired=True)
     out = {}
     for name in names:
-        pairs = list(zip(cpu[name], cpu["plain"], strict=True))
+        pairs = [(a, b) for rd in got[name]
+                 for a, b in zip(rd["cpu_times"], rd["twin_cpu_times"], strict=True)]
         out[name] = {
-            "wall_ms": 1e3 * statistics.median(wall[name]),
-            "cpu_ms": 1e3 * statistics.median(cpu[name]),
+            "wall_ms": stats[name]["median_step_ms"],
+            "cpu_ms": stats[name]["median_step_cpu_ms"],
             "cpu_overhead_ms": statistics.median(1e3 * (a - b) for a, b in pairs),
-            "cpu_ratio": statistics.median(a / b for a, b in pairs),
-            "wall_ratio": statistics.median(
-                a / b for a, b in zip(wall[name], wall["plain"], strict=True)),
+            "cpu_ratio": stats[name]["cpu_ratio"],
+            "wall_ratio": stats[name]["ratio"],
         }
+    return out
+
+
+def direct_cost(work: Workload, name: str, steps: int, tmp: Path) -> dict[str, float]:
+    """Wall ms per step spent inside resdoctor's hooks, by kind, and in ``doctor.log``.
+
+    Every hook body runs through ``Recorder._guard``; the benchmark wraps it with a timer for
+    the duration of the measurement (and restores it). This is the direct cost only: effects on
+    the model's own kernels (caches, allocator, garbage collection) are not in it.
+    """
+    from resdoctor.recorder import Recorder
+
+    spent: Counter = Counter()
+    original = Recorder._guard
+
+    def timed_guard(self: Recorder, where: str, fn: Any) -> Any:
+        guarded = original(self, where, fn)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return guarded(*args, **kwargs)
+            finally:
+                spent[where] += time.perf_counter() - t0
+        return timed
+
+    Recorder._guard = timed_guard  # type: ignore[method-assign]
+    rows: list[Counter] = []
+    try:
+        config = make(name)
+        config.setup(work, tmp)
+        try:
+            _run(work, config, 2)
+            for _ in range(steps):
+                spent.clear()
+                t0 = time.perf_counter()
+                loss = work.step()
+                t1 = time.perf_counter()
+                config.after_step(loss)
+                spent["log"] += time.perf_counter() - t1
+                spent["step"] += time.perf_counter() - t0
+                rows.append(spent.copy())
+        finally:
+            config.teardown()
+    finally:
+        Recorder._guard = original  # type: ignore[method-assign]
+    kinds = sorted({k for r in rows for k in r} - {"step"})
+    out = {k: 1e3 * statistics.median(r[k] for r in rows) for k in kinds}
+    out["total"] = 1e3 * statistics.median(sum(r[k] for k in kinds) for r in rows)
+    out["step"] = 1e3 * statistics.median(r["step"] for r in rows)
     return out
 
 
@@ -183,11 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     work = build(args.model, device, quick=args.quick)
+    twin = build(args.model, device, quick=args.quick)
     out: dict[str, Any] = {"machine": _machine.describe(device), "workload": work.title,
                            "config": args.config}
     with tempfile.TemporaryDirectory(prefix="resdoctor-profile-") as tmp:
         names = [args.config, *(ABLATIONS if args.ablate else ())]
-        out["timing"] = timing(work, names, args.rounds, args.steps, Path(tmp))
+        out["timing"] = timing(work, twin, names, args.rounds, args.steps, Path(tmp))
+        out["direct"] = direct_cost(work, args.config, 2 * args.steps, Path(tmp))
         out["cprofile"] = python_profile(work, args.config, args.steps, Path(tmp), args.top)
         out["ops"] = op_profile(work, args.config, args.steps, Path(tmp), args.top)
     print(render(out))
@@ -204,6 +255,11 @@ def render(out: dict[str, Any]) -> str:
     for name, t in out["timing"].items():
         lines.append(f"  {t['wall_ms']:8.1f} {t['cpu_ms']:8.1f} {t['cpu_overhead_ms']:8.1f} "
                      f"{t['cpu_ratio']:6.3f} {t['wall_ratio']:6.3f}  {name}")
+    d = out["direct"]
+    lines += ["", f"inside resdoctor (wall ms per step, median of {out['config']} steps): "
+              f"{d['total']:.2f} of a {d['step']:.1f} ms step "
+              f"({100 * d['total'] / d['step']:.1f}%)"]
+    lines += [f"  {v:8.2f}  {k}" for k, v in d.items() if k not in ("total", "step")]
     lines += ["", "resdoctor functions (per step, under cProfile):",
               f"  {'cum ms':>8} {'self ms':>8} {'calls':>7}  function"]
     for r in out["cprofile"]["resdoctor_functions"]:

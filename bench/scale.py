@@ -70,7 +70,8 @@ class Shape:
 class Synthetic:
     """Per-step measurements: a pool of noisy templates scaled by slow trends, plus events."""
 
-    def __init__(self, shape: Shape, steps: int, seed: int = 0, every: int = 10) -> None:
+    def __init__(self, shape: Shape, steps: int, seed: int = 0, every: int = 10,
+                 skip_every: int = 997) -> None:
         rng = np.random.default_rng(seed)
         self.shape, self.steps, self.every = shape, steps, every
         p, s, pool = len(shape.param_modules()), shape.blocks, 64
@@ -86,7 +87,7 @@ class Synthetic:
         self.nan_module = self.checked[len(self.checked) * 2 // 3]
         at = torch.tensor(self.checked)
         self._after, self._from = at > self.nan_module, at >= self.nan_module
-        self.skip_every = 997
+        self.skip_every = skip_every
 
     def skipped(self, step: int) -> bool:
         return step % self.skip_every == self.skip_every - 1 and step < self.nan_at
@@ -125,10 +126,11 @@ class Synthetic:
         """The step as the recorder's hooks leave it: a device-side ``Segment``."""
         nan, onset = step >= self.nan_at, step == self.nan_at
         seg = Segment(forwards=1, backwards=1, stepped=not self.skipped(step))
-        fwd = torch.ones(len(self.checked), 2)  # [modules, (input rms, output rms)]
+        # [modules, (input min, input max, output min, output max)]
+        fwd = torch.tensor([-1.0, 1.0, -1.0, 1.0]).repeat(len(self.checked), 1)
         if nan:  # at the onset only the NaN module's output and what follows it are NaN
-            fwd[self._after | (not onset), 0] = math.nan
-            fwd[self._from | (not onset), 1] = math.nan
+            fwd[self._after | (not onset), :2] = math.nan
+            fwd[self._from | (not onset), 2:] = math.nan
         for k, m in enumerate(self.checked):
             seg.add(("fwd", m), fwd[k])
         for kind in ("site", "smooth", "gshare"):
@@ -139,6 +141,9 @@ class Synthetic:
         for name in ("grad_norm", "param_norm", "update_ratio"):
             if v[name] is not None:
                 seg.vectors[name] = torch.from_numpy(v[name])
+        for kind in ("grad", "param"):  # parameters holding NaN/Inf, per module
+            bad = ~np.isfinite(v[f"{kind}_norm"])
+            seg.vectors[f"{kind}_bad"] = torch.from_numpy(bad.astype(np.float32))
         seg.scalars.update(loss=v["loss"], lr=v["lr"])
         meta = SegmentMeta(seg.forwards, seg.backwards, seg.stepped, dict(seg.scalars), True)
         return meta, seg
@@ -195,11 +200,11 @@ def _rss() -> int:
 
 
 def record(steps: int, blocks: int = 100, mode: str = "fast", seed: int = 0,
-           progress: bool = False) -> tuple[Journal, dict[str, Any]]:
+           progress: bool = False, skip_every: int = 997) -> tuple[Journal, dict[str, Any]]:
     """Record a synthetic run; returns the journal and what recording cost (time, memory)."""
     options = Options()
     shape = Shape(blocks)
-    synth = Synthetic(shape, steps, seed, every=options.grad_share_every)
+    synth = Synthetic(shape, steps, seed, every=options.grad_share_every, skip_every=skip_every)
     rss0 = peak = _rss()
     journal = new_journal(shape, options)
     transfer = Transfer()
