@@ -176,13 +176,13 @@ def summarize(rounds: dict[str, list[dict[str, Any]]], paired: bool = True) -> d
 def table(results: dict[str, Any], configs: list[str]) -> str:
     """Plain text: per model a wall-clock row and a CPU-time row; plain's ms/step, then each
     configuration's ratio to plain with the range over rounds."""
-    head = ["model", "clock", "plain ms/step"] + [c for c in configs if c != "plain"]
+    head = ["model", "clock", "plain ms/step", "plain"] + [c for c in configs if c != "plain"]
     rows = [head]
     for model, res in results.items():
         for clock, key, ms in (("wall", "ratio", "median_step_ms"),
                                ("cpu", "cpu_ratio", "median_step_cpu_ms")):
             row = [model, clock, f"{res['plain'][ms]:.1f}"]
-            for c in head[3:]:
+            for c in head[3:]:  # plain: twin vs twin, the noise floor
                 r = res.get(c)
                 row.append("-" if r is None else
                            f"{r[key]:.3f}x ({r[key + '_min']:.2f}-{r[key + '_max']:.2f})")

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("resdoctor", "resdoctor-all", "wandb", "anomaly", "naive")
-HEADS = {"resdoctor": "resdoctor (defaults)", "resdoctor-all": "resdoctor (everything)",
+COLUMNS = ("plain", "resdoctor", "resdoctor-all", "wandb", "anomaly", "naive")
+HEADS = {"plain": "plain twin (noise floor)", "resdoctor": "resdoctor (defaults)",
+         "resdoctor-all": "resdoctor (everything)",
          "wandb": "wandb.watch gradients", "anomaly": "detect_anomaly",
          "naive": "naive `.item()` hooks"}
 
@@ -25,19 +26,24 @@ def machine_line(m: dict[str, Any]) -> str:
 
 
 def overhead(report: dict[str, Any]) -> str:
-    """The ratio table: one row per model and clock, plain's ms/step, then each ratio."""
+    """The ratio table: one row per model and clock, plain's ms/step, then each ratio (median
+    over rounds, with the range over rounds)."""
     cols = [c for c in COLUMNS if any(c in r for r in report["models"].values())]
+    if report["settings"].get("unpaired"):
+        cols.remove("plain")  # unpaired, plain is the reference: always 1.00x
     lines = ["| model | clock | plain ms/step | " + " | ".join(HEADS[c] for c in cols) + " |",
              "|---|---|---:|" + "---:|" * len(cols)]
     for model, res in report["models"].items():
         for clock, key, ms in (("wall", "ratio", "median_step_ms"),
                                ("CPU", "cpu_ratio", "median_step_cpu_ms")):
-            cells = [f"{res[c][key]:.2f}x" if c in res else "-" for c in cols]
+            cells = [f"{res[c][key]:.2f}x ({res[c][key + '_min']:.2f}-{res[c][key + '_max']:.2f})"
+                     if c in res else "-" for c in cols]
             lines.append(f"| {report['titles'].get(model, model)} | {clock} | "
                          f"{res['plain'][ms]:.0f} | " + " | ".join(cells) + " |")
     s = report["settings"]
+    paired = "" if s.get("unpaired") else ", each paired with a step of a plain twin model"
     lines += ["", f"Command: `{report['command'].strip()}` ({s['rounds']} rounds x "
-              f"{s['steps']} timed steps per configuration, alternated).",
+              f"{s['steps']} timed steps per configuration, alternated{paired}).",
               f"Machine: {machine_line(report['machine'])}."]
     return "\n".join(lines)
 
