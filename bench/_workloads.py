@@ -58,7 +58,7 @@ def gpt2(device: torch.device, quick: bool = False) -> Workload:
     else:
         cfg = GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=128)
         batch, seq = 8, 128
-    model = GPT2LMHeadModel(cfg).to(device).train()
+    model = GPT2LMHeadModel(cfg).to(device).train()  # type: ignore[arg-type]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)  # [B, T]
     title = f"GPT-2 (transformers), {cfg.n_layer} layers, d={cfg.n_embd}, seq {seq}, batch {batch}"

@@ -92,8 +92,9 @@ def time_config(work: Workload, twin: Workload | None, config: Config, args: arg
     out: dict[str, Any] = {"times": [], "cpu_times": [], "twin_times": [], "twin_cpu_times": []}
     try:
         for i in range(args.warmup + args.steps):
-            plain_first = twin is not None and i % 2 == 0
-            if plain_first:
+            tw = (0.0, 0.0)
+            plain_first = i % 2 == 0
+            if twin is not None and plain_first:
                 tw = _timed(twin, None, device)
             wall, cpu = _timed(work, config, device)
             if twin is not None and not plain_first:

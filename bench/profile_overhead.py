@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def direct_cost(work: Workload, name: str, steps: int, tmp: Path) -> dict[str, f
     """
     from resdoctor.recorder import Recorder
 
-    spent: Counter = Counter()
+    spent: defaultdict[str, float] = defaultdict(float)
     original = Recorder._guard
 
     def timed_guard(self: Recorder, where: str, fn: Any) -> Any:
@@ -107,7 +107,7 @@ def direct_cost(work: Workload, name: str, steps: int, tmp: Path) -> dict[str, f
         return timed
 
     Recorder._guard = timed_guard  # type: ignore[method-assign]
-    rows: list[Counter] = []
+    rows: list[dict[str, float]] = []
     try:
         config = make(name)
         config.setup(work, tmp)
@@ -121,14 +121,14 @@ def direct_cost(work: Workload, name: str, steps: int, tmp: Path) -> dict[str, f
                 config.after_step(loss)
                 spent["log"] += time.perf_counter() - t1
                 spent["step"] += time.perf_counter() - t0
-                rows.append(spent.copy())
+                rows.append(dict(spent))
         finally:
             config.teardown()
     finally:
         Recorder._guard = original  # type: ignore[method-assign]
     kinds = sorted({k for r in rows for k in r} - {"step"})
-    out = {k: 1e3 * statistics.median(r[k] for r in rows) for k in kinds}
-    out["total"] = 1e3 * statistics.median(sum(r[k] for k in kinds) for r in rows)
+    out = {k: 1e3 * statistics.median(r.get(k, 0.0) for r in rows) for k in kinds}
+    out["total"] = 1e3 * statistics.median(sum(r.get(k, 0.0) for k in kinds) for r in rows)
     out["step"] = 1e3 * statistics.median(r["step"] for r in rows)
     return out
 
@@ -157,7 +157,8 @@ def python_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -
     finally:
         config.teardown()
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
-    own, called = [], Counter()
+    own: list[dict[str, Any]] = []
+    called: defaultdict[str, float] = defaultdict(float)
     for func, (_, ncalls, tottime, cumtime, callers) in stats.items():
         if MODELS in func[0]:
             continue
@@ -171,8 +172,8 @@ def python_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -
     own.sort(key=lambda r: -r["cum_ms"])
     total_self = sum(r["self_ms"] for r in own) + sum(called.values())
     return {"resdoctor_functions": own[:top],
-            "called_from_resdoctor": [{"function": f, "self_ms": ms}
-                                      for f, ms in called.most_common(top)],
+            "called_from_resdoctor": [{"function": f, "self_ms": ms} for f, ms in
+                                      sorted(called.items(), key=lambda kv: -kv[1])[:top]],
             "resdoctor_self_ms_per_step_under_cprofile": total_self}
 
 
@@ -197,7 +198,7 @@ def op_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -> li
             result[config_name] = _ops(work, config, steps)
         finally:
             config.teardown()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for op, (c1, t1) in result[name].items():
         c0, t0 = result["plain"].get(op, (0.0, 0.0))
         if c1 - c0 < 0.5:  # an op resdoctor does not add: its time difference is noise
