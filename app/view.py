@@ -12,6 +12,7 @@ import pandas as pd
 
 from app import downsample
 from resdoctor.run import MODULE_SIGNALS, Run
+from resdoctor.series import Series
 
 LABELS = {
     "grad_norm": "gradient norm ‖∇W‖",
@@ -60,9 +61,9 @@ class View:
     def present(self, signal: str) -> np.ndarray | None:
         """Measured cells of ``table(signal)`` (a measured NaN counts), from the file's counts."""
         s = self.run.state["series"].get(signal)
-        if s is None or "n" not in s:
+        if s is None or "count" not in s:
             return None
-        n = pd.DataFrame(s["n"].numpy() > 0, columns=[str(c) for c in s["columns"]])
+        n = pd.DataFrame(Series.counts(s) > 0, columns=[str(c) for c in s["columns"]])
         return n[self.depth_order(signal)].to_numpy()
 
     def has(self, signal: str) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from resdoctor import runfile
+from resdoctor.series import Series
 
 __all__ = ["RankMerger", "merge", "rank_files", "rank_path", "shard_layout"]
 
@@ -363,7 +364,7 @@ def _stack(parts: list[dict[str, Any] | None], stride: int, keys: np.ndarray | N
 def _rebucket(p: dict[str, Any], stride: int) -> tuple[np.ndarray, ...]:
     """``(keys, sum, n, count, max, min)`` of one series state in buckets of ``stride`` steps."""
     steps = p["steps"].numpy().astype(np.int64) // stride * stride
-    n = p["n"].numpy().astype(np.int64)
+    n = Series.counts(p).astype(np.int64)
     mean = p["mean"].numpy().astype(np.float64)
     with np.errstate(invalid="ignore"):
         total = np.where(n > 0, mean * n, 0.0)  # a measured NaN stays NaN
@@ -407,11 +408,12 @@ def _retotal(scalars: dict[str, Any], grads: dict[str, Any]) -> None:
         return
     col = scalars["columns"].index("grad_norm_total")
     rows = {int(k): i for i, k in enumerate(grads["steps"].tolist())}
+    counts = Series.counts(scalars)
     for stat in ("mean", "max", "min"):
         g = grads[stat].double()
         total = torch.sqrt(torch.nansum(g * g, dim=1)).float()
         for i, step in enumerate(scalars["steps"].tolist()):
-            if int(step) in rows and scalars["n"][i, col] > 0:
+            if int(step) in rows and counts[i, col] > 0:
                 scalars[stat][i, col] = total[rows[int(step)]]
 
 

@@ -31,7 +31,7 @@ class Options:
     nonfinite: bool = True
     flush_every: int = 500
     flush_seconds: float = 30.0
-    capacity: int = 4096
+    capacity: int = 2048
     max_events: int = 1000
     smoothing_samples: int = 64
     record_eval: bool = False

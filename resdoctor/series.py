@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-DEFAULT_CAPACITY = 4096
+DEFAULT_CAPACITY = 2048
 
 
 class Series:
@@ -101,6 +101,14 @@ class Series:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, self._sum[: self._rows] / np.maximum(n, 1), np.nan)
 
+    @staticmethod
+    def counts(state: dict[str, Any]) -> np.ndarray:
+        """``[rows, columns]`` samples per cell of a series state: ``n``, or ``count`` in each."""
+        n = state.get("n")
+        if n is not None:
+            return n.numpy()
+        return np.repeat(state["count"].numpy()[:, None], len(state["columns"]), axis=1)
+
     def last(self) -> tuple[int, np.ndarray] | None:
         """``(first step, mean values)`` of the newest row, or None when empty."""
         if not self._rows:
@@ -120,7 +128,10 @@ class Series:
             "capacity": int(self.capacity),
             "steps": torch.from_numpy(self._steps[:r].copy()),
             "count": torch.from_numpy(self._count[:r].copy()),
-            "n": torch.from_numpy(n.astype(np.int32)),
+            # per-cell sample counts only where some cell missed a sample: a full table is
+            # implied by "count" (see ``counts``), which keeps million-step files small
+            "n": None if (n == self._count[:r, None]).all() else torch.from_numpy(
+                n.astype(np.int32)),
             "mean": torch.from_numpy(self.mean().astype(np.float32)),
             "max": torch.from_numpy(np.where(n > 0, self._max[:r], np.nan).astype(np.float32)),
             "min": torch.from_numpy(np.where(n > 0, self._min[:r], np.nan).astype(np.float32)),

@@ -12,6 +12,7 @@ import pandas as pd
 
 from resdoctor.findings import Finding
 from resdoctor.run import Run
+from resdoctor.series import Series
 
 _CACHE: weakref.WeakKeyDictionary[Run, Timeline] = weakref.WeakKeyDictionary()
 FAILURE_CODES = ("nonfinite", "loss-divergence")
@@ -80,7 +81,7 @@ def _first_bad_scalar(run: Run, skipped: frozenset[int]) -> int | None:
     if not cols:
         return None
     mean = s["mean"].numpy()[:, cols]
-    measured = s["n"].numpy()[:, cols] > 0
+    measured = Series.counts(s)[:, cols] > 0
     bad = np.any(measured & ~np.isfinite(mean), axis=1)
     steps = [int(x) for x in s["steps"].numpy()[bad] if int(x) not in skipped]
     return steps[0] if steps else None

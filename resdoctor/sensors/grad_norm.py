@@ -35,6 +35,7 @@ class GradNorm:
         parameter is non-finite when its norm is NaN or its max is not finite: exact except for a
         tensor whose only non-finite values are -inf.
         """
+        tensors = [_local(t) for t in tensors]
         present = [t for t in tensors if t is not None and t.numel()]
         if not present:
             zeros = torch.zeros(self._modules, dtype=torch.float64)

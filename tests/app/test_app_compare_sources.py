@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MAIN, chart_data, texts
+from tests.app.conftest import MAIN, chart_data, texts
 
 import resdoctor
 from resdoctor.compare import compare

@@ -8,7 +8,7 @@ streamlit sends to the browser.
 from __future__ import annotations
 
 import pytest
-from conftest import chart_data
+from tests.app.conftest import chart_data
 
 from app import downsample
 

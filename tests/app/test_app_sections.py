@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import chart_data, texts
+from tests.app.conftest import chart_data, texts
 
 import resdoctor
 

@@ -52,3 +52,13 @@ def test_fully_sharded_model_records_exact_norms(one_rank, tmp_path) -> None:
     assert isinstance(next(model.parameters()).grad, torch.distributed.tensor.DTensor)
     np.testing.assert_allclose(run.series("grad_norm")[names].to_numpy(), expected, rtol=1e-5)
     assert np.isfinite(run.series("update_ratio").to_numpy()).all()
+
+
+def test_regression_parameter_norms_use_the_local_shard():
+    # Bug: rewriting GradNorm.measure dropped the DTensor -> local shard step for parameter
+    # norms (optimizer hook), so every FSDP2 step recorded an internal error instead.
+    from resdoctor.sensors.grad_norm import _local
+
+    assert _local(None) is None
+    t = torch.ones(3)
+    assert _local(t) is t

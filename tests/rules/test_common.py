@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import record
+from tests.rules.conftest import record
 
 from resdoctor.models import TinyTransformer
 from resdoctor.rules._common import first_run, has_norm, lr_fix, post_norm_sites

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _faults import LogBlock
-from conftest import record
+from tests.rules.conftest import record
 from torch import nn
 
 from resdoctor.rules.nonfinite import nonfinite
