@@ -160,8 +160,12 @@ def test_wandb_flag_attaches_offline(files, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
-    res = _invoke("analyze", files[1], "--json", "--wandb", "--wandb-project", "rd-test")
-    assert res.exit_code == 0, res.stderr
+    # a real process: wandb's in-process singleton would keep an earlier test's directory
+    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli", "analyze", str(files[1]),
+                           "--json", "--wandb", "--wandb-project", "rd-test"],
+                          capture_output=True, text=True, timeout=240, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"]  # --json output stays clean
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     res = _invoke("analyze", files[0], files[1], "--wandb", "--wandb-run-id", "abc")
     assert res.exit_code == 2

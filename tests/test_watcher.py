@@ -45,7 +45,7 @@ def test_no_hooks_after_close_exception_and_nesting(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with resdoctor.watch(model, opt, tmp_path / "c.pt"):
             mlp_step(model, opt, x, y)
-            1 / 0
+            raise ZeroDivisionError("a bug in the training loop")
     assert hooks_left(model) == 0
     assert resdoctor.load(tmp_path / "c.pt").steps == 1  # what ran before the crash is saved
     w = resdoctor.watch(model, opt, tmp_path / "d.pt")
@@ -152,9 +152,9 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     model = ResidualMLP(depth=2)
     opt = torch.optim.SGD(model.parameters(), 0.01)
     with resdoctor.watch(model, opt, tmp_path / "acc.pt") as doctor:
-        for step in range(3):
+        for _step in range(3):
             opt.zero_grad()
-            for micro in range(4):
+            for _micro in range(4):
                 x, y = data()
                 loss = F.mse_loss(model(x), y) / 4
                 loss.backward()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.app.conftest import MAIN
 
 playwright = pytest.importorskip("playwright.sync_api")

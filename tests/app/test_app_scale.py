@@ -8,9 +8,9 @@ streamlit sends to the browser.
 from __future__ import annotations
 
 import pytest
-from tests.app.conftest import chart_data
 
 from app import downsample
+from tests.app.conftest import chart_data
 
 TABS = ["Gradient flow", "Residual sites", "Activation growth", "Over-smoothing", "Loss & LR"]
 

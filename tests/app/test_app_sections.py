@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.app.conftest import chart_data, texts
 
 import resdoctor
+from tests.app.conftest import chart_data, texts
 
 
 def _metric(at, label: str) -> str:
@@ -59,7 +59,9 @@ def test_gradient_flow_heatmap_marks_the_nan_onset(app, runs, kind: str) -> None
     bad_steps = sorted(set(cells.loc[cells["nonfinite"], "step"]))
     if kind == "sick":
         onset = int(run.nonfinite["step"].min())
-        assert bad_steps and bad_steps[0] == onset
+        # a gradient norm can read inf a step before the exact onset: huge but finite gradients
+        # overflow float32 in the norm, while the onset itself is checked exactly (min/max)
+        assert bad_steps and bad_steps[0] <= onset and onset in bad_steps
         rules = [f for f in frames if "label" in f.columns]
         assert rules and rules[0]["step"].tolist() == [onset]
         assert at.dataframe[0].value["step"].min() == onset  # the exact onsets table

@@ -2,12 +2,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.rules.conftest import record
 
 from resdoctor.models import TinyTransformer
 from resdoctor.rules._common import first_run, has_norm, lr_fix, post_norm_sites
 from resdoctor.rules._timeline import timeline
 from resdoctor.rules.testing import make_run
+from tests.rules.conftest import record
 
 
 @pytest.mark.parametrize("norm, post", [("pre", False), ("post", True)])

@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _faults import LogBlock
-from tests.rules.conftest import record
 from torch import nn
 
 from resdoctor.rules.nonfinite import nonfinite
 from resdoctor.rules.testing import make_run
+from tests.rules.conftest import record
 
 
 def _event_run(input_absmax: float):

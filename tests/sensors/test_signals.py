@@ -76,7 +76,7 @@ def test_grad_norm_param_norm_update_ratio(tmp_path):
     for name, value in grads.items():
         assert recorded[name] == pytest.approx(value, rel=1e-5), name
     ratio = at_step1(run, "update_ratio")
-    for name, module in ref.named_modules():
+    for name, _module in ref.named_modules():
         ps = [(n, p) for n, p in ref.named_parameters() if n.rsplit(".", 1)[0] == name]
         if not ps:
             continue
