@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,9 @@ def _fits(sn: pd.DataFrame) -> pd.DataFrame:
     _, r2_pow = _linfit(np.broadcast_to(np.log(d), y.shape), y, mask)
     span = np.where(mask, d, np.nan)
     with np.errstate(invalid="ignore", over="ignore"):
-        total = np.exp(slope * (np.nanmax(span, axis=1) - np.nanmin(span, axis=1)))
+        with warnings.catch_warnings():  # all-NaN rows (a run that ended in NaN) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            total = np.exp(slope * (np.nanmax(span, axis=1) - np.nanmin(span, axis=1)))
     out = pd.DataFrame({"factor": np.exp(slope), "total": total, "r2_exp": r2_exp,
                         "r2_pow": r2_pow, "exponential": r2_exp >= r2_pow}, index=sn.index)
     return out[mask.sum(axis=1) >= 3]
