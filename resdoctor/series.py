@@ -109,15 +109,6 @@ class Series:
             return n.numpy()
         return np.repeat(state["count"].numpy()[:, None], len(state["columns"]), axis=1)
 
-    def last(self) -> tuple[int, np.ndarray] | None:
-        """``(first step, mean values)`` of the newest row, or None when empty."""
-        if not self._rows:
-            return None
-        r = self._rows - 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(self._n[r] > 0, self._sum[r] / np.maximum(self._n[r], 1), np.nan)
-        return int(self._steps[r]), mean
-
     def to_state(self) -> dict[str, Any]:
         """Plain containers and tensors only: loadable with ``weights_only=True``."""
         r = self._rows
