@@ -1,12 +1,14 @@
 """Segment: what one stretch of training (up to a ``log()`` call) measured, on the device.
 
-Hooks append 0-d or 1-d device tensors with a key; ``pack()`` concatenates them into one flat
-tensor, so a whole step costs one device-to-host transfer; ``unpack()`` splits it again on the
-host. Nothing here synchronises with the device.
+Hooks pool 0-d device tensors (rows of slots) or append 1-d ones with a key; ``pack()`` stacks
+and concatenates them into one flat tensor, so a whole step costs one device-to-host transfer;
+``unpack()`` splits it again on the host and gathers the rows. Nothing here synchronises with
+the device.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +23,18 @@ Layout = list[tuple[Any, Any, int]]  # (kind, index array or name, width)
 class Segment:
     """Device-side measurements of one segment plus the host-side facts about it.
 
-    Entries are grouped by kind ("fwd", "bwd", "site", "smooth", "gshare"): each kind has a fixed
-    width, so the host gets one ``[n, width]`` block per kind with its index vector.
+    Two ways in, both grouped by kind ("fwd", "bwd", "site", "smooth", "gshare"), each kind with a
+    fixed width so the host gets one ``[n, width]`` block per kind with its index vector:
+
+    - ``put(t)`` stores a 0-d tensor in the *pool* and returns its slot; ``add_row(kind, i,
+      slots)`` records a row as slots. Hooks use this on the hot path: no per-row stack or cat on
+      the device, one ``stack`` of the whole pool in ``pack()``, the gather happens on the host.
+      Slot -1 reads as 0, ``const(n)`` as n. ``unpack`` can decode a kind's rows on the host.
+    - ``add(key, value)`` appends a 1-d tensor of the kind's width (rarely used kinds).
     """
 
+    pool: list[torch.Tensor] = field(default_factory=list)
+    rows: dict[str, tuple[list[int], list[tuple[int, ...]]]] = field(default_factory=dict)
     groups: dict[str, tuple[list[int], list[torch.Tensor]]] = field(default_factory=dict)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_norm, param_norm, ...
     scalars: dict[str, float] = field(default_factory=dict)
@@ -33,6 +43,16 @@ class Segment:
     backwards: int = 0
     stepped: bool = False
 
+    def put(self, value: torch.Tensor) -> int:
+        """Pool a 0-d tensor; its slot."""
+        self.pool.append(value)
+        return len(self.pool) - 1
+
+    def add_row(self, kind: str, index: int, slots: tuple[int, ...]) -> None:
+        idx, rows = self.rows.setdefault(kind, ([], []))
+        idx.append(index)
+        rows.append(slots)
+
     def add(self, key: Key, value: torch.Tensor) -> None:
         idx, values = self.groups.setdefault(key[0], ([], []))
         idx.append(key[1])
@@ -40,13 +60,22 @@ class Segment:
 
     @property
     def empty(self) -> bool:
-        return not (self.groups or self.vectors or self.scalars or self.tensor_scalars
-                    or self.forwards or self.backwards or self.stepped)
+        return not (self.pool or self.rows or self.groups or self.vectors or self.scalars
+                    or self.tensor_scalars or self.forwards or self.backwards or self.stepped)
 
     def pack(self) -> tuple[torch.Tensor | None, Layout]:
         """One flat float32 tensor and the layout ``[(kind, index, width), ...]`` to split it."""
         parts: list[torch.Tensor] = []
         layout: Layout = []
+        if self.pool:
+            device = self.pool[0].device
+            pool = [p if p.device == device else p.to(device) for p in self.pool]
+            parts.append(torch.stack(pool).float())  # stack promotes mixed dtypes
+            layout.append(("pool", None, len(pool)))
+        if self.rows:
+            for kind, (idx, rows) in self.rows.items():
+                layout.append(("rows", (kind, np.asarray(idx, dtype=np.int64),
+                                        np.asarray(rows, dtype=np.int64)), 0))
         for kind, (idx, values) in self.groups.items():
             parts.append(torch.cat(values).float())
             layout.append((kind, np.asarray(idx, dtype=np.int64), values[0].numel()))
@@ -63,22 +92,55 @@ class Segment:
         return torch.cat(parts), layout
 
 
-def unpack(flat: np.ndarray | None, layout: Layout) -> dict[str, Any]:
+# constants a pooled row may carry in place of a slot (element counts): slot = -2 - value
+CONST_BASE = -2
+
+
+def const(value: int) -> int:
+    """A slot that reads as the constant ``value`` (a non-negative int such as an element count)."""
+    return CONST_BASE - value
+
+
+Decoder = Callable[[np.ndarray], np.ndarray]
+
+
+def unpack(flat: np.ndarray | None, layout: Layout,
+           decode: Mapping[str, Decoder] | None = None) -> dict[str, Any]:
     """Split a transferred flat array: ``{kind: (index [n], values [n, width])}``,
-    ``{"vec": {name: values}}`` and ``{"scalar": {name: value}}``."""
+    ``{"vec": {name: values}}`` and ``{"scalar": {name: value}}``. Pooled rows of a kind in
+    ``decode`` are passed through it (raw sums in, recorded values out)."""
+    decode = decode or {}
     out: dict[str, Any] = {"vec": {}, "scalar": {}}
     offset = 0
+    pool = np.zeros(0)
     for kind, key, width in layout:
+        if kind == "rows":
+            name, idx, slots = key
+            gathered = pool[np.clip(slots, 0, None)] if len(pool) else np.zeros(slots.shape)
+            values = np.where(slots >= 0, gathered,
+                              np.where(slots == -1, 0.0, CONST_BASE - slots))
+            _merge(out, name, idx, decode[name](values) if name in decode else values)
+            continue
         assert flat is not None
-        if kind in ("vec", "scalar"):
+        if kind == "pool":
+            pool = flat[offset: offset + width]
+            offset += width
+        elif kind in ("vec", "scalar"):
             chunk = flat[offset: offset + width]
             out[kind][key] = chunk if kind == "vec" else float(chunk[0])
             offset += width
         else:
             n = len(key) * width
-            out[kind] = (key, flat[offset: offset + n].reshape(len(key), width))
+            _merge(out, kind, key, flat[offset: offset + n].reshape(len(key), width))
             offset += n
     return out
+
+
+def _merge(out: dict[str, Any], kind: str, idx: np.ndarray, values: np.ndarray) -> None:
+    if kind in out:
+        idx = np.concatenate([out[kind][0], idx])
+        values = np.concatenate([out[kind][1], values])
+    out[kind] = (idx, values)
 
 
 class Transfer:

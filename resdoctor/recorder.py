@@ -21,13 +21,13 @@ from torch import nn
 from resdoctor import runfile
 from resdoctor._hooks import HookSet
 from resdoctor._pytree import call_inputs, get_path, iter_tensors
-from resdoctor._segment import Segment, Transfer, unpack
+from resdoctor._segment import Segment, Transfer, const, unpack
 from resdoctor._trace import Tracer, _version
 from resdoctor.discovery import Site, sites_from
 from resdoctor.journal import Journal, SegmentMeta
 from resdoctor.options import Options
-from resdoctor.sensors import GradNorm, SiteProbe, Smoothing, UpdateRatio
-from resdoctor.sensors.site_probe import extrema, rms
+from resdoctor.sensors import GradNorm, Smoothing, UpdateRatio
+from resdoctor.sensors.site_probe import DECODE, extrema, inner, sum_squares
 
 # Modules that turn finite inputs into finite outputs: their outputs need no NaN/Inf check.
 FINITE_PRESERVING: tuple[type[nn.Module], ...] = (
@@ -48,7 +48,6 @@ class Recorder:
         self.model, self.optimizer, self.path, self.options = model, optimizer, path, options
         self.scaler, self.rank = scaler, rank
         self.hooks = HookSet()
-        self._site_hooks = HookSet()
         self.names = {id(m): n for n, m in model.named_modules()}
         named = list(model.named_modules())
         groups = [(n, list(m.parameters(recurse=False))) for n, m in named]
@@ -70,17 +69,16 @@ class Recorder:
         self.seg = Segment()
         self.sites: list[Site] | None = None
         self._tracer: Tracer | None = None
-        self._norm_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
-        self._extrema_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
-        self._calls: dict[str, int] = {}
+        self._plans: dict[str, _Plan] = {}
+        self._forward_id = 0
+        self._extrema_cache: dict[int, tuple[weakref.ref, int, tuple[int, int]]] = {}
+        self._ss_cache: dict[int, tuple[weakref.ref, int, int]] = {}
         self._pending: dict[int, dict[str, Any]] = {}
-        self._in_stack: dict[str, list[torch.Tensor | None]] = {}
         self._backward_queued = False
         self._in_forward = 0
         self._last_flush = (0, time.monotonic())
         self._step = 0
         self.closed = False
-        self._grad_checked: set[str] = set()
         self._attach(named)
         if sites is not None:
             self._set_sites(sites)
@@ -111,20 +109,29 @@ class Recorder:
         self.hooks.forward_pre(root, self._guard("forward", self._begin_forward))
         self.hooks.forward(root, self._guard("forward", self._end_forward), always=True)
         if self.options.nonfinite:
-            # parameter-free leaf ops (custom functions) can create NaN in backward without any
-            # parameter gradient showing it first: their input gradient is checked too
-            self._grad_checked = {
-                n for n, m in named
-                if not isinstance(m, FINITE_PRESERVING) and not list(m.children())
-                and not any(True for _ in m.parameters())
-            }
             for name, module in named:
-                if not isinstance(module, FINITE_PRESERVING):
-                    self.hooks.forward_pre(module, self._guard("forward", self._check_in(name)))
-                    self.hooks.forward(module, self._guard("forward", self._check_out(name)))
+                if isinstance(module, FINITE_PRESERVING):
+                    continue
+                # parameter-free leaf ops (custom functions) can create NaN in backward without
+                # any parameter gradient showing it first: their input gradient is checked too
+                leaf_op = not list(module.children()) and not any(True for _ in module.parameters())
+                self._plan(name, module).check = (True, leaf_op)
         if self.optimizer is not None:
             self.hooks.step_pre(self.optimizer, self._guard("optimizer", self._before_step))
             self.hooks.step_post(self.optimizer, self._guard("optimizer", self._after_step))
+
+    def _plan(self, name: str, module: nn.Module) -> _Plan:
+        """The one pair of forward hooks of ``module`` (non-finite check and site taps share it)."""
+        plan = self._plans.get(name)
+        if plan is None:
+            plan = self._plans[name] = _Plan(self.module_index[name])
+            self.hooks.forward_pre(module, self._guard("forward", self._pre_hook(plan)))
+            self.hooks.forward(module, self._guard("forward", self._post_hook(plan)))
+        return plan
+
+    def remove_hooks(self) -> None:
+        self.hooks.remove()
+        self._plans.clear()
 
     def _recording(self) -> bool:
         return not self.closed and (torch.is_grad_enabled() or self.options.record_eval)
@@ -137,11 +144,10 @@ class Recorder:
         if self.seg.stepped:  # no log() since the optimizer step: the step ended there
             self.end_segment()
         self.seg.forwards += 1
-        self._norm_cache.clear()
+        self._forward_id += 1
         self._extrema_cache.clear()
-        self._calls.clear()
+        self._ss_cache.clear()
         self._pending.clear()
-        self._in_stack.clear()
         if self.sites is None and self._tracer is None:
             self._tracer = Tracer(self.model)
             self._tracer.attach(root=False)
@@ -174,72 +180,114 @@ class Recorder:
                 t.register_hook(self._guard("backward", self._on_output_grad))
                 break
 
-    def _cached(self, cache: dict, t: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> Any:
-        """``fn(t)`` computed at most once per tensor version per forward."""
-        entry = cache.get(id(t))
-        version = _version(t)
-        if entry is not None and entry[0]() is t and entry[1] == version:
-            return entry[2]
-        with torch.no_grad(), self._paused():
-            value = fn(t)
-        cache[id(t)] = (weakref.ref(t), version, value)
-        return value
+    def _live(self, plan: _Plan) -> bool:
+        """Inside a recorded forward; the plan's per-forward state is reset on first use."""
+        if not self._in_forward or self.closed:
+            return False
+        if not (torch.is_grad_enabled() or self.options.record_eval):
+            return False
+        if plan.forward_id != self._forward_id:
+            plan.forward_id = self._forward_id
+            plan.inputs.clear()
+            plan.calls = -1
+        return True
 
-    def _norm(self, t: torch.Tensor) -> torch.Tensor:
-        """RMS of ``t`` (site magnitudes)."""
-        return self._cached(self._norm_cache, t, rms)
-
-    def _extrema(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
-        """``[min, max]`` over the floating tensors: finite exactly when every element is.
-
-        Unlike a norm this cannot overflow: activations that are huge but finite stay finite.
-        """
-        floats = [t for t in tensors if t.is_floating_point()]
-        if not floats:
-            return None
-        pairs = [self._cached(self._extrema_cache, t, extrema) for t in floats]
-        if len(pairs) == 1:
-            return pairs[0]
-        with self._paused():
-            stacked = torch.stack([p.to(pairs[0].device) for p in pairs])  # [k, 2]
-            return torch.stack([stacked[:, 0].amin(), stacked[:, 1].amax()])
-
-    def _paused(self) -> Any:
-        return self._tracer.paused() if self._tracer is not None else _NULL
-
-    def _check_in(self, name: str) -> Callable[..., None]:
+    def _pre_hook(self, plan: _Plan) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
-            if self._in_forward and self._recording():
-                ts = [t for _, t in iter_tensors((args, kwargs))]
-                self._in_stack.setdefault(name, []).append(self._extrema(ts))
+            if not self._live(plan):
+                return
+            if self._tracer is not None:  # the discovery forward: measure outside the trace
+                with self._tracer.paused():
+                    self._before(plan, args, kwargs)
+            else:
+                self._before(plan, args, kwargs)
         return hook
 
-    def _check_out(self, name: str) -> Callable[..., None]:
-        index = self.module_index[name]
-
+    def _post_hook(self, plan: _Plan) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            stack = self._in_stack.get(name)
-            if not stack or not self._recording():
+            # the root's own hook runs after _end_forward: the forward id still matches
+            if plan.forward_id != self._forward_id or self.closed:
                 return
-            span_in = stack.pop()
-            span_out = self._extrema([t for _, t in iter_tensors(output)])
-            if span_out is None:
+            if not (torch.is_grad_enabled() or self.options.record_eval):
                 return
-            with self._paused():
-                if span_in is None or span_in.device != span_out.device:
-                    span_in = torch.zeros_like(span_out)  # e.g. token ids into an embedding
-                # [in min, in max, out min, out max] in the tensors' own dtype: exact, no overflow
-                self.seg.add(("fwd", index), torch.cat([span_in, span_out]))
-            if name in self._grad_checked and torch.is_grad_enabled():
-                self._check_input_grads(index, args, kwargs)
+            if self._tracer is not None:
+                with self._tracer.paused():
+                    self._after(plan, args, kwargs, output)
+            else:
+                self._after(plan, args, kwargs, output)
         return hook
+
+    def _before(self, plan: _Plan, args: Any, kwargs: Any) -> None:
+        plan.calls += 1
+        if plan.check:
+            plan.inputs.append(self._extrema(_inputs(args, kwargs)))
+        if plan.taps_in:
+            merged = call_inputs(args, kwargs)
+            for i, role, tap in plan.taps_in:
+                if tap.call == plan.calls:
+                    t = get_path(merged, tap.path)
+                    if t is not None:
+                        self._site_value(i, role, t)
+
+    def _after(self, plan: _Plan, args: Any, kwargs: Any, output: Any) -> None:
+        if plan.check and plan.inputs:
+            slots_in = plan.inputs.pop()
+            slots_out = self._extrema(_outputs(output))
+            if slots_out is not None:
+                # [in min, in max, out min, out max] in the tensors' own dtype: exact, no
+                # overflow; an input without floats (token ids) reads as 0
+                self.seg.add_row("fwd", plan.index, (slots_in or (-1, -1)) + slots_out)
+            if plan.check[1] and torch.is_grad_enabled():
+                self._check_input_grads(plan.index, args, kwargs)
+        for i, role, tap in plan.taps_out:
+            if tap.call == plan.calls:
+                t = get_path(output, tap.path)
+                if t is not None:
+                    self._site_value(i, role, t)
+
+    def _extrema(self, tensors: list[torch.Tensor]) -> tuple[int, int] | None:
+        """Pool slots of ``(min, max)`` over the floating tensors: both finite exactly when every
+        element is. Unlike a norm this cannot overflow: huge but finite activations stay finite.
+        Each tensor is reduced at most once per version per forward."""
+        if len(tensors) == 1:
+            return self._extremum(tensors[0])
+        found = [s for s in map(self._extremum, tensors) if s is not None]
+        if len(found) < 2:
+            return found[0] if found else None
+        pool = self.seg.pool
+        lo = torch.stack([pool[a] for a, _ in found]).amin()
+        hi = torch.stack([pool[b] for _, b in found]).amax()
+        return self.seg.put(lo), self.seg.put(hi)
+
+    def _extremum(self, t: torch.Tensor) -> tuple[int, int] | None:
+        key, version = id(t), _version(t)
+        entry = self._extrema_cache.get(key)
+        if entry is not None and entry[1] == version and entry[0]() is t:
+            return entry[2]
+        if not t.is_floating_point() or not t.numel():
+            return None
+        lo, hi = extrema(t)
+        slots = (self.seg.put(lo), self.seg.put(hi))
+        self._extrema_cache[key] = (weakref.ref(t), version, slots)
+        return slots
+
+    def _sum_squares(self, t: torch.Tensor) -> int:
+        """Pool slot of ``||t||^2`` (site magnitudes), once per tensor version per forward."""
+        key, version = id(t), _version(t)
+        entry = self._ss_cache.get(key)
+        if entry is not None and entry[1] == version and entry[0]() is t:
+            return entry[2]
+        slot = self.seg.put(sum_squares(t))
+        self._ss_cache[key] = (weakref.ref(t), version, slot)
+        return slot
 
     def _check_input_grads(self, index: int, args: Any, kwargs: Any) -> None:
         def on_grad(g: torch.Tensor) -> None:
-            with torch.no_grad():
-                self.seg.add(("bwd", index), extrema(g))
+            if g.numel():
+                lo, hi = extrema(g)
+                self.seg.add_row("bwd", index, (self.seg.put(lo), self.seg.put(hi)))
 
-        for _, t in iter_tensors((args, kwargs)):
+        for t in _inputs(args, kwargs):
             if t.is_floating_point() and t.requires_grad:
                 t.register_hook(self._guard("backward", on_grad))
 
@@ -251,24 +299,17 @@ class Recorder:
             self._watch_layers()
         if not self.options.sites:
             return
-        taps: dict[str, list[tuple[int, str, Any]]] = {}
+        modules = dict(self.model.named_modules())
         for i, site in enumerate(sites):
             if not site.measurable:
                 continue
             for role in ("skip", "branch", "result", "source"):
                 tap = getattr(site, role)
-                if tap is not None:
-                    taps.setdefault(tap.module, []).append((i, role, tap))
-        modules = dict(self.model.named_modules())
-        for name, items in taps.items():
-            module = modules.get(name)
-            if module is None:
-                continue
-            ins = [x for x in items if x[2].where == "input"]
-            outs = [x for x in items if x[2].where == "output"]
-            self._site_hooks.forward_pre(module, self._guard("sites", self._tap_in(name, ins)))
-            if outs:
-                self._site_hooks.forward(module, self._guard("sites", self._tap_out(name, outs)))
+                module = modules.get(tap.module) if tap is not None else None
+                if module is None or tap.module not in self.module_index:
+                    continue
+                plan = self._plan(tap.module, module)
+                (plan.taps_in if tap.where == "input" else plan.taps_out).append((i, role, tap))
 
     def _watch_layers(self) -> None:
         """No residual site: sample over-smoothing at the outputs of the repeated layers instead
@@ -278,7 +319,7 @@ class Recorder:
             return
         self.journal.set_layers([name for name, _ in layers])
         for i, (_, module) in enumerate(layers):
-            self._site_hooks.forward(module, self._guard("layers", self._layer_out(i)))
+            self.hooks.forward(module, self._guard("layers", self._layer_out(i)))
 
     def _layer_out(self, i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
@@ -289,115 +330,102 @@ class Recorder:
             t = next((t for _, t in iter_tensors(output) if t.is_floating_point()), None)
             if t is None:
                 return
-            with torch.no_grad():
-                measured = self.smoothing(t)
-                if measured is not None:
-                    self.seg.add(("lsmooth", i), torch.stack(measured))
-        return hook
-
-    def _tap_in(self, name: str, items: list[tuple[int, str, Any]]) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
-            call = self._calls.get(name, -1) + 1
-            self._calls[name] = call
-            if not items or not (self._in_forward and self._recording()):
-                return
-            merged = call_inputs(args, kwargs)
-            for i, role, tap in items:
-                if tap.call == call:
-                    t = get_path(merged, tap.path)
-                    if t is not None:
-                        self._site_value(i, role, t)
-        return hook
-
-    def _tap_out(self, name: str, items: list[tuple[int, str, Any]]) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            if not (self._in_forward and self._recording()):
-                return
-            call = self._calls.get(name, 0)
-            for i, role, tap in items:
-                if tap.call == call:
-                    t = get_path(output, tap.path)
-                    if t is not None:
-                        self._site_value(i, role, t)
+            measured = self.smoothing(t)
+            if measured is not None:
+                self.seg.add_row("lsmooth", i, tuple(map(self.seg.put, measured)))
         return hook
 
     def _site_value(self, i: int, role: str, t: torch.Tensor) -> None:
+        """One operand of site i arrived. Magnitudes are pooled as sums of squares (the host
+        takes the roots): ``||skip||^2``, ``||branch||^2``, and ``||skip + branch||^2`` or, when
+        the sum is not tapped, ``<skip, branch>`` (one fused dot instead of materialising it)."""
         site = self.sites[i]  # type: ignore[index]
         p = self._pending.setdefault(i, {})
         p[role] = t
-        with torch.no_grad():
-            if role == "skip":
-                p["skip_rms"] = self._norm(t)
-            elif role == "branch":
-                p["branch_rms"] = self._norm(t)
-                if site.result is None and "skip" in p:
-                    p["stream"] = SiteProbe.from_operands(p["skip"], t, p["skip_rms"],
-                                                          p["branch_rms"])
-            elif role == "result":
-                p["stream"] = self._norm(t)
-                if site.branch is None and "skip" in p:
-                    p["branch_rms"] = SiteProbe.branch_from_sum(t, p["skip"])
-        if "skip_rms" in p and "branch_rms" in p and "stream" in p:
+        p[role + "_fn"] = t.grad_fn  # before any in-place op rebases it (gradient share)
+        if role == "skip":
+            p["skip_ss"] = self._sum_squares(t)
+        elif role == "branch":
+            p["branch_ss"] = self._sum_squares(t)
+            if site.result is None and "skip" in p:
+                p["cross"] = self.seg.put(inner(p["skip"], t))
+        elif role == "result":
+            p["sum_ss"] = self._sum_squares(t)
+            if site.branch is None and "skip" in p:
+                p["branch_ss"] = self.seg.put(sum_squares(t.detach() - p["skip"].detach()))
+                p["branch"] = None
+        if "skip_ss" in p and "branch_ss" in p and ("sum_ss" in p or "cross" in p):
             self._complete(i, self._pending.pop(i))
 
     def _complete(self, i: int, p: dict[str, Any]) -> None:
         site = self.sites[i]  # type: ignore[index]
-        with torch.no_grad():
-            self.seg.add(("site", i), torch.stack([p["skip_rms"], p["branch_rms"], p["stream"]]))
-            if _due(self.options.smoothing_every, self._step):
-                stream = p.get("result")
-                if stream is None:
-                    stream = p["skip"] + p["branch"]
-                measured = self.smoothing(stream)
-                if measured is not None:
-                    self.seg.add(("smooth", i), torch.stack(measured))
+        seg = self.seg
+        skip = p["skip"]
+        total = p.get("result")
+        n = skip.numel()
+        seg.add_row("site", i, (
+            p["skip_ss"], p["branch_ss"], p.get("sum_ss", -1), p.get("cross", -1),
+            const(n), const(n if p.get("branch") is None else p["branch"].numel()),
+            const(0 if total is None else total.numel()),
+        ))
+        if _due(self.options.smoothing_every, self._step):
+            measured = (self.smoothing(total) if total is not None
+                        else self.smoothing.of_sum(skip, p["branch"]))
+            if measured is not None:
+                seg.add_row("smooth", i, (seg.put(measured[0]), seg.put(measured[1])))
         if _due(self.options.grad_share_every, self._step) and torch.is_grad_enabled():
             self._grad_share(i, site, p)
 
     # -- gradient branch share -----------------------------------------------------------------
     def _grad_share(self, i: int, site: Site, p: dict[str, Any]) -> None:
-        """share = |g_branch| / (|g_branch| + |g_skip|) at the site's source x, where the
-        gradient reaching x is split into what came through the skip and through the branch."""
-        x = p["skip"] if site.kind == "identity" and site.source == site.skip else p.get("source")
-        if x is None or not x.requires_grad:
+        """share = |g_branch| / (|g_branch| + |g_skip|) at the site's source x. Each part is read
+        where it enters x: hooks on the autograd nodes of the branch (and of a projection
+        shortcut) that consume x; an identity skip passes the sum's gradient on unchanged."""
+        identity = site.kind == "identity" and site.source == site.skip
+        x_fn = p.get("skip_fn") if identity else p.get("source_fn")
+        branch_fn = p.get("branch_fn")
+        if x_fn is None or branch_fn is None:
             return
-        box: dict[str, torch.Tensor] = {}
-        if x is p["skip"]:
+        branch_nodes = _consumers(branch_fn, x_fn)
+        if not branch_nodes:
+            return
+        seg, box = self.seg, {}
+
+        def arrived(role: str) -> Callable[[torch.Tensor], None]:
+            def store(g: torch.Tensor) -> None:
+                box[role] = seg.put(sum_squares(g))
+                if len(box) == 2:
+                    seg.add_row("gshare", i, (box["skip"], box["branch"]))
+            return store
+
+        if identity:
             carrier = p.get("result") if p.get("result") is not None else p.get("branch")
             if carrier is None or not carrier.requires_grad:
                 return
-            carrier.register_hook(self._guard("backward", lambda g: box.__setitem__("skip", g)))
-        elif not self._hook_shortcut(p["skip"], x, box):
-            return
-
-        def on_x(g_total: torch.Tensor) -> None:
-            g_skip = box.pop("skip", None)
-            if g_skip is None:
+            carrier.register_hook(self._guard("backward", arrived("skip")))
+        else:
+            skip_nodes = _consumers(p.get("skip_fn"), x_fn)
+            if not skip_nodes:
                 return
-            with torch.no_grad():
-                skip = torch.linalg.vector_norm(g_skip, dtype=torch.float32)
-                branch = torch.linalg.vector_norm(g_total - g_skip, dtype=torch.float32)
-                self.seg.add(("gshare", i), (branch / (branch + skip).clamp_min(1e-30)).reshape(1))
+            self._sum_grads(skip_nodes, arrived("skip"))
+        self._sum_grads(branch_nodes, arrived("branch"))
 
-        x.register_hook(self._guard("backward", on_x))
-
-    def _hook_shortcut(self, skip: torch.Tensor, x: torch.Tensor, box: dict) -> bool:
-        """Hook the autograd nodes of the shortcut path that consume x: their input gradient is
-        the gradient reaching x through the skip."""
-        if x.grad_fn is None or skip.grad_fn is None:
-            return False
-        found = _consumers(skip.grad_fn, x.grad_fn)
+    def _sum_grads(self, consumers: list[tuple[Any, int]],
+                   done: Callable[[torch.Tensor], None]) -> None:
+        """Hook each ``(node, k)``; once all have run, ``done(sum of their k-th input grads)``:
+        the gradient that reaches their common input through them."""
+        parts: list[torch.Tensor] = []
 
         def collect(k: int) -> Callable[..., None]:
             def hook(grad_inputs: Any, grad_outputs: Any) -> None:
-                g = grad_inputs[k]
-                if g is not None:
-                    box["skip"] = g if "skip" not in box else box["skip"] + g
+                if grad_inputs[k] is not None:
+                    parts.append(grad_inputs[k])
+                if len(parts) == len(consumers):
+                    done(parts[0] if len(parts) == 1 else torch.stack(parts).sum(0))
             return hook
 
-        for node, k in found:
+        for node, k in consumers:
             node.register_hook(self._guard("backward", collect(k)))
-        return bool(found)
 
     # -- backward and optimizer ------------------------------------------------------------
     def _on_output_grad(self, grad: torch.Tensor) -> None:
@@ -447,6 +475,8 @@ class Recorder:
 
     def end_segment(self) -> None:
         seg, self.seg = self.seg, Segment()
+        self._extrema_cache.clear()  # their slots point into the finished segment's pool
+        self._ss_cache.clear()
         if seg.empty:
             return
         with torch.no_grad():
@@ -461,7 +491,7 @@ class Recorder:
 
     def drain(self, wait: bool = False) -> None:
         for meta, flat, layout in self.transfer.ready(wait):
-            self.journal.consume(meta, unpack(flat, layout), self.rank)
+            self.journal.consume(meta, unpack(flat, layout, DECODE), self.rank)
 
     def _maybe_flush(self) -> None:
         steps, when = self._last_flush
@@ -488,19 +518,35 @@ class Recorder:
             self.flush()
         finally:
             self.closed = True
-            self.hooks.remove()
-            self._site_hooks.remove()
+            self.remove_hooks()
 
 
-class _Null:
-    def __enter__(self) -> None:
-        return None
+class _Plan:
+    """What the forward hooks of one module do, and their state within the current forward."""
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    __slots__ = ("index", "check", "taps_in", "taps_out", "forward_id", "calls", "inputs")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.check: tuple[bool, bool] | tuple[()] = ()  # (check, also check input gradients)
+        self.taps_in: list[tuple[int, str, Any]] = []   # (site, role, tap)
+        self.taps_out: list[tuple[int, str, Any]] = []
+        self.forward_id = -1
+        self.calls = -1  # calls of the module in this forward (taps name the call they read)
+        self.inputs: list[tuple[int, int] | None] = []  # input extrema slots, one per open call
 
 
-_NULL = _Null()
+def _inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors among a module's inputs (fast path for the usual single tensor)."""
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+        return [args[0]]
+    return [t for _, t in iter_tensors((args, kwargs))]
+
+
+def _outputs(output: Any) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [t for _, t in iter_tensors(output)]
 
 
 def repeated_layers(model: nn.Module, min_layers: int = 3) -> list[tuple[str, nn.Module]]:
@@ -519,16 +565,21 @@ def repeated_layers(model: nn.Module, min_layers: int = 3) -> list[tuple[str, nn
     return best
 
 
-def _consumers(start: Any, target: Any, limit: int = 64) -> list[tuple[Any, int]]:
-    """Autograd nodes reachable from ``start`` (before ``target``) that take ``target``'s output
-    as their k-th input: ``[(node, k), ...]``."""
+def _consumers(start: Any, target: Any, limit: int = 512) -> list[tuple[Any, int]]:
+    """Autograd nodes reachable from ``start`` (without passing ``target``) that take
+    ``target``'s output as their k-th input: ``[(node, k), ...]``; empty when the graph is larger
+    than ``limit`` nodes (an incomplete list would give a wrong sum)."""
+    if start is None or target is None:
+        return []
     found: list[tuple[Any, int]] = []
     todo: list[Any] = [start]
     seen: set[int] = set()
-    while todo and len(seen) < limit:
+    while todo:
         node = todo.pop()
         if node is None or id(node) in seen:
             continue
+        if len(seen) >= limit:
+            return []
         seen.add(id(node))
         for k, (nxt, _) in enumerate(node.next_functions):
             if nxt is target:

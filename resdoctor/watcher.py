@@ -100,8 +100,7 @@ class Watcher:
     def __del__(self) -> None:  # a forgotten close() must not leave hooks behind
         try:
             if not self.recorder.closed:
-                self.recorder.hooks.remove()
-                self.recorder._site_hooks.remove()
+                self.recorder.remove_hooks()
         except Exception:  # noqa: BLE001
             pass
 

@@ -22,9 +22,26 @@ class GradNorm:
         self._modules = len(groups)
         self._device: torch.device | None = None
 
-    def norms(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """``[M]`` float64 L2 norms of per-parameter tensors (None = absent), per module."""
-        return self.measure(tensors)[0]
+    def local_params(self) -> list[torch.Tensor]:
+        """The parameters as plain tensors (this rank's shard of a DTensor)."""
+        return [_local(p) for p in self.params]
+
+    def norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """``[M]`` float64 L2 norms of per-parameter tensors (all present), per module."""
+        if not tensors:
+            return torch.zeros(self._modules, dtype=torch.float64)
+        return self._fold(torch.stack(torch._foreach_norm(tensors)))
+
+    def _fold(self, l2: torch.Tensor) -> torch.Tensor:
+        """Per-parameter norms -> per-module norms. fp32 norms (a float64 _foreach_norm is ~100x
+        slower on CPU); squares and sums in float64, so per-parameter norms up to float32's
+        range combine without overflow."""
+        device = l2.device
+        if self._device != device:
+            self._owner = self._owner.to(device)
+            self._device = device
+        norms = torch.zeros(self._modules, device=device, dtype=torch.float64)
+        return norms.index_add_(0, self._owner, l2.double() ** 2).sqrt_()
 
     def measure(self, tensors: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """``([M] L2 norms, [M] count of parameters holding NaN/Inf)`` per module.
@@ -35,23 +52,16 @@ class GradNorm:
         parameter is non-finite when its norm is NaN or its max is not finite: exact except for a
         tensor whose only non-finite values are -inf.
         """
-        tensors = [_local(t) for t in tensors]
+        tensors = [None if t is None else _local(t) for t in tensors]
         present = [t for t in tensors if t is not None and t.numel()]
         if not present:
             zeros = torch.zeros(self._modules, dtype=torch.float64)
             return zeros, zeros.clone()
-        device = present[0].device
-        if self._device != device:
-            self._owner = self._owner.to(device)
-            self._device = device
         l2 = self._stack(tensors, torch._foreach_norm(present))
         top = self._stack(tensors, torch._foreach_max(present))
         bad = (torch.isnan(l2) | ~torch.isfinite(top)).double()
-        # fp32 norms (a float64 _foreach_norm is ~100x slower on CPU); squares and sums in
-        # float64 so per-parameter norms up to float32's range combine without overflow
-        norms = torch.zeros(self._modules, device=device, dtype=torch.float64)
-        norms.index_add_(0, self._owner, l2.double() ** 2).sqrt_()
-        counts = torch.zeros(self._modules, device=device, dtype=torch.float64)
+        norms = self._fold(l2)
+        counts = torch.zeros(self._modules, device=norms.device, dtype=torch.float64)
         return norms, counts.index_add_(0, self._owner, bad)
 
     @staticmethod
@@ -67,7 +77,7 @@ class GradNorm:
     def __call__(self, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
         loss-scaled gradients cannot overflow float32 inside the norm."""
-        grads = [_local(p.grad.detach()) if p.grad is not None else None for p in self.params]
+        grads = [None if p.grad is None else _local(p.grad) for p in self.params]  # no_grad
         if scale is not None:
             present = [g for g in grads if g is not None]
             if present:
@@ -76,7 +86,9 @@ class GradNorm:
         return self.measure(grads)
 
 
-def _local(t: torch.Tensor | None) -> torch.Tensor | None:
+def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (FSDP2, tensor parallel): measured without a collective;
     ``resdoctor.distributed`` combines the shards' norms when it merges the ranks' runs."""
-    return t.to_local() if t is not None and hasattr(t, "to_local") else t
+    if type(t) is torch.Tensor or type(t) is nn.Parameter:  # the usual case, without hasattr
+        return t
+    return t.to_local() if hasattr(t, "to_local") else t

@@ -38,13 +38,24 @@ class Smoothing:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(similarity, energy)`` as 0-d tensors on x's device, or None for unsupported shapes."""
         pos = self.positions(x)
-        if pos is None:
+        return None if pos is None else self.measure(pos)
+
+    def of_sum(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The same for ``a + b`` without materialising the sum: sampling positions is linear."""
+        pa, pb = self.positions(a), self.positions(b)
+        if pa is None or pb is None or pa.shape != pb.shape:
             return None
+        return self.measure(pa + pb)
+
+    @staticmethod
+    def measure(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(similarity, energy)`` of positions ``[n, d]``. The pairwise mean cosine comes from
+        ``sum_ij <u_i, u_j> = ||sum_i u_i||^2`` (no Gram matrix), minus the diagonal."""
         n = pos.shape[0]
-        unit = torch.nn.functional.normalize(pos, dim=1)
-        gram = unit @ unit.T
-        similarity = (gram.sum() - gram.diagonal().sum()) / (n * (n - 1))
-        sq = pos.pow(2).sum(1)  # [n]
-        spread = (pos - pos.mean(0, keepdim=True)).pow(2).sum(1).mean()
-        energy = spread / sq.mean().clamp_min(1e-30)
+        sq = (pos * pos).sum(1)  # [n] squared lengths
+        unit = pos * sq.clamp_min(1e-24).rsqrt().unsqueeze(1)  # F.normalize's eps=1e-12
+        total = unit.sum(0)
+        similarity = (total.dot(total) - (unit * unit).sum()) / (n * (n - 1))
+        centred = pos - pos.mean(0, keepdim=True)
+        energy = (centred * centred).sum() / sq.sum().clamp_min(1e-30)
         return similarity, energy

@@ -16,22 +16,23 @@ class UpdateRatio:
     def __init__(self, grouping: GradNorm) -> None:
         self.grouping = grouping
         self._before: list[torch.Tensor] | None = None
+        self._old_norm = torch.zeros(0)
 
     def before(self) -> None:
         with torch.no_grad():
-            self._before = list(torch._foreach_mul([p.detach() for p in self.grouping.params],
-                                                   1.0))
+            params = self.grouping.local_params()
+            self._before = list(torch._foreach_mul(params, 1.0))
+            self._old_norm = self.grouping.norms(params)
 
     def after(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(param_norm [M], non-finite parameter count [M], update_ratio [M] or None when
         no snapshot was taken)``."""
-        params = [p.detach() for p in self.grouping.params]
+        params = self.grouping.local_params()
         with torch.no_grad():
             norm, bad = self.grouping.measure(list(params))
             if self._before is None:
                 return norm, bad, None
             before, self._before = self._before, None
-            old_norm = self.grouping.norms(list(before))
             torch._foreach_sub_(before, params)
-            delta = self.grouping.norms(list(before))
-            return norm, bad, delta / old_norm.clamp_min(1e-12)
+            delta = self.grouping.norms(before)
+            return norm, bad, delta / self._old_norm.clamp_min(1e-12)

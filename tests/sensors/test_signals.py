@@ -10,6 +10,7 @@ from torch import nn
 
 import resdoctor
 from resdoctor.models import ResidualMLP
+from resdoctor.models.mlp import MLPBlock
 
 
 class ProjBlock(nn.Module):
@@ -139,6 +140,45 @@ def test_projection_site_grad_share_against_separate_paths(tmp_path):
     assert at_step1(run, "grad_branch_share")["block"] == pytest.approx(expected, rel=1e-4)
     assert at_step1(run, "branch_ratio")["block"] == pytest.approx(
         float(branch.norm() / skip.norm()), rel=1e-5)
+
+
+class AuxNet(nn.Module):
+    """The block's input also feeds an auxiliary head: x receives gradient from outside the
+    site, which belongs to neither its skip nor its branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 16)
+        self.block = MLPBlock(16)
+        self.aux = nn.Linear(16, 1)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.head(self.block(h)) + 3 * self.aux(h)
+
+
+def test_grad_share_ignores_gradient_from_outside_the_site(tmp_path):
+    torch.manual_seed(3)
+    x, y = torch.randn(8, 16), torch.randn(8, 1)
+    run, ref = record_two_steps(AuxNet(), x, y, tmp_path / "a.pt")
+    assert "block" in run.sites.name.tolist()
+    h = torch.tanh(ref.inp(x))
+    branch = ref.block.branch(h)
+    out = h + branch
+    loss = F.mse_loss(ref.head(out) + 3 * ref.aux(h), y)
+    (g_out,) = torch.autograd.grad(loss, [out], retain_graph=True)
+    (g_branch,) = torch.autograd.grad(branch, [h], g_out)
+    expected = float(g_branch.norm() / (g_branch.norm() + g_out.norm()))
+    assert at_step1(run, "grad_branch_share")["block"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_smoothing_of_a_sum_equals_smoothing_of_its_operands():
+    from resdoctor.sensors import Smoothing
+
+    a, b = torch.randn(2, 40, 8), torch.randn(2, 40, 8)
+    for got, want in zip(Smoothing(16).of_sum(a, b), Smoothing(16)(a + b), strict=True):
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
 
 
 def test_smoothing_measures_collapse():
