@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     args.configs = ["plain"] + [c for c in names if c != "plain"]
+    for c in args.configs:
+        if c.split(":")[0] not in CONFIGS:
+            p.error(f"unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
+    for m in args.models:
+        if m not in WORKLOADS:
+            p.error(f"unknown model {m!r}; choose from {', '.join(WORKLOADS)}")
     return args
 
 
@@ -147,6 +153,20 @@ def _round_ratios(rs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str,
             for r, p in zip(rs, ref, strict=True)]
 
 
+def _pooled(rs: list[dict[str, Any]], draws: int = 2000) -> dict[str, Any]:
+    """Every paired step of every round pooled: the median step ratio and a 95% bootstrap
+    interval for it, i.e. how precisely this machine's noise let the ratio be measured."""
+    import numpy as np
+
+    steps = np.array([a / b for r in rs for a, b in zip(r["times"], r["twin_times"],
+                                                         strict=True)])
+    rng = np.random.default_rng(0)
+    boot = np.median(rng.choice(steps, (draws, len(steps))), axis=1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"step_ratio": float(np.median(steps)), "step_ratio_ci95": [float(lo), float(hi)],
+            "step_ratios": [float(x) for x in steps]}
+
+
 def summarize(rounds: dict[str, list[dict[str, Any]]], paired: bool = True) -> dict[str, Any]:
     """Per configuration: median step time and the median over rounds of the ratio to plain,
     by wall clock (the result) and by process CPU time (steadier on a loaded machine). Paired,
@@ -158,6 +178,7 @@ def summarize(rounds: dict[str, list[dict[str, Any]]], paired: bool = True) -> d
         out[name] = {
             "title": TITLES.get(name, name),
             "median_step_ms": 1e3 * statistics.median(t for r in rs for t in r["times"]),
+            **(_pooled(rs) if paired else {}),
             "ratio": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
@@ -188,6 +209,13 @@ def table(results: dict[str, Any], configs: list[str]) -> str:
                 row.append("-" if r is None else
                            f"{r[key]:.3f}x ({r[key + '_min']:.2f}-{r[key + '_max']:.2f})")
             rows.append(row)
+        row = [model, "steps", "95% CI"]
+        for c in head[3:]:
+            r = res.get(c, {})
+            ci = r.get("step_ratio_ci95")
+            row.append("-" if ci is None else
+                       f"{r['step_ratio']:.3f}x ({ci[0]:.2f}-{ci[1]:.2f})")
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
@@ -200,6 +228,18 @@ def check_targets(results: dict[str, Any], device: str) -> list[str]:
             if name in res and res[name]["ratio"] > limit:
                 misses.append(f"{model}: {name} {res[name]['ratio']:.3f}x > {limit:.2f}x")
     return misses
+
+
+def unresolved(results: dict[str, Any], device: str) -> list[str]:
+    """Targets whose 95% interval straddles the limit: this run's noise cannot decide them."""
+    notes = []
+    for model, res in results.items():
+        for name, limit in TARGETS[device].items():
+            lo, hi = res.get(name, {}).get("step_ratio_ci95", (0.0, 0.0))
+            if lo <= limit < hi:
+                notes.append(f"{model}: {name} 95% interval {lo:.3f}-{hi:.3f}x contains "
+                             f"{limit:.2f}x; rerun on a quieter machine or with more rounds")
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     report["misses"] = check_targets(report["models"], args.device)
     for miss in report["misses"]:
         print("target missed:", miss)
+    report["unresolved"] = unresolved(report["models"], args.device)
+    for note in report["unresolved"]:
+        print("not resolved:", note)
     for model, census in report.get("sync_census", {}).items():
         print(f"{model}: host syncs per step", json.dumps(census["syncs_per_step"]))
     if args.out:

@@ -27,7 +27,8 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def overhead(report: dict[str, Any]) -> str:
     """The ratio table: one row per model and clock, plain's ms/step, then each ratio (median
-    over rounds, with the range over rounds)."""
+    over rounds, with the range over rounds); then the median over all paired steps with its
+    95% bootstrap interval (how precisely the machine's noise allowed measuring it)."""
     cols = [c for c in COLUMNS if any(c in r for r in report["models"].values())]
     if report["settings"].get("unpaired"):
         cols.remove("plain")  # unpaired, plain is the reference: always 1.00x
@@ -40,6 +41,11 @@ def overhead(report: dict[str, Any]) -> str:
                      if c in res else "-" for c in cols]
             lines.append(f"| {report['titles'].get(model, model)} | {clock} | "
                          f"{res['plain'][ms]:.0f} | " + " | ".join(cells) + " |")
+        if all("step_ratio_ci95" in res[c] for c in cols):
+            cells = [f"{res[c]['step_ratio']:.3f}x ({res[c]['step_ratio_ci95'][0]:.3f}-"
+                     f"{res[c]['step_ratio_ci95'][1]:.3f})" for c in cols]
+            lines.append(f"| {report['titles'].get(model, model)} | wall, all steps pooled "
+                         f"(95% CI) | | " + " | ".join(cells) + " |")
     s = report["settings"]
     paired = "" if s.get("unpaired") else ", each paired with a step of a plain twin model"
     lines += ["", f"Command: `{report['command'].strip()}` ({s['rounds']} rounds x "

@@ -44,6 +44,14 @@ def test_every_configuration_tears_down_completely(tmp_path: Path) -> None:
         assert hook_census(work.model, work.optimizer) == before, name
 
 
+def test_a_target_is_unresolved_when_its_interval_contains_it() -> None:
+    res = {"m": {"resdoctor": {"ratio": 1.04, "step_ratio_ci95": [1.03, 1.06]},
+                 "resdoctor-all": {"ratio": 1.05, "step_ratio_ci95": [1.04, 1.07]}}}
+    assert overhead.check_targets(res, "cpu") == []
+    [note] = overhead.unresolved(res, "cpu")
+    assert note.startswith("m: resdoctor 95% interval 1.030-1.060x contains 1.05x")
+
+
 def test_ratios_paired_with_the_twin_or_against_plain_rounds() -> None:
     def round_(times: list[float], twin: list[float]) -> dict:
         return {"times": times, "cpu_times": times, "twin_times": twin, "twin_cpu_times": twin,
@@ -53,6 +61,10 @@ def test_ratios_paired_with_the_twin_or_against_plain_rounds() -> None:
               "x": [round_([1.5, 1.5], [1.0, 1.0]), round_([2.2, 2.2], [2.0, 2.0])]}
     paired = overhead.summarize(rounds, paired=True)
     assert paired["x"]["round_ratios"] == pytest.approx([1.5, 1.1])
+    assert paired["x"]["step_ratios"] == pytest.approx([1.5, 1.5, 1.1, 1.1])
+    lo, hi = paired["x"]["step_ratio_ci95"]
+    assert 1.1 <= lo <= paired["x"]["step_ratio"] <= hi <= 1.5
+    assert paired["plain"]["step_ratio_ci95"] == pytest.approx([1.0, 1.0])
     unpaired = overhead.summarize(rounds, paired=False)
     assert unpaired["x"]["round_ratios"] == pytest.approx([1.5, 1.1])
     assert unpaired["plain"]["ratio"] == 1.0
