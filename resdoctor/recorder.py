@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -445,20 +446,19 @@ class Recorder:
             scale = None
         with torch.no_grad():
             # with accumulation, the last backward of the step holds the accumulated gradient
-            norms, bad = self.grads(scale)
-            self.seg.vectors["grad_norm"] = norms
-            self.seg.vectors["grad_bad"] = bad
+            raw = self.grads(scale)
+        if raw is not None:
+            self.seg.vectors["grad_l2"], self.seg.vectors["grad_max"] = raw
+        else:
+            self.seg.vectors.pop("grad_l2", None)
+            self.seg.vectors.pop("grad_max", None)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _due(self.options.update_every, self._step):
             self.updates.before()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        param_norm, bad, ratio = self.updates.after()
-        self.seg.vectors["param_norm"] = param_norm
-        self.seg.vectors["param_bad"] = bad
-        if ratio is not None:
-            self.seg.vectors["update_ratio"] = ratio
+        self.seg.vectors.update(self.updates.after())
         lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
         if isinstance(lr, (int, float)):
             self.seg.scalars.setdefault("lr", float(lr))
@@ -491,7 +491,23 @@ class Recorder:
 
     def drain(self, wait: bool = False) -> None:
         for meta, flat, layout in self.transfer.ready(wait):
-            self.journal.consume(meta, unpack(flat, layout, DECODE), self.rank)
+            blocks = unpack(flat, layout, DECODE)
+            blocks["vec"] = self._fold(blocks["vec"])
+            self.journal.consume(meta, blocks, self.rank)
+
+    def _fold(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Per-parameter vectors -> the journal's per-module ones (host side of GradNorm)."""
+        grads = self.grads
+        out = {k: v for k, v in raw.items() if not k.startswith(("grad_", "param_", "update_"))}
+        for kind in ("grad", "param"):
+            l2, top = raw.get(f"{kind}_l2"), raw.get(f"{kind}_max")
+            if l2 is not None and top is not None:
+                out[f"{kind}_norm"] = grads.fold(l2)
+                out[f"{kind}_bad"] = grads.bad(l2, top)
+        if "update_l2" in raw and "update_old_l2" in raw:
+            out["update_ratio"] = (grads.fold(raw["update_l2"])
+                                   / np.maximum(grads.fold(raw["update_old_l2"]), 1e-12))
+        return out
 
     def _maybe_flush(self) -> None:
         steps, when = self._last_flush

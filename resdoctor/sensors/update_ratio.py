@@ -10,29 +10,34 @@ from resdoctor.sensors.grad_norm import GradNorm
 class UpdateRatio:
     """Snapshot the parameters before ``optimizer.step()``; compare after it.
 
-    The snapshot is one fused copy of the parameters, taken only on sampled steps.
+    The snapshot is one fused copy of the parameters, taken only on sampled steps. Results are
+    per parameter (device); ``GradNorm.fold`` combines them into modules on the host.
     """
 
     def __init__(self, grouping: GradNorm) -> None:
         self.grouping = grouping
         self._before: list[torch.Tensor] | None = None
-        self._old_norm = torch.zeros(0)
+        self._old = torch.zeros(0)
 
     def before(self) -> None:
         with torch.no_grad():
             params = self.grouping.local_params()
-            self._before = list(torch._foreach_mul(params, 1.0))
-            self._old_norm = self.grouping.norms(params)
+            if params:
+                self._before = list(torch._foreach_mul(params, 1.0))
+                self._old = self.grouping.norms(params)
 
-    def after(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(param_norm [M], non-finite parameter count [M], update_ratio [M] or None when
-        no snapshot was taken)``."""
+    def after(self) -> dict[str, torch.Tensor]:
+        """Per-parameter vectors: ``param_l2`` and ``param_max`` every step; ``update_l2`` and
+        ``update_old_l2`` (||w_after - w_before||, ||w_before||) after a snapshot."""
         params = self.grouping.local_params()
+        out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            norm, bad = self.grouping.measure(list(params))
-            if self._before is None:
-                return norm, bad, None
-            before, self._before = self._before, None
-            torch._foreach_sub_(before, params)
-            delta = self.grouping.norms(before)
-            return norm, bad, delta / self._old_norm.clamp_min(1e-12)
+            raw = self.grouping.raw(list(params))
+            if raw is not None:
+                out["param_l2"], out["param_max"] = raw
+            if self._before is not None:
+                before, self._before = self._before, None
+                torch._foreach_sub_(before, params)
+                out["update_l2"] = self.grouping.norms(before)
+                out["update_old_l2"] = self._old
+        return out
