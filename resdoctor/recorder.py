@@ -500,10 +500,10 @@ class Recorder:
         grads = self.grads
         out = {k: v for k, v in raw.items() if not k.startswith(("grad_", "param_", "update_"))}
         for kind in ("grad", "param"):
-            l2, top = raw.get(f"{kind}_l2"), raw.get(f"{kind}_max")
-            if l2 is not None and top is not None:
-                out[f"{kind}_norm"] = grads.fold(l2)
-                out[f"{kind}_bad"] = grads.bad(l2, top)
+            if f"{kind}_l2" in raw:
+                out[f"{kind}_norm"] = grads.fold(raw[f"{kind}_l2"])
+            if f"{kind}_max" in raw:
+                out[f"{kind}_bad"] = grads.bad(raw[f"{kind}_max"])
         if "update_l2" in raw and "update_old_l2" in raw:
             out["update_ratio"] = (grads.fold(raw["update_l2"])
                                    / np.maximum(grads.fold(raw["update_old_l2"]), 1e-12))

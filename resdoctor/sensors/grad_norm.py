@@ -22,8 +22,21 @@ class GradNorm:
     """
 
     def __init__(self, groups: list[list[nn.Parameter]]) -> None:
-        self.params = [p for group in groups for p in group]
-        self.owner = np.array([i for i, group in enumerate(groups) for _ in group], np.int64)
+        # a tied parameter (GPT-2's embedding and output head) is listed by both modules but
+        # measured once: `params` are unique, (owner[j], index[j]) says module owner[j] has
+        # parameter index[j]
+        first: dict[int, int] = {}
+        self.params: list[nn.Parameter] = []
+        owner, index = [], []
+        for m, group in enumerate(groups):
+            for p in group:
+                if id(p) not in first:
+                    first[id(p)] = len(self.params)
+                    self.params.append(p)
+                owner.append(m)
+                index.append(first[id(p)])
+        self.owner = np.array(owner, np.int64)
+        self.index = np.array(index, np.int64)
         self.modules = len(groups)
 
     def local_params(self) -> list[torch.Tensor]:
@@ -34,9 +47,9 @@ class GradNorm:
         """Per parameter on the device: ``([P] L2 norms in float32, [P] max)``; absent or empty
         tensors read 0. None when no tensor is present.
 
-        The L2 norm alone cannot tell overflow from Inf (a finite tensor with norm > 1.8e19
-        squares past float32), so ``fold`` calls a parameter non-finite when its norm is NaN or
-        its max is not finite: exact except for a tensor whose only non-finite values are -inf.
+        The L2 norm cannot tell overflow from Inf (a finite tensor with norm > 1.8e19 squares
+        past float32), so ``bad`` reads the max: NaN propagates through it and +inf shows, so it
+        is exact except for a tensor whose only non-finite values are -inf.
         """
         tensors = [None if t is None else _local(t) for t in tensors]
         present = [t for t in tensors if t is not None and t.numel()]
@@ -46,6 +59,13 @@ class GradNorm:
         top = _stack(tensors, torch._foreach_max(present))
         return l2, top
 
+    def maxima(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        """``[P]`` max per tensor on the device (one fused pass): enough for ``bad``."""
+        present = [t for t in tensors if t.numel()]
+        if not present:
+            return None
+        return _stack(list(tensors), torch._foreach_max(present))
+
     def norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """``[P]`` float32 L2 norms of per-parameter tensors (all present), on the device."""
         return torch.stack(torch._foreach_norm(tensors))
@@ -53,13 +73,13 @@ class GradNorm:
     def fold(self, l2: np.ndarray) -> np.ndarray:
         """Host: per-parameter norms -> ``[M]`` per-module norms. Squares and sums in float64,
         so per-parameter norms up to float32's range combine without overflow."""
-        return np.sqrt(np.bincount(self.owner, l2.astype(np.float64) ** 2, self.modules))
+        squares = l2.astype(np.float64)[self.index] ** 2
+        return np.sqrt(np.bincount(self.owner, squares, self.modules))
 
-    def bad(self, l2: np.ndarray, top: np.ndarray) -> np.ndarray:
-        """Host: ``[M]`` count of parameters holding NaN/Inf, per module."""
-        with np.errstate(invalid="ignore"):
-            flags = np.isnan(l2) | ~np.isfinite(top)
-        return np.bincount(self.owner, flags.astype(np.float64), self.modules)
+    def bad(self, top: np.ndarray) -> np.ndarray:
+        """Host: ``[M]`` count of parameters holding NaN/Inf, per module, from their maxima."""
+        flags = ~np.isfinite(top)
+        return np.bincount(self.owner, flags.astype(np.float64)[self.index], self.modules)
 
     def __call__(self, scale: torch.Tensor | None = None) -> tuple[torch.Tensor,
                                                                     torch.Tensor] | None:

@@ -207,3 +207,32 @@ def test_logged_tensor_scalars_and_floats(tmp_path):
     assert s["loss"].tolist() == [0.0, 1.0, 2.0]
     assert s["lr"].tolist() == pytest.approx([0.0, 0.1, 0.2])
     assert s["accuracy"].tolist() == [0.5] * 3
+
+
+def test_tied_weights_are_measured_once_and_reported_for_both_modules(tmp_path):
+    class TiedLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.mid = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight  # as GPT-2 ties wte and lm_head
+
+        def forward(self, ids):
+            return self.head(torch.tanh(self.mid(self.emb(ids))))
+
+    torch.manual_seed(4)
+    model, ids = TiedLM(), torch.randint(0, 10, (4, 5))
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    with resdoctor.watch(model, opt, tmp_path / "t.pt", update_every=1) as doctor:
+        opt.zero_grad()
+        F.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
+        expected = float(model.emb.weight.grad.norm())
+        opt.step()
+        doctor.log()
+        assert len(doctor.recorder.grads.params) == 3  # emb/head weight once, mid weight, bias
+    grads = resdoctor.load(tmp_path / "t.pt").series("grad_norm").loc[0]
+    assert grads["emb"] == pytest.approx(expected, rel=1e-6)
+    assert grads["head"] == pytest.approx(expected, rel=1e-6)
+    ratios = resdoctor.load(tmp_path / "t.pt").series("update_ratio").loc[0]
+    assert ratios["emb"] == pytest.approx(ratios["head"], rel=1e-12) and ratios["emb"] > 0
