@@ -21,9 +21,10 @@ from resdoctor.models import PreActResNet, ResidualMLP, ResNet, TinyTransformer
 def sick_mlp() -> nn.Module:
     """A residual MLP whose block 1 is dead (scale 0) and block 2's branch is 50x too strong."""
     model = ResidualMLP(d_in=8, dim=16, depth=4, d_out=3)
-    model.blocks[1].scale = 0.0
+    blocks: Any = model.blocks
+    blocks[1].scale = 0.0
     with torch.no_grad():
-        model.blocks[2].branch[3].weight.mul_(50)
+        blocks[2].branch[3].weight.mul_(50)
     return model
 
 

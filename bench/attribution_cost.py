@@ -46,7 +46,8 @@ def probe(work: Workload, samples: int, quick: bool, device: torch.device) -> An
     if work.name == "resnet":
         size = 16 if quick else 32
         return torch.randn(samples, 3, size, size, device=device)  # [S, 3, H, W]
-    cfg = work.model.config
+    model: Any = work.model  # a transformers model: its config sizes the batch
+    cfg = model.config
     ids = torch.randint(0, cfg.vocab_size, (samples, cfg.n_positions), device=device)  # [S, T]
     return {"input_ids": ids}
 
@@ -67,9 +68,11 @@ def measure(work: Workload, args: argparse.Namespace, device: torch.device) -> d
     args_, kwargs = ((), batch) if isinstance(batch, dict) else ((batch,), {})
     sites = resdoctor.discover(work.model, *args_, **kwargs)
     calls: dict[str, Callable[[], Any]] = {"step": work.step}
+    def attribution(method: str) -> Callable[[], Any]:
+        return lambda: resdoctor.attribute(work.model, batch, sites=sites, method=method)
+
     for method in METHODS:
-        calls[method] = (lambda m=method: resdoctor.attribute(work.model, batch, sites=sites,
-                                                              method=m))
+        calls[method] = attribution(method)
     for fn in calls.values():  # warm-up: allocator, captum imports, first-call paths
         fn()
     times: dict[str, list[float]] = {name: [] for name in calls}
