@@ -36,7 +36,7 @@ class Segment:
     pool: list[torch.Tensor] = field(default_factory=list)
     rows: dict[str, tuple[list[int], list[tuple[int, ...]]]] = field(default_factory=dict)
     groups: dict[str, tuple[list[int], list[torch.Tensor]]] = field(default_factory=dict)
-    vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_norm, param_norm, ...
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_l2, param_max, ...
     scalars: dict[str, float] = field(default_factory=dict)
     tensor_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
     forwards: int = 0
@@ -72,10 +72,9 @@ class Segment:
             pool = [p if p.device == device else p.to(device) for p in self.pool]
             parts.append(torch.stack(pool).float())  # stack promotes mixed dtypes
             layout.append(("pool", None, len(pool)))
-        if self.rows:
-            for kind, (idx, rows) in self.rows.items():
-                layout.append(("rows", (kind, np.asarray(idx, dtype=np.int64),
-                                        np.asarray(rows, dtype=np.int64)), 0))
+        for kind, (idx, rows) in self.rows.items():  # gathered from the pool on the host
+            layout.append(("rows", (kind, np.asarray(idx, dtype=np.int64),
+                                    np.asarray(rows, dtype=np.int64)), 0))
         for kind, (idx, values) in self.groups.items():
             parts.append(torch.cat(values).float())
             layout.append((kind, np.asarray(idx, dtype=np.int64), values[0].numel()))

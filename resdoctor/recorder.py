@@ -72,8 +72,8 @@ class Recorder:
         self._tracer: Tracer | None = None
         self._plans: dict[str, _Plan] = {}
         self._forward_id = 0
-        self._extrema_cache: dict[int, tuple[weakref.ref, int, tuple[int, int]]] = {}
-        self._ss_cache: dict[int, tuple[weakref.ref, int, int]] = {}
+        self._extrema_cache: dict[int, tuple[Any, int, Any]] = {}  # see _once
+        self._ss_cache: dict[int, tuple[Any, int, Any]] = {}
         self._pending: dict[int, dict[str, Any]] = {}
         self._backward_queued = False
         self._in_forward = 0
@@ -183,9 +183,7 @@ class Recorder:
 
     def _live(self, plan: _Plan) -> bool:
         """Inside a recorded forward; the plan's per-forward state is reset on first use."""
-        if not self._in_forward or self.closed:
-            return False
-        if not (torch.is_grad_enabled() or self.options.record_eval):
+        if not self._in_forward or not self._recording():
             return False
         if plan.forward_id != self._forward_id:
             plan.forward_id = self._forward_id
@@ -195,28 +193,24 @@ class Recorder:
 
     def _pre_hook(self, plan: _Plan) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
-            if not self._live(plan):
-                return
-            if self._tracer is not None:  # the discovery forward: measure outside the trace
-                with self._tracer.paused():
-                    self._before(plan, args, kwargs)
-            else:
-                self._before(plan, args, kwargs)
+            if self._live(plan):
+                self._untraced(self._before, plan, args, kwargs)
         return hook
 
     def _post_hook(self, plan: _Plan) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             # the root's own hook runs after _end_forward: the forward id still matches
-            if plan.forward_id != self._forward_id or self.closed:
-                return
-            if not (torch.is_grad_enabled() or self.options.record_eval):
-                return
-            if self._tracer is not None:
-                with self._tracer.paused():
-                    self._after(plan, args, kwargs, output)
-            else:
-                self._after(plan, args, kwargs, output)
+            if plan.forward_id == self._forward_id and self._recording():
+                self._untraced(self._after, plan, args, kwargs, output)
         return hook
+
+    def _untraced(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a measurement; during the discovery forward, outside the trace."""
+        if self._tracer is None:
+            fn(*args)
+            return
+        with self._tracer.paused():
+            fn(*args)
 
     def _before(self, plan: _Plan, args: Any, kwargs: Any) -> None:
         plan.calls += 1
@@ -261,26 +255,16 @@ class Recorder:
         return self.seg.put(lo), self.seg.put(hi)
 
     def _extremum(self, t: torch.Tensor) -> tuple[int, int] | None:
-        key, version = id(t), _version(t)
-        entry = self._extrema_cache.get(key)
-        if entry is not None and entry[1] == version and entry[0]() is t:
-            return entry[2]
-        if not t.is_floating_point() or not t.numel():
-            return None
-        lo, hi = extrema(t)
-        slots = (self.seg.put(lo), self.seg.put(hi))
-        self._extrema_cache[key] = (weakref.ref(t), version, slots)
-        return slots
+        def measure(t: torch.Tensor) -> tuple[int, int] | None:
+            if not t.is_floating_point() or not t.numel():
+                return None
+            lo, hi = extrema(t)
+            return self.seg.put(lo), self.seg.put(hi)
+        return _once(self._extrema_cache, t, measure)
 
     def _sum_squares(self, t: torch.Tensor) -> int:
-        """Pool slot of ``||t||^2`` (site magnitudes), once per tensor version per forward."""
-        key, version = id(t), _version(t)
-        entry = self._ss_cache.get(key)
-        if entry is not None and entry[1] == version and entry[0]() is t:
-            return entry[2]
-        slot = self.seg.put(sum_squares(t))
-        self._ss_cache[key] = (weakref.ref(t), version, slot)
-        return slot
+        """Pool slot of ``||t||^2`` (site magnitudes)."""
+        return _once(self._ss_cache, t, lambda t: self.seg.put(sum_squares(t)))
 
     def _check_input_grads(self, index: int, args: Any, kwargs: Any) -> None:
         def on_grad(g: torch.Tensor) -> None:
@@ -384,7 +368,8 @@ class Recorder:
         shortcut) that consume x; an identity skip passes the sum's gradient on unchanged."""
         identity = site.kind == "identity" and site.source == site.skip
         x_fn = p.get("skip_fn") if identity else p.get("source_fn")
-        branch_fn = p.get("branch_fn")
+        skip_fn = x_fn if identity else p.get("skip_fn")
+        branch_fn = p.get("branch_fn") or _other_operand(p.get("result_fn"), skip_fn)
         if x_fn is None or branch_fn is None:
             return
         branch_nodes = _consumers(branch_fn, x_fn)
@@ -405,7 +390,7 @@ class Recorder:
                 return
             carrier.register_hook(self._guard("backward", arrived("skip")))
         else:
-            skip_nodes = _consumers(p.get("skip_fn"), x_fn)
+            skip_nodes = _consumers(skip_fn, x_fn)
             if not skip_nodes:
                 return
             self._sum_grads(skip_nodes, arrived("skip"))
@@ -552,6 +537,19 @@ class _Plan:
         self.inputs: list[tuple[int, int] | None] = []  # input extrema slots, one per open call
 
 
+def _once(cache: dict[int, tuple[Any, int, Any]], t: torch.Tensor,
+          measure: Callable[[torch.Tensor], Any]) -> Any:
+    """``measure(t)`` at most once per tensor version per forward: the cache is keyed by id and
+    version and holds a weak reference, so it keeps no activation alive."""
+    key, version = id(t), _version(t)
+    entry = cache.get(key)
+    if entry is not None and entry[1] == version and entry[0]() is t:
+        return entry[2]
+    value = measure(t)
+    cache[key] = (weakref.ref(t), version, value)
+    return value
+
+
 def _inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
     """The tensors among a module's inputs (fast path for the usual single tensor)."""
     if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
@@ -603,6 +601,15 @@ def _consumers(start: Any, target: Any, limit: int = 512) -> list[tuple[Any, int
             elif nxt is not None:
                 todo.append(nxt)
     return found
+
+
+def _other_operand(sum_fn: Any, skip_fn: Any) -> Any:
+    """The branch's autograd node from the sum's: a branch that is no module's output (such as
+    ``x + scale * h``) is the operand of the addition that is not the skip."""
+    if sum_fn is None or skip_fn is None:
+        return None
+    others = [f for f, _ in sum_fn.next_functions if f is not None and f is not skip_fn]
+    return others[0] if len(others) == 1 else None
 
 
 def _due(every: int, step: int) -> bool:

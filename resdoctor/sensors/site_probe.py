@@ -38,11 +38,6 @@ def extrema(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.aminmax(x.detach())
 
 
-def rms(x: torch.Tensor) -> torch.Tensor:
-    """Root mean square in float32 (0-d)."""
-    return sum_squares(x).sqrt() / max(x.numel(), 1) ** 0.5
-
-
 def decode_site(v: np.ndarray) -> np.ndarray:
     """Rows ``[skip ss, branch ss, sum ss, <skip, branch>, n_skip, n_branch, n_sum]`` (ss: sum of
     squares; n_sum = 0 when the sum was not tapped) -> ``[skip, branch, stream]`` RMS."""

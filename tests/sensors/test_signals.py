@@ -236,3 +236,32 @@ def test_tied_weights_are_measured_once_and_reported_for_both_modules(tmp_path):
     assert grads["head"] == pytest.approx(expected, rel=1e-6)
     ratios = resdoctor.load(tmp_path / "t.pt").series("update_ratio").loc[0]
     assert ratios["emb"] == pytest.approx(ratios["head"], rel=1e-12) and ratios["emb"] > 0
+
+
+class ScaledNet(nn.Module):
+    """``x + 0.5 * branch(x)``: the branch operand is no module's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 16)
+        self.block = MLPBlock(16, scale=0.5)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(self.block(torch.tanh(self.inp(x))))
+
+
+def test_grad_share_of_a_branch_that_is_no_module_output(tmp_path):
+    torch.manual_seed(5)
+    x, y = torch.randn(8, 16), torch.randn(8, 1)
+    run, ref = record_two_steps(ScaledNet(), x, y, tmp_path / "s.pt")
+    h = torch.tanh(ref.inp(x))
+    branch = 0.5 * ref.block.branch(h)
+    out = h + branch
+    loss = F.mse_loss(ref.head(out), y)
+    (g_out,) = torch.autograd.grad(loss, [out], retain_graph=True)
+    (g_branch,) = torch.autograd.grad(branch, [h], g_out)
+    expected = float(g_branch.norm() / (g_branch.norm() + g_out.norm()))
+    assert at_step1(run, "grad_branch_share")["block"] == pytest.approx(expected, rel=1e-4)
+    assert at_step1(run, "branch_ratio")["block"] == pytest.approx(
+        float(branch.norm() / h.norm()), rel=1e-5)
