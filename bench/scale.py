@@ -131,13 +131,13 @@ class Synthetic:
         if nan:  # at the onset only the NaN module's output and what follows it are NaN
             fwd[self._after | (not onset), :2] = math.nan
             fwd[self._from | (not onset), 2:] = math.nan
-        for k, m in enumerate(self.checked):
-            seg.add(("fwd", m), fwd[k])
+        for k, m in enumerate(self.checked):  # one pooled 0-d result per value, as hooks do
+            seg.add_row("fwd", m, tuple(map(seg.put, fwd[k].unbind())))
         for kind in ("site", "smooth", "gshare"):
             if v[kind] is not None:
                 block = torch.from_numpy(v[kind])
                 for i in range(self.shape.blocks):
-                    seg.add((kind, i), block[i])
+                    seg.add_row(kind, i, tuple(map(seg.put, block[i].reshape(-1).unbind())))
         for name in ("grad_norm", "param_norm", "update_ratio"):
             if v[name] is not None:
                 seg.vectors[name] = torch.from_numpy(v[name])

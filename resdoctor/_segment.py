@@ -1,9 +1,8 @@
 """Segment: what one stretch of training (up to a ``log()`` call) measured, on the device.
 
-Hooks pool 0-d device tensors (rows of slots) or append 1-d ones with a key; ``pack()`` stacks
-and concatenates them into one flat tensor, so a whole step costs one device-to-host transfer;
-``unpack()`` splits it again on the host and gathers the rows. Nothing here synchronises with
-the device.
+Hooks pool 0-d device tensors and record rows of pool slots; ``pack()`` stacks and concatenates
+them into one flat tensor, so a whole step costs one device-to-host transfer; ``unpack()`` splits
+it again on the host and gathers the rows. Nothing here synchronises with the device.
 """
 
 from __future__ import annotations
@@ -15,27 +14,23 @@ from typing import Any
 import numpy as np
 import torch
 
-Key = tuple[str, int]  # (kind, index): ("fwd", module), ("site", site), ("smooth", site), ...
-Layout = list[tuple[Any, Any, int]]  # (kind, index array or name, width)
+Layout = list[tuple[Any, Any, int]]  # (kind, (name, index, slots) or name, width)
 
 
 @dataclass
 class Segment:
     """Device-side measurements of one segment plus the host-side facts about it.
 
-    Two ways in, both grouped by kind ("fwd", "bwd", "site", "smooth", "gshare"), each kind with a
-    fixed width so the host gets one ``[n, width]`` block per kind with its index vector:
-
-    - ``put(t)`` stores a 0-d tensor in the *pool* and returns its slot; ``add_row(kind, i,
-      slots)`` records a row as slots. Hooks use this on the hot path: no per-row stack or cat on
-      the device, one ``stack`` of the whole pool in ``pack()``, the gather happens on the host.
-      Slot -1 reads as 0, ``const(n)`` as n. ``unpack`` can decode a kind's rows on the host.
-    - ``add(key, value)`` appends a 1-d tensor of the kind's width (rarely used kinds).
+    ``put(t)`` stores a 0-d tensor in the *pool* and returns its slot; ``add_row(kind, i, slots)``
+    records a row of kind ("fwd", "bwd", "site", "smooth", "gshare", ...) as slots, each kind
+    with a fixed width, so the host gets one ``[n, width]`` block per kind with its index
+    vector. No per-row stack or cat runs on the device: ``pack()`` stacks the whole pool once
+    and the gather happens on the host. Slot -1 reads as 0, ``const(n)`` as n; ``unpack`` can
+    decode a kind's rows on the host.
     """
 
     pool: list[torch.Tensor] = field(default_factory=list)
     rows: dict[str, tuple[list[int], list[tuple[int, ...]]]] = field(default_factory=dict)
-    groups: dict[str, tuple[list[int], list[torch.Tensor]]] = field(default_factory=dict)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_l2, param_max, ...
     scalars: dict[str, float] = field(default_factory=dict)
     tensor_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -53,14 +48,9 @@ class Segment:
         idx.append(index)
         rows.append(slots)
 
-    def add(self, key: Key, value: torch.Tensor) -> None:
-        idx, values = self.groups.setdefault(key[0], ([], []))
-        idx.append(key[1])
-        values.append(value.reshape(-1))
-
     @property
     def empty(self) -> bool:
-        return not (self.pool or self.rows or self.groups or self.vectors or self.scalars
+        return not (self.pool or self.rows or self.vectors or self.scalars
                     or self.tensor_scalars or self.forwards or self.backwards or self.stepped)
 
     def pack(self) -> tuple[torch.Tensor | None, Layout]:
@@ -75,9 +65,6 @@ class Segment:
         for kind, (idx, rows) in self.rows.items():  # gathered from the pool on the host
             layout.append(("rows", (kind, np.asarray(idx, dtype=np.int64),
                                     np.asarray(rows, dtype=np.int64)), 0))
-        for kind, (idx, values) in self.groups.items():
-            parts.append(torch.cat(values).float())
-            layout.append((kind, np.asarray(idx, dtype=np.int64), values[0].numel()))
         for name, t in self.vectors.items():
             parts.append(t.reshape(-1).float())  # a float64 norm beyond float32 range is inf
             layout.append(("vec", name, parts[-1].numel()))
@@ -118,28 +105,17 @@ def unpack(flat: np.ndarray | None, layout: Layout,
             gathered = pool[np.clip(slots, 0, None)] if len(pool) else np.zeros(slots.shape)
             values = np.where(slots >= 0, gathered,
                               np.where(slots == -1, 0.0, CONST_BASE - slots))
-            _merge(out, name, idx, decode[name](values) if name in decode else values)
+            out[name] = (idx, decode[name](values) if name in decode else values)
             continue
         assert flat is not None
         if kind == "pool":
             pool = flat[offset: offset + width]
             offset += width
-        elif kind in ("vec", "scalar"):
+        else:  # "vec" or "scalar"
             chunk = flat[offset: offset + width]
             out[kind][key] = chunk if kind == "vec" else float(chunk[0])
             offset += width
-        else:
-            n = len(key) * width
-            _merge(out, kind, key, flat[offset: offset + n].reshape(len(key), width))
-            offset += n
     return out
-
-
-def _merge(out: dict[str, Any], kind: str, idx: np.ndarray, values: np.ndarray) -> None:
-    if kind in out:
-        idx = np.concatenate([out[kind][0], idx])
-        values = np.concatenate([out[kind][1], values])
-    out[kind] = (idx, values)
 
 
 class Transfer:
