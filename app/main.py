@@ -1,98 +1,13 @@
-"""resdoctor's visual report: ``streamlit run app/main.py -- RUN [RUN2]``.
+"""Run the report from a source checkout: ``streamlit run app/main.py -- RUN [RUN2]``.
 
-Thin: pick the run(s), load them through the cache, draw the sections. No hooks, no rules here.
+Installed, ``resdoctor app RUN [RUN2]`` starts the same page (``resdoctor/app/main.py``).
 """
-
-from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `app` and a source checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's resdoctor
 
-import streamlit as st  # noqa: E402
-
-from app import data, source, ui  # noqa: E402
-from app.sections import (  # noqa: E402
-    activations,
-    comparison,
-    diagnosis,
-    gradients,
-    header,
-    sites,
-    smoothing,
-    training,
-)
-from resdoctor import RunFileError  # noqa: E402
-
-SECTIONS = {
-    "Diagnosis": diagnosis.render,
-    "Gradient flow": gradients.render,
-    "Residual sites": sites.render,
-    "Activation growth": activations.render,
-    "Over-smoothing": smoothing.render,
-    "Loss & LR": training.render,
-}
-
-
-def main() -> None:
-    st.set_page_config(page_title="resdoctor", page_icon="🩺", layout="wide")
-    choice = source.choose()
-    if choice.problem:
-        st.warning(choice.problem)
-    if not choice.run:
-        _welcome()
-        return
-    a = _open(choice.run, "Run")
-    if choice.refresh:  # also while the file does not exist yet
-        _live(choice.run, a.key if a else None, choice.refresh)
-    if a is None:
-        return
-    b = _open(choice.compare, "Second run") if choice.compare else None
-    ui.guarded("Header", header.render, a)
-    labels = list(SECTIONS) + (["Compare"] if b is not None else [])
-    for label, tab in zip(labels, st.tabs(labels, key="tab", bind="query-params"), strict=True):
-        if tab.open is False:  # lazy: only the open tab computes and sends its charts
-            continue
-        with tab:
-            if label == "Compare":
-                ui.guarded(label, comparison.render, a, b)
-            else:
-                ui.guarded(label, SECTIONS[label], a)
-
-
-def _open(path: str, what: str) -> data.Opened | None:
-    """Load a run, or show one clear line in the page and return None."""
-    try:
-        return data.open_run(path)
-    except RunFileError as e:
-        st.error(f"{what}: {e}")
-    except Exception as e:  # noqa: BLE001 - any reader failure is still bad input here
-        st.error(f"{what}: {path}: could not be read ({type(e).__name__}: {e})")
-    return None
-
-
-def _live(path: str, shown: data.FileKey | None, every: float) -> None:
-    """Poll the file's mtime; rerun the whole page when it changed (cache is keyed on it)."""
-
-    def poll() -> None:
-        key = data.file_key(path)
-        if key is not None and key != shown:
-            st.rerun()
-        st.caption(f"Watching {path} for changes every {every:g} s.")
-
-    st.fragment(poll, run_every=every)()
-
-
-def _welcome() -> None:
-    st.title("resdoctor")
-    st.markdown("Open a run file written by `resdoctor.watch(model, optimizer, path=\"run.pt\")`: "
-                "type its path or upload it in the sidebar, start the app with "
-                "`streamlit run app/main.py -- run.pt [fixed.pt]`, or share a link with "
-                "`?run=/path/run.pt&compare=/path/fixed.pt`.")
-    st.markdown("No run at hand? Record the demo: a small residual network trained for a few "
-                "seconds on CPU with a learning rate that makes it blow up.")
-    source.demo_buttons()
-
+from resdoctor.app.main import main  # noqa: E402
 
 main()

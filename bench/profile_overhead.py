@@ -90,7 +90,7 @@ def direct_cost(work: Workload, name: str, steps: int, tmp: Path) -> dict[str, f
     the duration of the measurement (and restores it). This is the direct cost only: effects on
     the model's own kernels (caches, allocator, garbage collection) are not in it.
     """
-    from resdoctor.recorder import Recorder
+    from resdoctor.recording.recorder import Recorder
 
     spent: defaultdict[str, float] = defaultdict(float)
     original = Recorder._guard

@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from resdoctor._version import __version__
-from resdoctor.discovery import Site, discover
+from resdoctor.recording.discovery import Site, discover
 from resdoctor.findings import Finding, Fix
-from resdoctor.options import Options
-from resdoctor.runfile import RunFileError
-from resdoctor.watcher import Watcher, watch
+from resdoctor.recording.options import Options
+from resdoctor.runfile.io import RunFileError
+from resdoctor.recording.watcher import Watcher, watch
 
 if TYPE_CHECKING:
-    from resdoctor.report import Report
-    from resdoctor.run import Run
+    from resdoctor.report.analysis import Report
+    from resdoctor.runfile.run import Run
 
 __all__ = [
     "Finding",
@@ -40,32 +40,32 @@ __all__ = [
 
 def load(path: Any) -> Run:
     """Load a run file (``weights_only=True``) as a ``Run`` with pandas views of every series."""
-    from resdoctor.run import Run
+    from resdoctor.runfile.run import Run
 
     return Run.load(path)
 
 
 def analyze(run: Any, **kwargs: Any) -> Report:
     """Diagnose a run (a path or a ``Run``): a ``Report`` with ``.verdict`` and ``.findings``."""
-    from resdoctor.report import analyze as _analyze
+    from resdoctor.report.analysis import analyze as _analyze
 
     return _analyze(run, **kwargs)
 
 
 def attribute(model: Any, inputs: Any, target: Any = None, sites: Any = None, **kwargs: Any) -> Any:
     """Per-site share of the output attribution through branch vs skip (needs captum)."""
-    from resdoctor.attribution import attribute as _attribute
+    from resdoctor.attribution.shares import attribute as _attribute
 
     return _attribute(model, inputs, target=target, sites=sites, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
     if name == "Run":
-        from resdoctor.run import Run
+        from resdoctor.runfile.run import Run
 
         return Run
     if name == "Report":
-        from resdoctor.report import Report
+        from resdoctor.report.analysis import Report
 
         return Report
     raise AttributeError(f"module 'resdoctor' has no attribute {name!r}")

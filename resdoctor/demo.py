@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resdoctor.models import ResidualMLP
-from resdoctor.watcher import watch
+from resdoctor.recording.watcher import watch
 
 DEMO_STEPS = 80
 STOP_AFTER_NAN = 5  # consecutive non-finite losses after which training stops
@@ -110,7 +110,7 @@ def apply_fix(recipe: Recipe, fix: Any) -> Recipe:
 
 def top_fix(path: str) -> Any:
     """The first fix of the worst finding of the run at ``path`` that the demo can apply."""
-    from resdoctor.report import analyze
+    from resdoctor.report.analysis import analyze
 
     for finding in analyze(path).findings:
         for fix in finding.fixes:

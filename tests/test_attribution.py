@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import resdoctor
-from resdoctor.attribution import UnknownSiteError
+from resdoctor.attribution.shares import UnknownSiteError
 from resdoctor.models import ResidualMLP, ResNet, TinyTransformer
 
 Ablate = Callable[[], list]  # installs hooks, returns their handles
@@ -369,7 +369,7 @@ def test_watch_rejects_bad_attribution_options(tmp_path):
 
 # -- optional dependency ------------------------------------------------------------------------
 def test_import_resdoctor_does_not_import_captum():
-    code = ("import sys, resdoctor, resdoctor.attribution, resdoctor.attribution_cli; "
+    code = ("import sys, resdoctor, resdoctor.attribution.shares, resdoctor.cli.attribute; "
             "assert 'captum' not in sys.modules, 'captum imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

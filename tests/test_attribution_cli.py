@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 import resdoctor
-from resdoctor import attribution_cli
+from resdoctor.cli import attribute as attribution_cli
 from resdoctor.models import ResNet
 
 KWARGS = {"layers": [1, 1], "widths": [4, 8]}
@@ -135,7 +135,7 @@ def test_bad_input_is_one_line_and_exit_code_2(app, files, tmp_path, case, words
 def test_transformers_class_built_from_its_config(app, tmp_path):
     from transformers import GPT2LMHeadModel
 
-    from resdoctor.attribution_cli import build
+    from resdoctor.cli.attribute import build
 
     config = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 50, "n_positions": 8,
               "bos_token_id": 0, "eos_token_id": 0}

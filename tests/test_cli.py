@@ -12,7 +12,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from resdoctor import cli, runfile
+from resdoctor.cli import main as cli
+from resdoctor.runfile import io as runfile
 from resdoctor.rules.testing import diverging_run, quiet_run
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "resdoctor/schemas/report.schema.json")
@@ -128,7 +129,7 @@ def test_bad_settings_exit_2(files, args):
 
 
 def test_real_subprocess_json_and_malicious_file(files, tmp_path):
-    cmd = [sys.executable, "-m", "resdoctor.cli", "analyze", str(files[0]), "--json"]
+    cmd = [sys.executable, "-m", "resdoctor.cli.main", "analyze", str(files[0]), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     jsonschema.validate(json.loads(out.stdout), SCHEMA)
@@ -161,7 +162,7 @@ def test_wandb_flag_attaches_offline(files, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     # a real process: wandb's in-process singleton would keep an earlier test's directory
-    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli", "analyze", str(files[1]),
+    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli.main", "analyze", str(files[1]),
                            "--json", "--wandb", "--wandb-project", "rd-test"],
                           capture_output=True, text=True, timeout=240, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr

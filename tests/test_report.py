@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import resdoctor
-from resdoctor import runfile
+from resdoctor.runfile import io as runfile
 from resdoctor.findings import Finding
-from resdoctor.report import Report, analyze, plain
+from resdoctor.report.analysis import Report, analyze, plain
 from resdoctor.rules.testing import diverging_run, quiet_run
 
 

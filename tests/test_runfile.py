@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import resdoctor
-from resdoctor import runfile
-from resdoctor.runfile import RunFileError
+from resdoctor.runfile import io as runfile
+from resdoctor.runfile.io import RunFileError
 
 
 def test_run_file_loads_with_weights_only(tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from resdoctor.journal import Journal, SegmentMeta
-from resdoctor.series import Series
+from resdoctor.recording.journal import Journal, SegmentMeta
+from resdoctor.recording.series import Series
 
 
 def test_rows_stay_bounded_and_means_are_exact():

@@ -260,7 +260,7 @@ def test_a_bug_in_discovery_is_recorded_and_training_goes_on(tmp_path):
     def broken(*args, **kwargs):
         raise RuntimeError("tracer bug")
 
-    import resdoctor._trace as trace
+    import resdoctor.recording.trace as trace
 
     original = trace.Tracer._on_add
     trace.Tracer._on_add = broken

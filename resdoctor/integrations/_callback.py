@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from resdoctor.options import Options
+from resdoctor.recording.options import Options
 
 # watch() arguments that are not recording Options
 WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_every")

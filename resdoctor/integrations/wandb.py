@@ -106,8 +106,8 @@ def _diagnose(watcher: Any, at_close: bool = False) -> Any:
     """Diagnose what the watcher has recorded so far (host memory only: no device sync); None
     (error recorded) when the diagnosis itself fails, so alerts can still fall back on events.
     At close under torch.distributed, rank 0 diagnoses the merged run file instead."""
-    from resdoctor.report import analyze
-    from resdoctor.run import Run
+    from resdoctor.report.analysis import analyze
+    from resdoctor.runfile.run import Run
 
     journal = watcher.recorder.journal
     try:

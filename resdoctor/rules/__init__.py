@@ -19,7 +19,7 @@ from resdoctor.rules import _config
 from resdoctor.rules._config import ConfigError, parse_settings, read_config
 from resdoctor.rules._registry import Registry, Rule, registry, rule
 from resdoctor.rules._timeline import annotate, timeline
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 __all__ = [
     "ConfigError", "Registry", "Rule", "parse_settings", "read_config", "registry", "rule",

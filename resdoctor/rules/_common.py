@@ -13,7 +13,7 @@ from resdoctor.fixes._common import sig
 from resdoctor.fixes.arch import NORM_TYPES
 from resdoctor.fixes.optim import TARGET_UPDATE_RATIO, lr_factor_from_updates
 from resdoctor.rules._timeline import Timeline
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 
 def grad_total(run: Run) -> pd.Series:

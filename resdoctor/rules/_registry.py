@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resdoctor.findings import Finding
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 ENTRY_POINT_GROUP = "resdoctor.rules"
 RuleFn = Callable[..., "list[Finding] | Finding | None"]

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from resdoctor.findings import Finding
-from resdoctor.run import Run
-from resdoctor.series import Series
+from resdoctor.runfile.run import Run
+from resdoctor.recording.series import Series
 
 _CACHE: weakref.WeakKeyDictionary[Run, Timeline] = weakref.WeakKeyDictionary()
 FAILURE_CODES = ("nonfinite", "loss-divergence")

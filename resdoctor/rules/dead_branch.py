@@ -10,7 +10,7 @@ from resdoctor.fixes._common import short_list, sig
 from resdoctor.rules._common import compact, site_dicts, site_frame
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import timeline
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 
 @rule("dead-branch", requires=("branch_ratio",))

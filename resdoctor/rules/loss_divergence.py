@@ -12,7 +12,7 @@ from resdoctor.fixes._common import sig
 from resdoctor.rules._common import clip_fix, lr_fix, warmup_fix
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import Timeline, timeline
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 
 @rule("loss-divergence", requires=("scalar:loss",))

@@ -12,7 +12,7 @@ from resdoctor.fixes._common import sig
 from resdoctor.rules._common import clip_fix, grad_total, lr_fix, module_types
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import Timeline, timeline
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 FP16_MAX = 65504.0
 

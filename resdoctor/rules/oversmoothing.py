@@ -12,7 +12,7 @@ from resdoctor.fixes._common import sig
 from resdoctor.rules._common import first_run, site_dicts, site_frame
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import timeline
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 
 @rule("oversmoothing", requires=("smoothing",))

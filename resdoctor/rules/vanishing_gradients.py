@@ -14,7 +14,7 @@ from resdoctor.fixes._common import sig
 from resdoctor.rules._common import first_run, post_norm_sites, site_dicts
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import timeline
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 
 @rule("vanishing-gradients", requires=("grad_norm", "scalar:loss"))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resdoctor import runfile
-from resdoctor.journal import Journal
-from resdoctor.options import Options
+from resdoctor.runfile import io as runfile
+from resdoctor.recording.journal import Journal
+from resdoctor.recording.options import Options
 
 STEPS = 1 << 20  # 1,048,576
 
@@ -62,8 +62,8 @@ def _fill(series, stride: int, capacity: int, rng: np.random.Generator) -> None:
 
 def sizes() -> list[tuple[str, int]]:
     """(frame, rows) of what the app draws for the synthetic run (built in memory)."""
-    from app.view import View
-    from resdoctor.run import Run
+    from resdoctor.app.view import View
+    from resdoctor.runfile.run import Run
 
     view = View(Run(large_state()))
     out = [(f"heatmap {s}", len(view.heatmap(s))) for s in

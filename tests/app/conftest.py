@@ -86,7 +86,7 @@ def edge_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def large_run(tmp_path_factory: pytest.TempPathFactory) -> str:
     from app_large_run import large_state
 
-    from resdoctor import runfile
+    from resdoctor.runfile import io as runfile
 
     path = tmp_path_factory.mktemp("large") / "large.pt"
     runfile.write(large_state(), path)

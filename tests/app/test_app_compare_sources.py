@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import resdoctor
-from resdoctor.compare import compare
+from resdoctor.report.compare import compare
 from tests.app.conftest import MAIN, chart_data, texts
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import downsample
+from resdoctor.app import downsample
 
 
 def _table(rows: int, cols: int, start: int = 0, stride: int = 1) -> pd.DataFrame:
@@ -109,7 +109,7 @@ def test_event_marks_exact_when_few_counted_when_many() -> None:
 
 def test_log_charts_keep_zero_values_visible() -> None:
     """A zero-initialised branch has ratio 0: on a log axis it is drawn at a floor, not dropped."""
-    from app import charts
+    from resdoctor.app import charts
 
     frame = pd.DataFrame({"step": [0, 1, 2], "name": ["b"] * 3, "value": [0.0, 1e-3, 2e-2]})
     spec = charts.lines(frame, y_title="ratio", log=True).to_dict()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import downsample
+from resdoctor.app import downsample
 from tests.app.conftest import chart_data
 
 TABS = ["Gradient flow", "Residual sites", "Activation growth", "Over-smoothing", "Loss & LR"]

@@ -96,7 +96,7 @@ def test_nonfinite_finding_names_the_rank(out) -> None:
 
 
 def test_crashed_run_merges_from_rank_files(out, capsys) -> None:
-    from resdoctor.distributed import main, rank_files
+    from resdoctor.integrations.distributed import main, rank_files
 
     assert not (out / "crash.pt").exists()  # every rank died before close()
     files = rank_files(out / "crash.pt")

@@ -57,7 +57,7 @@ def test_fully_sharded_model_records_exact_norms(one_rank, tmp_path) -> None:
 def test_regression_parameter_norms_use_the_local_shard():
     # Bug: rewriting GradNorm.measure dropped the DTensor -> local shard step for parameter
     # norms (optimizer hook), so every FSDP2 step recorded an internal error instead.
-    from resdoctor.sensors.grad_norm import _local
+    from resdoctor.recording.sensors.grad_norm import _local
 
     assert _local(None) is None
     t = torch.ones(3)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import resdoctor
 from resdoctor.findings import Finding, Fix
 from resdoctor.models import ResidualMLP
-from resdoctor.report import Report
+from resdoctor.report.analysis import Report
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2 as pb  # noqa: E402
@@ -385,7 +385,7 @@ def test_cli_analyze_wandb_attaches_the_report_and_keeps_json_clean(wb, tmp_path
     model, opt = mlp()
     with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
         train(model, opt, doc, 6, nan_at=3)
-    cmd = [sys.executable, "-m", "resdoctor.cli", "analyze", str(tmp_path / "run.pt"), "--json",
+    cmd = [sys.executable, "-m", "resdoctor.cli.main", "analyze", str(tmp_path / "run.pt"), "--json",
            "--wandb", "--wandb-project", "resdoctor-tests"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr

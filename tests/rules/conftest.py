@@ -12,7 +12,7 @@ from torch import nn
 import resdoctor
 from resdoctor.demo import record_demo
 from resdoctor.models import PreActResNet, ResidualMLP, ResNet
-from resdoctor.run import Run
+from resdoctor.runfile.run import Run
 
 
 def record(path: str, model: nn.Module, inputs: tuple, loss_fn: Callable, steps: int,

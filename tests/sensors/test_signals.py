@@ -174,7 +174,7 @@ def test_grad_share_ignores_gradient_from_outside_the_site(tmp_path):
 
 
 def test_smoothing_of_a_sum_equals_smoothing_of_its_operands():
-    from resdoctor.sensors import Smoothing
+    from resdoctor.recording.sensors import Smoothing
 
     a, b = torch.randn(2, 40, 8), torch.randn(2, 40, 8)
     for got, want in zip(Smoothing(16).of_sum(a, b), Smoothing(16)(a + b), strict=True):
@@ -182,7 +182,7 @@ def test_smoothing_of_a_sum_equals_smoothing_of_its_operands():
 
 
 def test_smoothing_measures_collapse():
-    from resdoctor.sensors import Smoothing
+    from resdoctor.recording.sensors import Smoothing
 
     same = torch.ones(1, 10, 8) + 1e-6 * torch.randn(1, 10, 8)
     sim, energy = Smoothing()(same)

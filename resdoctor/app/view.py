@@ -1,0 +1,130 @@
+"""View: the display-ready, down-sampled frames of one Run, computed once per file version.
+
+No streamlit here: the app caches one View per (path, mtime) and the sections only draw its frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from resdoctor.app import downsample
+from resdoctor.runfile.run import MODULE_SIGNALS, Run
+from resdoctor.recording.series import Series
+
+LABELS = {
+    "grad_norm": "gradient norm ‖∇W‖",
+    "update_ratio": "update ratio ‖ΔW‖/‖W‖",
+    "param_norm": "parameter norm ‖W‖",
+    "branch_ratio": "branch ratio ‖F(x)‖/‖x‖",
+    "grad_branch_share": "gradient branch share",
+    "stream_norm": "stream RMS",
+    "smoothing": "mean cosine similarity",
+    "smoothing_energy": "Dirichlet energy",
+    "attribution_share": "attribution share",
+}
+
+
+class View:
+    """Memoised, bounded frames of one run; every frame is small enough to send to a browser."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._memo: dict[tuple[Any, ...], Any] = {}
+
+    def _cached(self, key: tuple[Any, ...], make: Any) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    # -- tables in depth order ---------------------------------------------------------------
+    def depth_order(self, signal: str) -> list[str]:
+        """Columns of ``signal`` in forward (depth) order: modules by completion, sites by index."""
+        cols = [str(c) for c in self.run.state["series"].get(signal, {}).get("columns", [])]
+        if signal in MODULE_SIGNALS:
+            order = dict(zip(self.run.modules["name"], self.run.modules["order"], strict=False))
+            rank = {c: (order.get(c, -1) < 0, order.get(c, -1), i) for i, c in enumerate(cols)}
+        else:
+            index = dict(zip(self.run.sites["name"], self.run.sites["index"], strict=False))
+            rank = {c: (c not in index, index.get(c, 0), i) for i, c in enumerate(cols)}
+        return sorted(cols, key=rank.__getitem__)
+
+    def table(self, signal: str) -> pd.DataFrame:
+        """Step x name of ``signal`` (bucket means), columns in depth order; empty if absent."""
+        def make() -> pd.DataFrame:
+            df = self.run.series(signal)
+            return df[self.depth_order(signal)] if not df.empty else df
+        return self._cached(("table", signal), make)
+
+    def present(self, signal: str) -> np.ndarray | None:
+        """Measured cells of ``table(signal)`` (a measured NaN counts), from the file's counts."""
+        s = self.run.state["series"].get(signal)
+        if s is None or "count" not in s:
+            return None
+        n = pd.DataFrame(Series.counts(s) > 0, columns=[str(c) for c in s["columns"]])
+        return n[self.depth_order(signal)].to_numpy()
+
+    def has(self, signal: str) -> bool:
+        return not self.table(signal).empty
+
+    # -- chart frames --------------------------------------------------------------------------
+    def heatmap(self, signal: str) -> pd.DataFrame:
+        """Cells (step, step_end, name, depth, value, nonfinite), bounded (see downsample)."""
+        return self._cached(("heatmap", signal), lambda: downsample.heatmap_frame(
+            self.table(signal), last_step=self.run.steps, present=self.present(signal)))
+
+    def lines(self, signal: str, names: tuple[str, ...]) -> pd.DataFrame:
+        """(step, name, value) of the chosen columns, bounded in points."""
+        def make() -> pd.DataFrame:
+            df = self.table(signal)
+            return downsample.line_frame(df[[n for n in names if n in df.columns]])
+        return self._cached(("lines", signal, names), make)
+
+    def profile(self, signal: str, step: int) -> tuple[int, pd.DataFrame]:
+        """Depth profile of ``signal`` at the row covering ``step``."""
+        return downsample.profile_at(self.table(signal), step)
+
+    def snapshots(self, signal: str, k: int = 5) -> pd.DataFrame:
+        """Depth profiles at ``k`` steps spread over the run."""
+        return self._cached(("snap", signal, k),
+                            lambda: downsample.snapshots(self.table(signal), k))
+
+    def steps_of(self, signal: str) -> np.ndarray:
+        """Row steps of ``signal`` that hold at least one finite value."""
+        df = self.table(signal)
+        if df.empty:
+            return np.zeros(0, dtype=np.int64)
+        keep = np.isfinite(df.to_numpy(dtype=np.float64)).any(axis=1)
+        return df.index.to_numpy()[keep]
+
+    def spread(self, signal: str, k: int = 6) -> list[str]:
+        """Up to ``k`` columns spread evenly over depth (first and last included)."""
+        cols = self.depth_order(signal)
+        if len(cols) <= k:
+            return cols
+        return [cols[i] for i in np.unique(np.linspace(0, len(cols) - 1, k).round().astype(int))]
+
+    # -- scalars and events --------------------------------------------------------------------
+    def scalars(self) -> pd.DataFrame:
+        """(step, name, value) of every logged scalar, bounded per scalar."""
+        def make() -> pd.DataFrame:
+            df = self.run.scalars()
+            budget = downsample.MAX_LINE_POINTS * max(1, len(df.columns))
+            return downsample.line_frame(df, max_points=budget)
+        return self._cached(("scalars",), make)
+
+    def onsets(self) -> pd.DataFrame:
+        """Exact non-finite onsets: step, module, phase, rank (first per module and phase)."""
+        ev = self.run.nonfinite
+        return ev[["step", "module", "phase", "rank"]].reset_index(drop=True)
+
+    def first_onset(self) -> int | None:
+        ev = self.run.nonfinite
+        return int(ev["step"].min()) if len(ev) else None
+
+    def skipped(self) -> pd.DataFrame:
+        """Skipped AMP steps as marks (step, step_end, count), bounded."""
+        return self._cached(("skipped",), lambda: downsample.event_marks(
+            self.run.skipped_steps, total_steps=self.run.steps))

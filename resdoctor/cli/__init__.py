@@ -1,0 +1,1 @@
+"""The ``resdoctor`` command line: parse, call the core, render."""

@@ -1,0 +1,1 @@
+"""Recording, on the training thread: hooks -> sensors -> segment (one transfer) -> journal."""

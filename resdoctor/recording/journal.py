@@ -1,0 +1,263 @@
+"""Journal: the host-side record of a run. It turns transferred segments into steps, series rows,
+exact non-finite onsets and skipped steps, and produces the run-file state."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from resdoctor.runfile import io as runfile
+from resdoctor._version import __version__
+from resdoctor.recording.series import Series
+
+SITE_QUANTITIES = ("skip_norm", "branch_norm", "stream_norm")  # order of a ("site", i) entry
+
+
+@dataclass
+class SegmentMeta:
+    forwards: int
+    backwards: int
+    stepped: bool
+    scalars: dict[str, float]
+    has_optimizer: bool
+
+
+def _bad(vectors: dict[str, np.ndarray], kind: str) -> np.ndarray:
+    """Per-module non-finite mask for "grad" or "param" (exact counts when recorded)."""
+    counts = vectors.get(f"{kind}_bad")
+    if counts is not None:
+        return counts > 0
+    norms = vectors.get(f"{kind}_norm")
+    return ~np.isfinite(norms) if norms is not None else np.zeros(0, bool)
+
+
+class _Accumulator:
+    """Per-site sums of one step (several segments when gradient accumulation folds them)."""
+
+    # kind -> (series names, how to combine): "rms" averages squares, "mean" averages values
+    SPEC: dict[str, tuple[tuple[str, ...], str]] = {
+        "site": (SITE_QUANTITIES, "rms"),
+        "smooth": (("smoothing", "smoothing_energy"), "mean"),
+        "gshare": (("grad_branch_share",), "mean"),
+        "lsmooth": (("smoothing", "smoothing_energy"), "mean"),  # layers of site-less models
+    }
+
+    def __init__(self, sites: int, layers: int = 0) -> None:
+        self.sites = sites
+        self.size = {k: (layers if k == "lsmooth" else sites) for k in self.SPEC}
+        self.sums = {k: np.zeros((self.size[k], len(v[0]))) for k, v in self.SPEC.items()}
+        self.counts = {k: np.zeros(self.size[k]) for k in self.SPEC}
+        self.scalars: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, blocks: dict[str, Any], scalars: dict[str, float]) -> None:
+        for kind, (_, combine) in self.SPEC.items():
+            n = self.size[kind]
+            if kind not in blocks or not n:
+                continue
+            idx, values = blocks[kind]
+            values = values ** 2 if combine == "rms" else values
+            for j in range(values.shape[1]):
+                self.sums[kind][:, j] += np.bincount(idx, values[:, j], minlength=n)
+            self.counts[kind] += np.bincount(idx, minlength=n)
+        for name, x in scalars.items():
+            self.scalars[name].append(x)
+
+    def rows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{series name: (values [sites], present mask)}``."""
+        out = {}
+        for kind, (names, combine) in self.SPEC.items():
+            if not self.size[kind]:
+                continue
+            n = self.counts[kind]
+            present = n > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = self.sums[kind] / np.maximum(n, 1)[:, None]
+            mean = np.sqrt(mean) if combine == "rms" else mean
+            for j, name in enumerate(names):
+                out[name] = (np.where(present, mean[:, j], np.nan), present)
+        return out
+
+
+class Journal:
+    """Host-side state; everything in it is bounded (series capacity, event cap)."""
+
+    def __init__(self, modules: list[dict[str, Any]], param_modules: list[str], capacity: int,
+                 max_events: int, meta: dict[str, Any]) -> None:
+        self.modules = modules
+        self.param_modules = param_modules
+        self.capacity = capacity
+        self.max_events = max_events
+        self.meta = meta
+        self.sites: list[dict[str, Any]] = []
+        self.layers: list[str] = []
+        self.steps = 0
+        self.series: dict[str, Series] = {
+            name: Series(param_modules, capacity) for name in ("grad_norm", "param_norm",
+                                                               "update_ratio")
+        }
+        self.series["scalars"] = Series([], capacity)
+        self.events: list[dict[str, Any]] = []
+        self._event_keys: set[tuple[str, str, bool]] = set()
+        self.skipped: list[int] = []
+        self.errors: list[dict[str, Any]] = []
+        self._acc: _Accumulator | None = None
+        self._order = {m["name"]: m["order"] for m in modules}
+        self._names = [m["name"] for m in modules]
+        self._param_order = np.array([self._order.get(n, -1) for n in param_modules])
+        self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
+
+    # -- extra series (integrations such as attribution) -------------------------------------
+    def extra(self, name: str, columns: list[str], step: int, values: np.ndarray) -> None:
+        """Append one row of an extra signal (created on first use) at ``step``."""
+        series = self.series.get(name)
+        if series is None:
+            series = self.series[name] = Series(list(columns), self.capacity)
+        series.add_columns(list(columns))
+        row = np.full(len(series.columns), np.nan)
+        for c, v in zip(columns, np.asarray(values, dtype=np.float64)):
+            row[series.columns.index(c)] = v
+        series.append(step, row)
+
+    # -- sites arrive after the first forward -------------------------------------------------
+    def set_sites(self, sites: list[dict[str, Any]]) -> None:
+        self.sites = sites
+        names = [s["name"] for s in sites]
+        for name in ("branch_ratio", *SITE_QUANTITIES, "smoothing", "smoothing_energy",
+                     "grad_branch_share"):
+            self.series[name] = Series(names, self.capacity)
+
+    def set_layers(self, layers: list[str]) -> None:
+        """A model without residual sites: smoothing is sampled at these layers' outputs."""
+        self.layers = list(layers)
+        for name in ("smoothing", "smoothing_energy"):
+            self.series[name] = Series(self.layers, self.capacity)
+
+    def set_order(self, order: dict[str, int]) -> None:
+        for m in self.modules:
+            m["order"] = order.get(m["name"], m["order"])
+        self._order = {m["name"]: m["order"] for m in self.modules}
+        self._param_order = np.array([self._order.get(n, -1) for n in self.param_modules])
+
+    # -- one transferred segment ---------------------------------------------------------------
+    def consume(self, meta: SegmentMeta, blocks: dict[str, Any], rank: int = 0) -> None:
+        """Fold one transferred segment (see ``_segment.unpack``) into the run."""
+        vectors = blocks["vec"]
+        meta.scalars.update(blocks["scalar"])
+        skipped = self._classify(meta, vectors)
+        self._onsets(blocks, vectors, skipped, rank)
+        if self._acc is None or self._acc.sites != len(self.sites):
+            self._acc = _Accumulator(len(self.sites), len(self.layers))
+        self._acc.add(blocks, meta.scalars)
+        if skipped is not None:  # None: a micro-step of gradient accumulation, wait for the step
+            self._commit(vectors, skipped)
+
+    def _classify(self, meta: SegmentMeta, vectors: dict[str, np.ndarray]) -> bool | None:
+        """False: a step; True: a step the GradScaler skipped; None: an accumulation micro-step."""
+        if not meta.has_optimizer or meta.stepped:
+            return False
+        if _bad(vectors, "grad").any():
+            return True
+        return None if (meta.backwards or meta.forwards) else False
+
+    def _commit(self, vectors: dict[str, np.ndarray], skipped: bool) -> None:
+        step = self.steps
+        acc, self._acc = self._acc, None
+        assert acc is not None
+        rows = acc.rows() if (self.sites or self.layers) else {}
+        for name, (values, present) in rows.items():
+            if present.any():
+                self.series[name].append(step, values, present)
+        if "skip_norm" in rows and rows["skip_norm"][1].any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = rows["branch_norm"][0] / rows["skip_norm"][0]
+            rows["branch_ratio"] = (ratio, rows["skip_norm"][1])
+            self.series["branch_ratio"].append(step, ratio, rows["skip_norm"][1])
+        everywhere = np.ones(len(self.param_modules), bool)
+        for name in ("grad_norm", "param_norm", "update_ratio"):
+            if name in vectors and len(vectors[name]) == len(self.param_modules):
+                self.series[name].append(step, vectors[name], everywhere)
+        scalars = {k: float(np.mean(v)) for k, v in acc.scalars.items()}
+        if "grad_norm" in vectors:
+            scalars["grad_norm_total"] = float(np.sqrt(np.sum(vectors["grad_norm"] ** 2)))
+        if scalars:
+            s = self.series["scalars"]
+            s.add_columns(sorted(scalars))
+            row = np.array([scalars.get(c, np.nan) for c in s.columns])
+            s.append(step, row, present=np.array([c in scalars for c in s.columns]))
+        if skipped:
+            self.skipped.append(step)
+        self.last = {"step": step, "skipped": skipped, "scalars": scalars, **vectors,
+                     **{k: v[0] for k, v in rows.items()}}
+        self.steps += 1
+
+    # -- non-finite onsets ---------------------------------------------------------------------
+    def _onsets(self, blocks: dict[str, Any], vectors: dict[str, np.ndarray],
+                skipped: bool | None, rank: int) -> None:
+        amp = bool(skipped)
+        names = self._names
+        forward_bad = False
+        if "fwd" in blocks:
+            # in completion order: [n, (input min, input max, output min, output max)]
+            idx, v = blocks["fwd"]
+            finite = np.isfinite(v)
+            bad = ~(finite[:, 2] & finite[:, 3])
+            forward_bad = bool(bad.any())
+            for k in np.flatnonzero(bad & finite[:, 0] & finite[:, 1]):
+                self._event(names[idx[k]], "forward", rank, amp,
+                            {"input_absmax": float(np.abs(v[k, :2]).max())})
+        grads_bad = _bad(vectors, "grad")
+        if grads_bad.any() and not forward_bad:
+            self._backward_onset(blocks, grads_bad, names, rank, amp)
+        params_bad = _bad(vectors, "param")
+        if params_bad.any() and not grads_bad.any() and not forward_bad:
+            bad_idx = np.flatnonzero(params_bad)
+            if len(bad_idx):
+                first = bad_idx[np.argmin(self._param_order[bad_idx])]
+                self._event(self.param_modules[first], "optimizer", rank, amp,
+                            {"modules_affected": int(len(bad_idx))})
+
+    def _backward_onset(self, blocks: dict[str, Any], grads_bad: np.ndarray,
+                        names: list[str], rank: int, amp: bool) -> None:
+        """Backward runs in reverse: the NaN was made by the latest module in forward order whose
+        parameter gradients (or, for parameter-free ops, input gradient) went bad."""
+        bad = [(self._order.get(self.param_modules[i], -1), self.param_modules[i])
+               for i in np.flatnonzero(grads_bad)]
+        if "bwd" in blocks:
+            idx, v = blocks["bwd"]  # [n, (min, max)] of parameter-free ops' input gradients
+            made = idx[~np.isfinite(v).all(axis=1)]
+            bad += [(self._order.get(names[i], -1), names[i]) for i in made]
+        _, module = max(bad)
+        self._event(module, "backward", rank, amp, {"modules_affected": len(bad)})
+
+    def _event(self, module: str, phase: str, rank: int, amp: bool, detail: dict) -> None:
+        key = (module, phase, amp)
+        if key in self._event_keys or len(self.events) >= self.max_events:
+            return
+        self._event_keys.add(key)
+        self.events.append({"kind": "nonfinite", "step": self.steps, "module": module,
+                            "phase": phase, "rank": rank, "detail": {**detail, "amp_skipped": amp}})
+
+    # -- run file --------------------------------------------------------------------------
+    def state(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": runfile.FORMAT,
+            "schema_version": runfile.SCHEMA_VERSION,
+            "resdoctor_version": __version__,
+            "torch_version": str(torch.__version__),
+            "written": time.time(),
+            **self.meta,
+            "options": options,
+            "steps": self.steps,
+            "modules": [dict(m) for m in self.modules],
+            "sites": [dict(s) for s in self.sites],
+            "layers": list(self.layers),
+            "series": {k: s.to_state() for k, s in self.series.items()},
+            "events": [dict(e) for e in self.events],
+            "skipped_steps": torch.tensor(self.skipped[-100_000:], dtype=torch.long),
+            "errors": [dict(e) for e in self.errors],
+        }

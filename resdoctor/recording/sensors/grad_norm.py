@@ -1,0 +1,112 @@
+"""GradNorm: the L2 norm of each module's own parameter gradients, in one fused pass.
+
+The device part (``raw``) is two fused calls over the parameters and leaves one value per
+parameter; the host part (``fold``) combines them into modules after the step's single
+transfer, so no per-module arithmetic (and no float64) runs on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class GradNorm:
+    """Per-module gradient norms ``sqrt(sum_p ||grad_p||^2)`` over the module's own parameters.
+
+    ``torch._foreach_norm`` computes every parameter's norm in one fused call; the host folds
+    them into modules. Parameters without a gradient contribute 0.
+    """
+
+    def __init__(self, groups: list[list[nn.Parameter]]) -> None:
+        # a tied parameter (GPT-2's embedding and output head) is listed by both modules but
+        # measured once: `params` are unique, (owner[j], index[j]) says module owner[j] has
+        # parameter index[j]
+        first: dict[int, int] = {}
+        self.params: list[nn.Parameter] = []
+        owner, index = [], []
+        for m, group in enumerate(groups):
+            for p in group:
+                if id(p) not in first:
+                    first[id(p)] = len(self.params)
+                    self.params.append(p)
+                owner.append(m)
+                index.append(first[id(p)])
+        self.owner = np.array(owner, np.int64)
+        self.index = np.array(index, np.int64)
+        self.modules = len(groups)
+
+    def local_params(self) -> list[torch.Tensor]:
+        """The parameters as plain tensors (this rank's shard of a DTensor)."""
+        return [_local(p) for p in self.params]
+
+    def raw(self, tensors: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per parameter on the device: ``([P] L2 norms in float32, [P] max)``; absent or empty
+        tensors read 0. None when no tensor is present.
+
+        The L2 norm cannot tell overflow from Inf (a finite tensor with norm > 1.8e19 squares
+        past float32), so ``bad`` reads the max: NaN propagates through it and +inf shows, so it
+        is exact except for a tensor whose only non-finite values are -inf.
+        """
+        tensors = [None if t is None else _local(t) for t in tensors]
+        present = [t for t in tensors if t is not None and t.numel()]
+        if not present:
+            return None
+        l2 = _stack(tensors, torch._foreach_norm(present))
+        top = _stack(tensors, torch._foreach_max(present))
+        return l2, top
+
+    def maxima(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        """``[P]`` max per tensor on the device (one fused pass): enough for ``bad``."""
+        present = [t for t in tensors if t.numel()]
+        if not present:
+            return None
+        return _stack(list(tensors), torch._foreach_max(present))
+
+    def norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """``[P]`` float32 L2 norms of per-parameter tensors (all present), on the device."""
+        return torch.stack(torch._foreach_norm(tensors))
+
+    def fold(self, l2: np.ndarray) -> np.ndarray:
+        """Host: per-parameter norms -> ``[M]`` per-module norms. Squares and sums in float64,
+        so per-parameter norms up to float32's range combine without overflow."""
+        squares = l2.astype(np.float64)[self.index] ** 2
+        return np.sqrt(np.bincount(self.owner, squares, self.modules))
+
+    def bad(self, top: np.ndarray) -> np.ndarray:
+        """Host: ``[M]`` count of parameters holding NaN/Inf, per module, from their maxima."""
+        flags = ~np.isfinite(top)
+        return np.bincount(self.owner, flags.astype(np.float64)[self.index], self.modules)
+
+    def __call__(self, scale: torch.Tensor | None = None) -> tuple[torch.Tensor,
+                                                                    torch.Tensor] | None:
+        """Raw gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
+        loss-scaled gradients cannot overflow float32 inside the norm."""
+        grads = [None if p.grad is None else _local(p.grad) for p in self.params]  # no_grad
+        if scale is not None:
+            present = [g for g in grads if g is not None]
+            if present:
+                unscaled = iter(torch._foreach_mul(present, scale.reciprocal()))
+                grads = [next(unscaled) if g is not None else None for g in grads]
+        return self.raw(grads)
+
+
+def _stack(tensors: list[torch.Tensor | None], values: Any) -> torch.Tensor:
+    """One value per parameter: the computed ones in order, 0 for absent/empty tensors."""
+    values = list(values)
+    if len(values) == len(tensors):
+        return torch.stack(values)
+    it = iter(values)
+    zero = values[0].new_zeros(())
+    return torch.stack([next(it) if t is not None and t.numel() else zero for t in tensors])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2, tensor parallel): measured without a collective;
+    ``resdoctor.integrations.distributed`` combines the shards' norms when it merges the ranks' runs."""
+    if type(t) is torch.Tensor or type(t) is nn.Parameter:  # the usual case, without hasattr
+        return t
+    return t.to_local() if hasattr(t, "to_local") else t

@@ -1,0 +1,270 @@
+"""A one-forward dataflow tracer that finds residual additions.
+
+A ``TorchFunctionMode`` sees every torch call of one forward pass; each tensor produced becomes a
+node with its parents. Module pre/post hooks (owned by a ``HookSet``) record which module inputs and
+outputs each tensor was, so the recorder can later tap the same tensors with plain module hooks.
+An addition ``a + b`` is residual when one operand is the skip and the other a branch that passed
+through a parameterised op: either ``b = F(a)`` (identity skip) or ``a = S(x), b = F(x)`` with
+fewer parameterised ops on S than on F (projection shortcut).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from resdoctor.recording.hooks import HookSet
+from resdoctor.recording.pytree import Path, iter_tensors
+
+_ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A tensor seen at a module boundary: ``module``'s ``where`` ("input"/"output") at ``path``."""
+
+    module: str
+    where: str
+    path: Path
+    call: int = 0  # which call of the module within one forward (modules can be reused)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "where": self.where, "path": list(self.path),
+                "call": self.call}
+
+
+@dataclass
+class _Node:
+    idx: int
+    parents: tuple[int, ...]
+    data: bool  # derived from something other than parameters (inputs, buffers, created tensors)
+    param_op: bool  # an op that mixes data with parameters: a layer on the activation path
+    floating: bool
+    shape: tuple[int, ...]
+    taps: list[Tap] = field(default_factory=list)
+
+
+@dataclass
+class Addition:
+    """A residual addition found while tracing."""
+
+    module: str  # smallest module containing the addition ("" = root)
+    kind: str  # "identity" | "projection"
+    skip: _Node
+    branch: _Node
+    result: _Node
+    source: _Node
+    shape: tuple[int, ...]
+
+
+class Tracer(TorchFunctionMode):
+    """Trace one forward of ``model``; ``additions`` lists the residual additions in order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.nodes: list[_Node] = []
+        self.additions: list[Addition] = []
+        self.module_order: list[str] = []
+        self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int, _Node]] = {}
+        self._stack: list[str] = []
+        self._calls: dict[str, list[int]] = {}
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self._hooks = HookSet()
+        self._paused = False
+        self.failed: Exception | None = None  # a bug in tracing stops tracing, never the model
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def attach(self, root: bool = True) -> None:
+        """Hook every module; ``root=False`` when attaching from inside the root's own hook."""
+        for name, module in self.model.named_modules():
+            if module is self.model and not root:
+                continue
+            self._hooks.forward_pre(module, self._guarded(self._pre(name)))
+            self._hooks.forward(module, self._guarded(self._post(name)), always=True)
+
+    def detach(self) -> None:
+        self._hooks.remove()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Calls made inside (e.g. by the recorder's own hooks) are not part of the model."""
+        previous, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = previous
+
+    # -- module boundaries -----------------------------------------------------------------
+    def _guarded(self, fn: Any) -> Any:
+        def hook(*args: Any) -> None:
+            if self.failed is None and not self._paused:
+                try:
+                    fn(*args)
+                except Exception as e:  # noqa: BLE001
+                    self.failed = e
+        return hook
+
+    def _pre(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._stack.append(name)
+            calls = self._calls.setdefault(name, [])
+            calls.append(len(calls))
+            k = calls[-1]
+            for i, arg in enumerate(args):
+                for path, t in iter_tensors(arg, (i,)):
+                    self._node(t).taps.append(Tap(name, "input", path, k))
+            for key, arg in kwargs.items():
+                for path, t in iter_tensors(arg, (key,)):
+                    self._node(t).taps.append(Tap(name, "input", path, k))
+
+        return hook
+
+    def _post(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if self._stack and self._stack[-1] == name:
+                self._stack.pop()
+            if name not in self.module_order:
+                self.module_order.append(name)
+            k = len(self._calls.get(name, [None])) - 1
+            for path, t in iter_tensors(output):
+                self._node(t).taps.append(Tap(name, "output", path, k))
+
+        return hook
+
+    # -- the graph -------------------------------------------------------------------------
+    def _node(self, t: torch.Tensor) -> _Node:
+        entry = self._ids.get(id(t))
+        version = _version(t)
+        if entry is not None and entry[0]() is t and entry[1] == version:
+            return entry[2]
+        is_param = isinstance(t, nn.Parameter)
+        return self._new(t, (), data=not is_param, param_op=False)
+
+    def _new(self, t: torch.Tensor, parents: tuple[int, ...], data: bool, param_op: bool) -> _Node:
+        node = _Node(
+            len(self.nodes), parents, data, param_op, t.is_floating_point(), tuple(t.shape)
+        )
+        self.nodes.append(node)
+        self._ids[id(t)] = (weakref.ref(t), _version(t), node)
+        return node
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if self._paused or self.failed is not None or name in ("__get__", "__set__"):
+            return func(*args, **kwargs)
+        try:  # operands are resolved before the call: an in-place op bumps their version
+            inputs = [self._node(t) for _, t in iter_tensors((args, kwargs), depth=4)]
+        except Exception as e:  # noqa: BLE001
+            self.failed = e
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)  # the model's own errors propagate untouched
+        try:
+            self._record(name, inputs, out)
+        except Exception as e:  # noqa: BLE001
+            self.failed = e
+        return out
+
+    def _record(self, name: str, inputs: list[_Node], out: Any) -> None:
+        if not inputs:
+            parents: tuple[int, ...] = ()
+            data, param_op = True, False
+        else:
+            parents = tuple(n.idx for n in inputs)
+            data = any(n.data for n in inputs)
+            param_op = data and any(not n.data for n in inputs)
+        results = [t for _, t in iter_tensors(out, depth=2)]
+        for t in results:
+            self._new(t, parents, data, param_op)
+        if name in _ADD_NAMES and len(inputs) >= 2 and len(results) == 1:
+            self._on_add(inputs[0], inputs[1], self._node(results[0]))
+
+    # -- classification --------------------------------------------------------------------
+    def _on_add(self, a: _Node, b: _Node, result: _Node) -> None:
+        if not (a.data and b.data and a.floating and b.floating and a.shape == b.shape):
+            return
+        if result.shape != a.shape:
+            return
+        found = self._classify(a, b)
+        if found is None:
+            return
+        kind, skip, branch, source = found
+        module = self._stack[-1] if self._stack else ""
+        self.additions.append(Addition(module, kind, skip, branch, result, source, a.shape))
+
+    def _classify(self, a: _Node, b: _Node) -> tuple[str, _Node, _Node, _Node] | None:
+        for skip, branch in ((a, b), (b, a)):
+            if skip.idx < branch.idx and self._param_ops_between(skip, branch) > 0:
+                return "identity", skip, branch, skip
+        source = self._nearest_common_ancestor(a, b)
+        if source is None or not source.floating:
+            return None
+        da, db = self._param_ops_between(source, a), self._param_ops_between(source, b)
+        if da == db:
+            return None
+        skip, branch = (a, b) if da < db else (b, a)
+        return ("projection" if min(da, db) > 0 else "identity"), skip, branch, source
+
+    def _param_ops_between(self, src: _Node, dst: _Node) -> int:
+        """Parameterised ops on paths ``src -> dst`` (0 when dst does not depend on src)."""
+        region: dict[int, _Node] = {}
+        todo = [dst.idx]
+        while todo:
+            i = todo.pop()
+            if i in region or i < src.idx:
+                continue
+            region[i] = self.nodes[i]
+            todo.extend(self.nodes[i].parents)
+        if src.idx not in region:
+            return 0
+        reaches: set[int] = {src.idx}
+        count = 0
+        for i in sorted(region):
+            node = region[i]
+            if i != src.idx and any(p in reaches for p in node.parents):
+                reaches.add(i)
+                count += node.param_op
+        return count if dst.idx in reaches else 0
+
+    def _ancestors(self, node: _Node) -> set[int]:
+        seen: set[int] = set()
+        todo = list(node.parents)
+        while todo:
+            i = todo.pop()
+            if i not in seen:
+                seen.add(i)
+                todo.extend(self.nodes[i].parents)
+        return seen
+
+    def _nearest_common_ancestor(self, a: _Node, b: _Node) -> _Node | None:
+        anc_a = self._ancestors(a)
+        heap = [-p for p in b.parents]
+        heapq.heapify(heap)
+        seen: set[int] = set()
+        while heap:
+            i = -heapq.heappop(heap)
+            if i in seen:
+                continue
+            seen.add(i)
+            node = self.nodes[i]
+            if i in anc_a and node.data and node.floating:
+                return node
+            for p in node.parents:
+                heapq.heappush(heap, -p)
+        return None
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return int(t._version)
+    except RuntimeError:  # inference tensors carry no version counter
+        return -1

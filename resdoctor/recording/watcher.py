@@ -1,0 +1,153 @@
+"""watch(): the one line users add. The Watcher is a thin, never-raising front of the Recorder."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from resdoctor.recording.discovery import Site, discover
+from resdoctor.recording.options import Options
+from resdoctor.recording.recorder import Recorder
+
+
+class Watcher:
+    """Records training health of one model into a run file; see ``resdoctor.watch``."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 path: str | os.PathLike[str] = "run.pt", *, scaler: Any = None,
+                 example_inputs: tuple[Any, ...] | None = None,
+                 example_kwargs: dict[str, Any] | None = None, **options: Any) -> None:
+        self.options = Options.from_kwargs(**options)
+        self.path = os.fspath(path)
+        sites: list[Site] | None = None
+        if example_inputs is not None or example_kwargs:
+            try:
+                sites = discover(model, *(example_inputs or ()), **(example_kwargs or {}))
+            except Exception as e:  # noqa: BLE001 - fall back to the first training forward
+                warnings.warn(f"resdoctor: discovery on example_inputs failed ({e}); sites "
+                              "will be found on the first forward pass", stacklevel=2)
+        rank, world = _dist_rank()
+        record_to = self.path
+        if world > 1:  # each rank records run.rank{r}.pt; rank 0 merges them into path at close
+            from resdoctor.integrations import distributed
+
+            record_to = distributed.rank_path(self.path, rank)
+        self.recorder = Recorder(model, optimizer, record_to, self.options, scaler=scaler,
+                                 sites=sites, rank=rank, world_size=world)
+        self._integrations: list[Any] = []
+        if world > 1:
+            self._integrations.append(distributed.RankMerger(self))
+        _LIVE.add(self)  # held until close(): `resdoctor.watch(model)` unassigned keeps recording
+
+    @property
+    def sites(self) -> list[Site] | None:
+        """The residual sites, once known (after the first forward or from example inputs)."""
+        return self.recorder.sites
+
+    @property
+    def step(self) -> int:
+        return self.recorder._step
+
+    @property
+    def closed(self) -> bool:
+        return self.recorder.closed
+
+    def log(self, **scalars: Any) -> None:
+        """Attach scalars (floats or 0-d tensors; no device sync) to the step that just ran."""
+        if self.recorder.closed:
+            return
+        try:
+            self.recorder.log(scalars)
+            for integration in self._integrations:
+                integration.on_step(self)
+        except Exception as e:  # noqa: BLE001 - never raise into the training loop
+            self.recorder.record_error("log", e)
+
+    def flush(self) -> None:
+        """Write the run file now."""
+        try:
+            self.recorder.flush()
+        except Exception as e:  # noqa: BLE001
+            self.recorder.record_error("flush", e)
+            warnings.warn(f"resdoctor: could not write {self.path}: {e}", stacklevel=2)
+
+    def close(self) -> None:
+        """Flush, write the run file and remove every hook. Safe to call twice."""
+        _LIVE.discard(self)
+        if self.recorder.closed:
+            return
+        try:
+            self.recorder.close()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"resdoctor: could not write {self.path}: {e}", stacklevel=2)
+        for integration in self._integrations:
+            try:
+                integration.on_close(self)
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"resdoctor: integration failed at close: {e}", stacklevel=2)
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten close() must not leave hooks behind
+        try:
+            if not self.recorder.closed:
+                self.recorder.remove_hooks()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+_LIVE: set[Watcher] = set()
+
+
+@atexit.register
+def _close_live_watchers() -> None:
+    """A script that ends without close() still gets its final run file."""
+    for watcher in list(_LIVE):
+        watcher.close()
+
+
+def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+          path: str | os.PathLike[str] = "run.pt", **options: Any) -> Watcher:
+    """Watch ``model`` (and ``optimizer``) and record its training health into ``path``.
+
+    Steps: with an optimizer a step is one ``optimizer.step()`` (gradient accumulation folds
+    into it; a step an AMP GradScaler skips is recorded as skipped); without one, each ``log()``
+    call ends a step. Residual sites are discovered on the first forward pass, or up front from
+    ``example_inputs``. Options: see ``resdoctor.recording.options.Options``; also ``scaler=`` (a
+    GradScaler, so gradient norms are unscaled) and ``wandb=True`` / a wandb run, and
+    ``attribute_every=N, attribute_inputs=batch`` (plus ``attribute_samples``, ``_target``,
+    ``_method``, ``_mode``): every N steps the attribution share of each residual branch on a few
+    samples, stored as the series ``attribution_share`` (see ``resdoctor.attribute``).
+    """
+    wandb_arg = options.pop("wandb", None)
+    wandb_every = options.pop("wandb_every", 10)
+    attribution = {k[len("attribute_"):]: options.pop(k) for k in list(options)
+                   if k.startswith("attribute_")}
+    monitor = None
+    if attribution.get("every"):  # built first: a bad setting fails before any hook is placed
+        from resdoctor.attribution.monitor import AttributionMonitor
+
+        monitor = AttributionMonitor.from_options(attribution)
+    watcher = Watcher(model, optimizer, path, **options)
+    if wandb_arg:
+        from resdoctor.integrations.wandb import WandbLogger
+
+        watcher._integrations.append(WandbLogger(wandb_arg, every=wandb_every))
+    if monitor is not None:
+        watcher._integrations.append(monitor)
+    return watcher
+
+
+def _dist_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

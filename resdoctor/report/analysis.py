@@ -1,0 +1,97 @@
+"""Report: the diagnosis of one run (DESIGN.md section 6). Built by ``analyze()``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from resdoctor._version import __version__
+from resdoctor.findings import SEVERITY_RANK, Finding
+from resdoctor.runfile.run import Run
+
+VERDICTS = ("healthy", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Findings of every rule on one run, worst first."""
+
+    run: Run
+    findings: tuple[Finding, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. rules skipped for missing signals
+
+    @property
+    def verdict(self) -> str:
+        worst = max((SEVERITY_RANK[f.severity] for f in self.findings), default=0)
+        return VERDICTS[worst]
+
+    @property
+    def codes(self) -> list[str]:
+        """Finding codes, worst first, without repeats."""
+        return list(dict.fromkeys(f.code for f in self.findings))
+
+    def by_severity(self, severity: str) -> list[Finding]:
+        return [f for f in self.findings if f.severity == severity]
+
+    def fails(self, fail_on: str) -> bool:
+        """True when a finding is at or above ``fail_on`` ("info", "warning" or "critical")."""
+        floor = SEVERITY_RANK[fail_on]
+        return any(SEVERITY_RANK[f.severity] >= floor for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Exactly the JSON object of DESIGN.md section 6 (plus extra keys: notes, counts,
+        each finding's rule and thresholds, each fix's params); JSON-safe (NaN -> null)."""
+        return plain({
+            "resdoctor": __version__,
+            "run": self.run.path or "",
+            "steps": self.run.steps,
+            "verdict": self.verdict,
+            "sites": [{"name": s["name"], "kind": s["kind"], "module": s["module"]}
+                      for s in self.run.state["sites"]],
+            "findings": [f.to_dict() for f in self.findings],
+            "notes": list(self.notes),
+            "counts": {s: len(self.by_severity(s)) for s in ("critical", "warning", "info")},
+        })
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def plain(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python numbers, NaN/inf to None, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (int, str, bool)):
+        return obj
+    return str(obj)
+
+
+def _order(f: Finding) -> tuple[int, int, str]:
+    return (-SEVERITY_RANK[f.severity], f.step if f.step is not None else 1 << 62, f.code)
+
+
+def analyze(run: Run | str | os.PathLike[str], **kwargs: Any) -> Report:
+    """Run every registered rule on ``run`` (a ``Run`` or a run-file path).
+
+    Keyword arguments tune thresholds (``**{"exploding-gradients.surge_factor": 20}`` or
+    ``exploding_gradients={"surge_factor": 20}``) or name a ``config`` file / mapping; see
+    ``resdoctor.rules``. Findings come worst first, then by onset step.
+    """
+    if not isinstance(run, Run):
+        run = Run.load(run)
+    from resdoctor.rules import run_rules
+
+    findings, notes = run_rules(run, **kwargs)
+    findings.sort(key=_order)
+    return Report(run, tuple(findings), tuple(notes))

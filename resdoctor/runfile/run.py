@@ -1,0 +1,135 @@
+"""Run: a recorded run file as pandas views."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from resdoctor.runfile import io as runfile
+
+Stat = Literal["mean", "max", "min"]
+SITE_SIGNALS = (
+    "branch_ratio", "grad_branch_share", "stream_norm", "skip_norm", "branch_norm",
+    "smoothing", "smoothing_energy",
+)
+MODULE_SIGNALS = ("grad_norm", "update_ratio", "param_norm")
+
+
+class Run:
+    """Read-only views of one recorded run.
+
+    ``series(signal)`` gives a step x (module or site) table for any signal; ``scalars()`` the
+    logged scalars (loss, lr, ...); ``events`` the exact non-finite onsets; ``skipped_steps`` the
+    steps an AMP GradScaler skipped.
+    """
+
+    def __init__(self, state: dict[str, Any], path: str | None = None) -> None:
+        runfile.validate(state, path or "run")
+        self.state = state
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Run:
+        return cls(runfile.read(path), os.fspath(path))
+
+    # -- metadata ----------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return int(self.state["steps"])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        keys = ("resdoctor_version", "torch_version", "model_class", "created", "rank",
+                "world_size", "schema_version", "device")
+        return {k: self.state.get(k) for k in keys}
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.state.get("options", {}))
+
+    @cached_property
+    def modules(self) -> pd.DataFrame:
+        """One row per recorded module: name, type, params, order (forward completion order)."""
+        cols = ["name", "type", "params", "order"]
+        return pd.DataFrame(self.state["modules"], columns=cols)
+
+    @cached_property
+    def sites(self) -> pd.DataFrame:
+        """One row per residual site: name, kind, module (class), index (forward order)."""
+        rows = [{k: s.get(k) for k in ("name", "kind", "module", "index", "owner")}
+                for s in self.state["sites"]]
+        return pd.DataFrame(rows, columns=["name", "kind", "module", "index", "owner"])
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        """Exact events: non-finite onsets (kind, step, module, phase, rank) and others."""
+        cols = ["kind", "step", "module", "phase", "rank", "detail"]
+        rows = [{k: e.get(k) for k in cols} for e in self.state["events"]]
+        return pd.DataFrame(rows, columns=cols)
+
+    @property
+    def nonfinite(self) -> pd.DataFrame:
+        ev = self.events
+        return ev[ev["kind"] == "nonfinite"].sort_values("step", kind="stable")
+
+    @cached_property
+    def skipped_steps(self) -> np.ndarray:
+        skipped = self.state.get("skipped_steps")
+        return np.asarray(skipped if skipped is not None else [], dtype=np.int64)
+
+    @cached_property
+    def errors(self) -> pd.DataFrame:
+        """Internal resdoctor errors caught during recording (training went on)."""
+        cols = ["where", "type", "message", "count", "first_step"]
+        return pd.DataFrame(self.state.get("errors", []), columns=cols)
+
+    # -- series ------------------------------------------------------------------------------
+    @property
+    def signals(self) -> list[str]:
+        return [k for k, v in self.state["series"].items() if len(v["columns"]) and len(v["steps"])]
+
+    def has(self, signal: str) -> bool:
+        return signal in self.signals
+
+    def series(self, signal: str, stat: Stat = "mean") -> pd.DataFrame:
+        """Steps (first step of each bucket) x names for ``signal``; empty if not recorded."""
+        s = self.state["series"].get(signal)
+        if s is None:
+            return pd.DataFrame()
+        values = s[stat].numpy().astype(np.float64)
+        index = pd.Index(s["steps"].numpy(), name="step")
+        return pd.DataFrame(values, index=index, columns=list(s["columns"]))
+
+    def stride(self, signal: str) -> int:
+        """Steps per row of ``signal`` (1 = every recorded step is its own row)."""
+        s = self.state["series"].get(signal)
+        return int(s["stride"]) if s is not None else 1
+
+    def scalars(self, stat: Stat = "mean") -> pd.DataFrame:
+        """Logged scalars (loss, lr, user scalars) by step."""
+        return self.series("scalars", stat)
+
+    def scalar(self, name: str, stat: Stat = "mean") -> pd.Series:
+        df = self.scalars(stat)
+        return df[name].dropna() if name in df.columns else pd.Series(dtype=float, name=name)
+
+    def long(self, signal: str, stat: Stat = "mean") -> pd.DataFrame:
+        """Long format: columns step, name, value."""
+        df = self.series(signal, stat)
+        if df.empty:
+            return pd.DataFrame(columns=["step", "name", "value"])
+        out = df.reset_index().melt(id_vars="step", var_name="name", value_name="value")
+        return out.dropna(subset=["value"]).reset_index(drop=True)
+
+    def __repr__(self) -> str:
+        return (f"Run({self.path or '<memory>'}: {self.steps} steps, {len(self.modules)} modules, "
+                f"{len(self.sites)} sites, {len(self.nonfinite)} non-finite onsets)")
+
+
+def load(path: str | os.PathLike[str]) -> Run:
+    """Load a run file (``weights_only=True``) as a ``Run``."""
+    return Run.load(path)
