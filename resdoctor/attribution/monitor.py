@@ -7,9 +7,7 @@ restored bit for bit (``attribution.preserved``) and the recorder does not see i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,6 +18,7 @@ from resdoctor.attribution.inputs import Batch, Target, describe
 from resdoctor.recording.trace import Tap
 from resdoctor.attribution.shares import METHODS, Method, Mode, attribute
 from resdoctor.recording.discovery import Site
+from resdoctor.recording.integration import Context
 
 SERIES = "attribution_share"
 MAX_FAILURES = 3  # consecutive failed passes before the monitor stops trying
@@ -68,30 +67,30 @@ class AttributionMonitor:
         return {"every": self.every, "samples": self.batch.size, "method": self.method,
                 "mode": self.mode, "target": describe(self.target), "series": SERIES}
 
-    def on_step(self, watcher: Any) -> None:
-        step = watcher.step - 1  # log() has just ended this step
+    def on_step(self, ctx: Context) -> None:
+        step = ctx.step - 1  # log() has just ended this step
         if step < 0 or step == self._last or step % self.every or self._failures >= MAX_FAILURES:
             return
         self._last = step
-        sites = watcher.sites
+        sites = ctx.sites
         if not sites:
             return
-        recorder = watcher.recorder
-        recorder.journal.meta.setdefault("attribution", self.options())
+        ctx.set_meta("attribution", self.options(), replace=False)
+        names = [s.name for s in sites]
         try:
-            model, sites = _unwrapped(recorder.model, sites)
-            with _unrecorded(recorder):
+            model, sites = _unwrapped(ctx.model, sites)
+            with ctx.paused():  # the hooks stay, but ignore the attribution pass
                 result = attribute(model, self._inputs(model), self.target, sites,
                                    method=self.method, mode=self.mode)
         except Exception as e:  # noqa: BLE001 - never raise into the training loop
             self._failures += 1
-            recorder.record_error("attribution", e)
+            ctx.record_error("attribution", e)
             return
         self._failures = 0
         shares = np.array([s.share for s in result.sites], dtype=np.float64)
-        recorder.journal.extra(SERIES, [s.name for s in watcher.sites], step, shares)
+        ctx.add_series(SERIES, names, step, shares)
 
-    def on_close(self, watcher: Any) -> None:
+    def on_close(self, ctx: Context) -> None:
         self._placed = None
 
     def _inputs(self, model: Any) -> Batch:
@@ -119,14 +118,3 @@ def _unwrapped(model: nn.Module, sites: list[Site]) -> tuple[nn.Module, list[Sit
                                               result=strip(s.result), source=strip(s.source))
                           for s in sites]
 
-
-@contextlib.contextmanager
-def _unrecorded(recorder: Any) -> Iterator[None]:
-    """The recorder records only while it is open: it is marked closed during the pass, so its
-    hooks ignore the attribution forward and backward (the hooks stay in place)."""
-    was = recorder.closed
-    recorder.closed = True
-    try:
-        yield
-    finally:
-        recorder.closed = was

@@ -30,7 +30,7 @@ def safe_hook(framework: str) -> Callable[[Callable[..., Any]], Callable[..., An
             except Exception as e:  # noqa: BLE001 - never raise into the training loop
                 watcher = self.watcher
                 if watcher is not None:
-                    watcher.recorder.record_error(f"{framework}.{hook.__name__}", e)
+                    watcher.context.record_error(f"{framework}.{hook.__name__}", e)
                 else:
                     warnings.warn(f"resdoctor: {hook.__name__} failed: {e}", stacklevel=2)
                 return None

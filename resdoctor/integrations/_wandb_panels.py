@@ -44,7 +44,7 @@ def label(name: str) -> str:
 
 def step_metrics(last: dict[str, Any], modules: Sequence[str], sites: Sequence[str],
                  prefix: str, signals: Iterable[str] = DEFAULT_SIGNALS) -> dict[str, Any]:
-    """The W&B row of one step from ``journal.last``: ``{prefix}/step``, every scalar and, per
+    """The W&B row of one step from ``Context.latest()``: ``{prefix}/step``, every scalar and, per
     module or site, each of ``signals`` under ``{prefix}/{signal}/{name}``."""
     out: dict[str, Any] = {f"{prefix}/step": int(last["step"])}
     out.update({f"{prefix}/{k}": float(v) for k, v in last.get("scalars", {}).items()})

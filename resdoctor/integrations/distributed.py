@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from resdoctor.recording.integration import Context
 from resdoctor.runfile import io as runfile
 from resdoctor.recording.series import Series
 
@@ -92,22 +93,19 @@ def _first_replica(p: Any) -> bool:
 class RankMerger:
     """Watcher integration under torch.distributed: rank 0 writes the merged run at close."""
 
-    def __init__(self, watcher: Any) -> None:
-        recorder = watcher.recorder
-        self.path, self.rank = watcher.path, recorder.rank
-        self.world = int(recorder.journal.meta.get("world_size", 1))
+    def __init__(self, ctx: Context) -> None:
+        self.path, self.rank, self.world = ctx.path, ctx.rank, ctx.world_size
         self._key: str | None = None
         try:
-            layout = shard_layout(recorder.model, recorder.journal.param_modules)
-            recorder.journal.meta["distributed"] = layout
+            ctx.set_meta("distributed", shard_layout(ctx.model, ctx.param_modules))
             self._key = _register(self.path)
         except Exception as e:  # noqa: BLE001 - never raise into the training loop
-            recorder.record_error("distributed", e)
+            ctx.record_error("distributed", e)
 
-    def on_step(self, watcher: Any) -> None:
+    def on_step(self, ctx: Context) -> None:
         return None
 
-    def on_close(self, watcher: Any) -> None:
+    def on_close(self, ctx: Context) -> None:
         """Gather every rank's state to rank 0 (one collective) and write the merged run."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
@@ -117,9 +115,9 @@ class RankMerger:
             return
         state = None
         try:
-            state = watcher.recorder.journal.state(watcher.options.to_dict())
+            state = ctx.state()
         except Exception as e:  # noqa: BLE001 - still join the gather: rank 0 must not wait
-            watcher.recorder.record_error("distributed", e)
+            ctx.record_error("distributed", e)
         watching = _watching(self._key, self.world)
         if watching < self.world:  # some ranks do not watch: a gather would wait for them
             if self.rank == 0 and state is not None:

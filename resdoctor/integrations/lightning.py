@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - the standalone package
                           "pip install resdoctor[lightning]") from e
 
 from resdoctor.integrations._callback import check_options, safe_hook  # noqa: E402
+from resdoctor.recording.integration import Context  # noqa: E402
 
 __all__ = ["ResDoctorCallback"]
 
@@ -64,10 +65,10 @@ class ResDoctorCallback(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
                              batch_idx: int) -> None:
         self._global_step = trainer.global_step
-        recorder = self._recorder()
-        if recorder is not None and not self._forward_open:
+        ctx = self._context()
+        if ctx is not None and not self._forward_open:
             self._forward_open = True
-            recorder._guard("forward", recorder._begin_forward)(pl_module, (), {})
+            ctx.begin_forward()
 
     @_safe
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
@@ -102,16 +103,16 @@ class ResDoctorCallback(Callback):
         if self.watcher is not None:
             self.watcher.close()
 
-    def _recorder(self) -> Any:
+    def _context(self) -> Context | None:
         if self.watcher is None or self.watcher.closed:
             return None
-        return self.watcher.recorder
+        return self.watcher.context
 
     def _close_forward(self, pl_module: Any, output: Any) -> None:
-        recorder = self._recorder()
-        if recorder is not None and self._forward_open:
+        ctx = self._context()
+        if ctx is not None and self._forward_open:
             self._forward_open = False
-            recorder._guard("forward", recorder._end_forward)(pl_module, (), {}, output)
+            ctx.end_forward(output)
 
 
 def _loss(outputs: Any, trainer: Any, pl_module: Any) -> torch.Tensor | float | None:

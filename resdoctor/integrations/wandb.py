@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from resdoctor.findings import Finding
+from resdoctor.recording.integration import Context
 from resdoctor.integrations import _wandb_panels as panels
 from resdoctor.integrations._wandb_html import report_html
 
@@ -102,20 +103,19 @@ def publish_report(run: Any, report: Any, *, prefix: str = "resdoctor",
     })
 
 
-def _diagnose(watcher: Any, at_close: bool = False) -> Any:
+def _diagnose(ctx: Context, at_close: bool = False) -> Any:
     """Diagnose what the watcher has recorded so far (host memory only: no device sync); None
     (error recorded) when the diagnosis itself fails, so alerts can still fall back on events.
     At close under torch.distributed, rank 0 diagnoses the merged run file instead."""
     from resdoctor.report.analysis import analyze
     from resdoctor.runfile.run import Run
 
-    journal = watcher.recorder.journal
     try:
-        if at_close and journal.meta.get("world_size", 1) > 1 and os.path.exists(watcher.path):
-            return analyze(Run.load(watcher.path))
-        return analyze(Run(journal.state(watcher.options.to_dict()), watcher.path))
+        if at_close and ctx.world_size > 1 and os.path.exists(ctx.path):
+            return analyze(Run.load(ctx.path))
+        return analyze(Run(ctx.state(), ctx.path))
     except Exception as e:  # noqa: BLE001 - reported, never raised into the training loop
-        watcher.recorder.record_error("wandb.analyze", e)
+        ctx.record_error("wandb.analyze", e)
         return None
 
 
@@ -160,12 +160,12 @@ class WandbLogger:
         self._warned = False
 
     # -- the run ---------------------------------------------------------------------------
-    def _resolve(self, watcher: Any) -> Any:
+    def _resolve(self, ctx: Context) -> Any:
         run = self.target
         if run is True:  # the active run; if it went away, the one we logged to (finished)
             run = self._wandb.run or self._used
         if run is None or getattr(run, "_is_finished", False):
-            if not self._warned and watcher.recorder.rank == 0:
+            if not self._warned and ctx.rank == 0:
                 self._warned = True
                 why = ("the wandb run has finished: close the watcher before wandb.finish()"
                        if run is not None else
@@ -179,82 +179,81 @@ class WandbLogger:
             self._used = run
         return run
 
-    def _safely(self, watcher: Any, where: str, fn: Callable[..., Any], *args: Any) -> None:
+    def _safely(self, ctx: Context, where: str, fn: Callable[..., Any], *args: Any) -> None:
         """One failing part (a table, an alert) must not stop the others nor the training."""
         try:
             fn(*args)
         except Exception as e:  # noqa: BLE001 - reported, never raised into the training loop
-            watcher.recorder.record_error(f"wandb.{where}", e)
-            if watcher.closed:
+            ctx.record_error(f"wandb.{where}", e)
+            if ctx.closed:
                 warnings.warn(f"resdoctor: W&B {where} failed: {e}", stacklevel=3)
 
     # -- integration protocol ----------------------------------------------------------------
-    def on_step(self, watcher: Any) -> None:
+    def on_step(self, ctx: Context) -> None:
         """After each ``log()``: log the latest step when due; react to new NaN/Inf onsets."""
-        journal = watcher.recorder.journal
-        if not journal.last:
+        latest = ctx.latest()
+        if not latest:
             return
-        run = self._resolve(watcher)
+        run = self._resolve(ctx)
         if run is None:
             return
-        step = int(journal.last["step"])
+        step = int(latest["step"])
         if step >= self._next_due and step != self._logged:
-            self._safely(watcher, "log", self._log_step, run, journal)
+            self._safely(ctx, "log", self._log_step, run, ctx, latest)
             self._next_due = (step // self.every + 1) * self.every
-        if len(journal.events) > self._seen_events and step >= self._live_gate:
+        if ctx.events(self._seen_events) and step >= self._live_gate:
             self._live_gate = step + self.every  # at most one diagnosis per `every` steps
-            self._on_events(run, watcher)
+            self._on_events(run, ctx)
         elif self.analyze_every and step >= self._next_analysis:
             self._next_analysis = step + self.analyze_every
-            self._check(run, watcher, [], log_table=False)
+            self._check(run, ctx, [], log_table=False)
 
-    def on_close(self, watcher: Any) -> None:
+    def on_close(self, ctx: Context) -> None:
         """Log the last step, then the report (tables, charts, HTML) and the critical alerts."""
-        run = self._resolve(watcher)
+        run = self._resolve(ctx)
         if run is None:
             return
-        journal = watcher.recorder.journal
-        if journal.last and int(journal.last["step"]) != self._logged:
-            self._safely(watcher, "log", self._log_step, run, journal)
-        report = _diagnose(watcher, at_close=True)
+        latest = ctx.latest()
+        if latest and int(latest["step"]) != self._logged:
+            self._safely(ctx, "log", self._log_step, run, ctx, latest)
+        report = _diagnose(ctx, at_close=True)
         if report is not None:
-            self._safely(watcher, "report", lambda: publish_report(
+            self._safely(ctx, "report", lambda: publish_report(
                 run, report, prefix=self.prefix, charts=self.charts, max_rows=self.max_rows,
                 commit=self.commit))
-        self._alert_findings(run, watcher, report, self._new_onsets(journal))
+        self._alert_findings(run, ctx, report, self._new_onsets(ctx))
 
     # -- parts ---------------------------------------------------------------------------------
-    def _log_step(self, run: Any, journal: Any) -> None:
-        sites = [s["name"] for s in journal.sites]
-        row = panels.step_metrics(journal.last, journal.param_modules, sites, self.prefix,
-                                  self.signals)
+    def _log_step(self, run: Any, ctx: Context, latest: dict[str, Any]) -> None:
+        sites = [s.name for s in ctx.sites or []]
+        row = panels.step_metrics(latest, ctx.param_modules, sites, self.prefix, self.signals)
         run.log(row, commit=self.commit)
-        self._logged = int(journal.last["step"])
+        self._logged = int(latest["step"])
 
-    def _new_onsets(self, journal: Any) -> list[dict[str, Any]]:
+    def _new_onsets(self, ctx: Context) -> list[dict[str, Any]]:
         """Non-finite onsets not seen yet; AMP-skipped overflows are normal and left out."""
-        new = journal.events[self._seen_events:]
-        self._seen_events = len(journal.events)
+        new = ctx.events(self._seen_events)
+        self._seen_events += len(new)
         return [e for e in new if e.get("kind") == "nonfinite"
                 and not (e.get("detail") or {}).get("amp_skipped")]
 
-    def _on_events(self, run: Any, watcher: Any) -> None:
-        onsets = self._new_onsets(watcher.recorder.journal)
+    def _on_events(self, run: Any, ctx: Context) -> None:
+        onsets = self._new_onsets(ctx)
         if onsets:
-            self._check(run, watcher, onsets, log_table=True)
+            self._check(run, ctx, onsets, log_table=True)
 
-    def _check(self, run: Any, watcher: Any, onsets: list[dict[str, Any]],
+    def _check(self, run: Any, ctx: Context, onsets: list[dict[str, Any]],
                log_table: bool) -> None:
         """Diagnose now; log the findings table and alert new critical findings."""
-        report = _diagnose(watcher)
-        fresh = self._alert_findings(run, watcher, report, onsets)
+        report = _diagnose(ctx)
+        fresh = self._alert_findings(run, ctx, report, onsets)
         if report is not None and (log_table or fresh):
             table = _table(self._wandb, panels.findings_table(report.findings))
-            step = int(watcher.recorder.journal.last["step"])
+            step = int(ctx.latest()["step"])
             row = {f"{self.prefix}/findings": table, f"{self.prefix}/step": step}
-            self._safely(watcher, "findings", lambda: run.log(row, commit=self.commit))
+            self._safely(ctx, "findings", lambda: run.log(row, commit=self.commit))
 
-    def _alert_findings(self, run: Any, watcher: Any, report: Any,
+    def _alert_findings(self, run: Any, ctx: Context, report: Any,
                         onsets: list[dict[str, Any]]) -> int:
         """Alert each critical finding once, or the raw onset when no rule reported it."""
         if not self.alerts_on:
@@ -263,16 +262,16 @@ class WandbLogger:
         critical = [f for f in findings if f.severity == "critical"]
         sent = 0
         for f in critical:
-            sent += self._alert(run, watcher, (f.code, f.location), *panels.alert_text(
-                f, watcher.path), finding=f)
+            sent += self._alert(run, ctx, (f.code, f.location), *panels.alert_text(
+                f, ctx.path), finding=f)
         if onsets and not any(f.code == "nonfinite" for f in critical):
             e = onsets[0]
-            title, text = panels.event_alert(e, watcher.path)
-            sent += self._alert(run, watcher, ("nonfinite", None), title, text,
+            title, text = panels.event_alert(e, ctx.path)
+            sent += self._alert(run, ctx, ("nonfinite", None), title, text,
                                 step=e.get("step"), location=e.get("module"))
         return sent
 
-    def _alert(self, run: Any, watcher: Any, key: tuple[str, str | None], title: str,
+    def _alert(self, run: Any, ctx: Context, key: tuple[str, str | None], title: str,
                text: str, finding: Finding | None = None, step: int | None = None,
                location: str | None = None) -> int:
         if key in self._alerted:
@@ -283,8 +282,8 @@ class WandbLogger:
                   "location": finding.location if finding else location}
         self.alerts.append(record)
         level = self._wandb.AlertLevel.ERROR
-        self._safely(watcher, "alert", lambda: run.alert(title=title, text=text, level=level))
-        self._safely(watcher, "summary", run.summary.update,
+        self._safely(ctx, "alert", lambda: run.alert(title=title, text=text, level=level))
+        self._safely(ctx, "summary", run.summary.update,
                      {f"{self.prefix}/alerts": list(self.alerts)})
         return 1
 

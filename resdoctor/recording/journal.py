@@ -111,6 +111,18 @@ class Journal:
         self._param_order = np.array([self._order.get(n, -1) for n in param_modules])
         self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
 
+    # -- what integrations read and add (through ``integration.Context``) -------------------
+    def latest(self) -> dict[str, Any]:
+        """The latest committed step's host values (a shallow copy; empty before step 0)."""
+        return dict(self.last)
+
+    def events_since(self, since: int = 0) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.events[max(0, since):]]
+
+    def set_meta(self, key: str, value: Any, *, replace: bool = True) -> None:
+        if replace or key not in self.meta:
+            self.meta[key] = value
+
     # -- extra series (integrations such as attribution) -------------------------------------
     def extra(self, name: str, columns: list[str], step: int, values: np.ndarray) -> None:
         """Append one row of an extra signal (created on first use) at ``step``."""

@@ -9,10 +9,11 @@ in the run file, never raised into training.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from resdoctor.runfile import io as runfile
 from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
 from resdoctor.recording.segment import Segment, Transfer, const, unpack
-from resdoctor.recording.trace import Tracer, _version
+from resdoctor.recording.trace import Tracer, tensor_version
 from resdoctor.recording.discovery import Site, sites_from
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
@@ -47,7 +48,7 @@ class Recorder:
                  options: Options, scaler: Any = None, sites: list[Site] | None = None,
                  rank: int = 0, world_size: int = 1) -> None:
         self.model, self.optimizer, self.path, self.options = model, optimizer, path, options
-        self.scaler, self.rank = scaler, rank
+        self.scaler, self.rank, self.world_size = scaler, rank, world_size
         self.hooks = HookSet()
         self.names = {id(m): n for n, m in model.named_modules()}
         named = list(model.named_modules())
@@ -77,6 +78,8 @@ class Recorder:
         self._pending: dict[int, dict[str, Any]] = {}
         self._backward_queued = False
         self._in_forward = 0
+        self._forward_ok = False  # the root's forward returned (set by a non-always hook)
+        self._paused = 0
         self._last_flush = (0, time.monotonic())
         self._step = 0
         self.closed = False
@@ -108,6 +111,8 @@ class Recorder:
     def _attach(self, named: list[tuple[str, nn.Module]]) -> None:
         root = self.model
         self.hooks.forward_pre(root, self._guard("forward", self._begin_forward))
+        # registered before the always-called hook: it runs only when the forward returned
+        self.hooks.forward(root, self._guard("forward", self._forward_returned))
         self.hooks.forward(root, self._guard("forward", self._end_forward), always=True)
         if self.options.nonfinite:
             for name, module in named:
@@ -134,8 +139,41 @@ class Recorder:
         self.hooks.remove()
         self._plans.clear()
 
+    @property
+    def step(self) -> int:
+        """Steps completed so far."""
+        return self._step
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing run inside is recorded (e.g. an integration's own forward passes)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def begin_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        """Open a forward span by hand (guarded; see ``Context.begin_forward``)."""
+        self._guard("forward", self._begin_forward)(module, args, kwargs)
+
+    def end_forward(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        """Close a span opened with ``begin_forward`` (guarded)."""
+        self._forward_ok = True
+        self._guard("forward", self._end_forward)(module, args, kwargs, output)
+
+    def state(self) -> dict[str, Any]:
+        """The run file's state as of now (host memory only)."""
+        return self.journal.state(self.options.to_dict())
+
     def _recording(self) -> bool:
-        return not self.closed and (torch.is_grad_enabled() or self.options.record_eval)
+        return not (self.closed or self._paused) and (
+            torch.is_grad_enabled() or self.options.record_eval)
+
+    def _training(self) -> bool:
+        """A recorded forward that trains: only these feed the per-step site statistics
+        (with ``record_eval`` a validation forward is checked for NaN/Inf, not averaged in)."""
+        return torch.is_grad_enabled() and self._recording()
 
     # -- forward ---------------------------------------------------------------------------
     def _begin_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -149,10 +187,15 @@ class Recorder:
         self._extrema_cache.clear()
         self._ss_cache.clear()
         self._pending.clear()
+        self._forward_ok = False
         if self.sites is None and self._tracer is None:
-            self._tracer = Tracer(self.model)
+            # with sites=False only the module order is traced (no TorchFunctionMode)
+            self._tracer = Tracer(self.model, self.hooks.group(), graph=self.options.sites)
             self._tracer.attach(root=False)
             self._tracer.__enter__()
+
+    def _forward_returned(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        self._forward_ok = True
 
     def _end_forward(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         self._in_forward = max(0, self._in_forward - 1)
@@ -162,7 +205,9 @@ class Recorder:
             tracer, self._tracer = self._tracer, None
             tracer.__exit__(None, None, None)
             tracer.detach()
-            if tracer.failed is not None:
+            if not self._forward_ok:
+                pass  # the forward raised: its trace is partial, discover on the next forward
+            elif tracer.failed is not None:
                 self.record_error("discovery", tracer.failed)
                 self._set_sites([])
             else:
@@ -178,7 +223,7 @@ class Recorder:
             return
         for _, t in iter_tensors(output):
             if t.requires_grad and t.grad_fn is not None:
-                t.register_hook(self._guard("backward", self._on_output_grad))
+                self.hooks.tensor(t, self._guard("backward", self._on_output_grad))
                 break
 
     def _live(self, plan: _Plan) -> bool:
@@ -274,13 +319,13 @@ class Recorder:
 
         for t in _inputs(args, kwargs):
             if t.is_floating_point() and t.requires_grad:
-                t.register_hook(self._guard("backward", on_grad))
+                self.hooks.tensor(t, self._guard("backward", on_grad))
 
     # -- residual sites --------------------------------------------------------------------
     def _set_sites(self, sites: list[Site]) -> None:
         self.sites = sites
         self.journal.set_sites([s.to_dict() for s in sites])
-        if not sites and self.options.smoothing_every:
+        if not sites and self.options.smoothing_every and self.options.sites:
             self._watch_layers()
         if not self.options.sites:
             return
@@ -388,7 +433,7 @@ class Recorder:
             carrier = p.get("result") if p.get("result") is not None else p.get("branch")
             if carrier is None or not carrier.requires_grad:
                 return
-            carrier.register_hook(self._guard("backward", arrived("skip")))
+            self.hooks.tensor(carrier, self._guard("backward", arrived("skip")))
         else:
             skip_nodes = _consumers(skip_fn, x_fn)
             if not skip_nodes:
@@ -411,7 +456,7 @@ class Recorder:
             return hook
 
         for node, k in consumers:
-            node.register_hook(self._guard("backward", collect(k)))
+            self.hooks.node(node, self._guard("backward", collect(k)))
 
     # -- backward and optimizer ------------------------------------------------------------
     def _on_output_grad(self, grad: torch.Tensor) -> None:
@@ -461,6 +506,8 @@ class Recorder:
     def end_segment(self) -> None:
         seg, self.seg = self.seg, Segment()
         self._extrema_cache.clear()  # their slots point into the finished segment's pool
+        if not self._in_forward:
+            self.hooks.forget_transient()
         self._ss_cache.clear()
         if seg.empty:
             return
@@ -541,7 +588,7 @@ def _once(cache: dict[int, tuple[Any, int, Any]], t: torch.Tensor,
           measure: Callable[[torch.Tensor], Any]) -> Any:
     """``measure(t)`` at most once per tensor version per forward: the cache is keyed by id and
     version and holds a weak reference, so it keeps no activation alive."""
-    key, version = id(t), _version(t)
+    key, version = id(t), tensor_version(t)
     entry = cache.get(key)
     if entry is not None and entry[1] == version and entry[0]() is t:
         return entry[2]

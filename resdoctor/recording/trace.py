@@ -68,9 +68,10 @@ class Addition:
 class Tracer(TorchFunctionMode):
     """Trace one forward of ``model``; ``additions`` lists the residual additions in order."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, hooks: HookSet | None = None, graph: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.graph = graph  # False: record the module order only, the mode sees no call
         self.nodes: list[_Node] = []
         self.additions: list[Addition] = []
         self.module_order: list[str] = []
@@ -78,7 +79,7 @@ class Tracer(TorchFunctionMode):
         self._stack: list[str] = []
         self._calls: dict[str, list[int]] = {}
         self._names = {id(m): n for n, m in model.named_modules()}
-        self._hooks = HookSet()
+        self._hooks = hooks if hooks is not None else HookSet()
         self._paused = False
         self.failed: Exception | None = None  # a bug in tracing stops tracing, never the model
 
@@ -143,7 +144,7 @@ class Tracer(TorchFunctionMode):
     # -- the graph -------------------------------------------------------------------------
     def _node(self, t: torch.Tensor) -> _Node:
         entry = self._ids.get(id(t))
-        version = _version(t)
+        version = tensor_version(t)
         if entry is not None and entry[0]() is t and entry[1] == version:
             return entry[2]
         is_param = isinstance(t, nn.Parameter)
@@ -154,13 +155,14 @@ class Tracer(TorchFunctionMode):
             len(self.nodes), parents, data, param_op, t.is_floating_point(), tuple(t.shape)
         )
         self.nodes.append(node)
-        self._ids[id(t)] = (weakref.ref(t), _version(t), node)
+        self._ids[id(t)] = (weakref.ref(t), tensor_version(t), node)
         return node
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if self._paused or self.failed is not None or name in ("__get__", "__set__"):
+        if (not self.graph or self._paused or self.failed is not None
+                or name in ("__get__", "__set__")):
             return func(*args, **kwargs)
         try:  # operands are resolved before the call: an in-place op bumps their version
             inputs = [self._node(t) for _, t in iter_tensors((args, kwargs), depth=4)]
@@ -263,7 +265,8 @@ class Tracer(TorchFunctionMode):
         return None
 
 
-def _version(t: torch.Tensor) -> int:
+def tensor_version(t: torch.Tensor) -> int:
+    """``t._version``, or -1 for inference tensors (they carry no version counter)."""
     try:
         return int(t._version)
     except RuntimeError:  # inference tensors carry no version counter

@@ -11,21 +11,32 @@ import torch
 from torch import nn
 
 from resdoctor.recording.discovery import Site, discover
+from resdoctor.recording.integration import Context, Integration
 from resdoctor.recording.options import Options
 from resdoctor.recording.recorder import Recorder
 
 
 class Watcher:
-    """Records training health of one model into a run file; see ``resdoctor.watch``."""
+    """Records training health of one model into a run file; see ``resdoctor.watch``.
+
+    ``Watcher(...)`` and ``watch(...)`` take the same arguments.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  path: str | os.PathLike[str] = "run.pt", *, scaler: Any = None,
                  example_inputs: tuple[Any, ...] | None = None,
-                 example_kwargs: dict[str, Any] | None = None, **options: Any) -> None:
-        self.options = Options.from_kwargs(**options)
+                 example_kwargs: dict[str, Any] | None = None, options: Options | None = None,
+                 wandb: Any = None, wandb_every: int = 10, **settings: Any) -> None:
+        attribution = {k[len("attribute_"):]: settings.pop(k) for k in list(settings)
+                       if k.startswith("attribute_")}
+        base = options.to_dict() if options is not None else {}
+        self.options = Options.from_kwargs(**{**base, **settings})
         self.path = os.fspath(path)
+        self.integrations: list[Integration] = []
+        # built first: a bad setting fails before any hook is placed
+        extra = _optional_integrations(attribution, wandb, wandb_every)
         sites: list[Site] | None = None
-        if example_inputs is not None or example_kwargs:
+        if self.options.sites and (example_inputs is not None or example_kwargs):
             try:
                 sites = discover(model, *(example_inputs or ()), **(example_kwargs or {}))
             except Exception as e:  # noqa: BLE001 - fall back to the first training forward
@@ -39,10 +50,22 @@ class Watcher:
             record_to = distributed.rank_path(self.path, rank)
         self.recorder = Recorder(model, optimizer, record_to, self.options, scaler=scaler,
                                  sites=sites, rank=rank, world_size=world)
-        self._integrations: list[Any] = []
-        if world > 1:
-            self._integrations.append(distributed.RankMerger(self))
+        self.context = Context(self.recorder, self.path, self.options)
+        try:
+            if world > 1:
+                self.add_integration(distributed.RankMerger(self.context))
+            for integration in extra:
+                self.add_integration(integration)
+        except BaseException:
+            self.recorder.remove_hooks()  # a failing watch() leaves no hook behind
+            raise
         _LIVE.add(self)  # held until close(): `resdoctor.watch(model)` unassigned keeps recording
+
+    def add_integration(self, integration: Integration) -> None:
+        """Call ``integration.on_step(ctx)`` after each ``log()`` and ``on_close(ctx)`` at close."""
+        if not isinstance(integration, Integration):
+            raise TypeError(f"{type(integration).__name__} has no on_step/on_close")
+        self.integrations.append(integration)
 
     @property
     def sites(self) -> list[Site] | None:
@@ -51,7 +74,8 @@ class Watcher:
 
     @property
     def step(self) -> int:
-        return self.recorder._step
+        """Steps completed so far."""
+        return self.recorder.step
 
     @property
     def closed(self) -> bool:
@@ -63,8 +87,8 @@ class Watcher:
             return
         try:
             self.recorder.log(scalars)
-            for integration in self._integrations:
-                integration.on_step(self)
+            for integration in self.integrations:
+                integration.on_step(self.context)
         except Exception as e:  # noqa: BLE001 - never raise into the training loop
             self.recorder.record_error("log", e)
 
@@ -85,9 +109,9 @@ class Watcher:
             self.recorder.close()
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"resdoctor: could not write {self.path}: {e}", stacklevel=2)
-        for integration in self._integrations:
+        for integration in self.integrations:
             try:
-                integration.on_close(self)
+                integration.on_close(self.context)
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"resdoctor: integration failed at close: {e}", stacklevel=2)
 
@@ -122,29 +146,29 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
     Steps: with an optimizer a step is one ``optimizer.step()`` (gradient accumulation folds
     into it; a step an AMP GradScaler skips is recorded as skipped); without one, each ``log()``
     call ends a step. Residual sites are discovered on the first forward pass, or up front from
-    ``example_inputs``. Options: see ``resdoctor.recording.options.Options``; also ``scaler=`` (a
-    GradScaler, so gradient norms are unscaled) and ``wandb=True`` / a wandb run, and
+    ``example_inputs``. Options: the fields of ``resdoctor.Options`` as keywords, or
+    ``options=Options(...)`` (keywords win); also ``scaler=`` (a GradScaler, so gradient norms
+    are unscaled) and ``wandb=True`` / a wandb run (``wandb_every=10``), and
     ``attribute_every=N, attribute_inputs=batch`` (plus ``attribute_samples``, ``_target``,
     ``_method``, ``_mode``): every N steps the attribution share of each residual branch on a few
     samples, stored as the series ``attribution_share`` (see ``resdoctor.attribute``).
     """
-    wandb_arg = options.pop("wandb", None)
-    wandb_every = options.pop("wandb_every", 10)
-    attribution = {k[len("attribute_"):]: options.pop(k) for k in list(options)
-                   if k.startswith("attribute_")}
-    monitor = None
-    if attribution.get("every"):  # built first: a bad setting fails before any hook is placed
+    return Watcher(model, optimizer, path, **options)
+
+
+def _optional_integrations(attribution: dict[str, Any], wandb: Any,
+                           wandb_every: int) -> list[Integration]:
+    """The integrations asked for by ``watch()`` keywords, built before any hook is placed."""
+    found: list[Integration] = []
+    if attribution.get("every"):
         from resdoctor.attribution.monitor import AttributionMonitor
 
-        monitor = AttributionMonitor.from_options(attribution)
-    watcher = Watcher(model, optimizer, path, **options)
-    if wandb_arg:
+        found.append(AttributionMonitor.from_options(attribution))
+    if wandb:
         from resdoctor.integrations.wandb import WandbLogger
 
-        watcher._integrations.append(WandbLogger(wandb_arg, every=wandb_every))
-    if monitor is not None:
-        watcher._integrations.append(monitor)
-    return watcher
+        found.append(WandbLogger(wandb, every=wandb_every))
+    return found
 
 
 def _dist_rank() -> tuple[int, int]:

@@ -277,7 +277,7 @@ def test_nan_onset_alerts_during_training_with_the_fix(wb, tmp_path):
     run = init()
     with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True, wandb_every=100) as doc:
         train(model, opt, doc, 6, nan_at=4)
-        logger = doc._integrations[0]
+        logger = doc.integrations[0]
         assert len(logger.alerts) == 1  # sent while training, not at close
         train(model, opt, doc, 3)
     run.finish()
@@ -314,7 +314,7 @@ def test_analyze_every_alerts_other_critical_findings_while_training(wb, tmp_pat
             F.mse_loss(model(torch.randn(8, 16)), torch.randn(8, 1)).backward()
             opt.step()
             doc.log(loss=1.0 / (1 + i) if i < 20 else 0.05 * 1.5 ** (i - 20))  # diverges
-        live = [dict(a) for a in doc._integrations[0].alerts]
+        live = [dict(a) for a in doc.integrations[0].alerts]
     run.finish()
     assert [a["code"] for a in live] == ["loss-divergence"]  # sent before close
     out = wb(run)
@@ -491,9 +491,9 @@ def test_step_metrics_and_heatmap_from_a_nan_run(tmp_path):
     model, opt = mlp()
     with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
         train(model, opt, doc, 6, nan_at=4)
-        journal = doc.recorder.journal
-        row = panels.step_metrics(journal.last, journal.param_modules,
-                                  [s["name"] for s in journal.sites], "rd")
+        ctx = doc.context
+        row = panels.step_metrics(ctx.latest(), ctx.param_modules,
+                                  [s.name for s in ctx.sites or []], "rd")
     assert row["rd/step"] == 5 and np.isnan(row["rd/loss"])
     assert np.isnan(row["rd/grad_norm/blocks.1.branch.1"])  # measured NaN is kept
     assert not any(k.startswith("rd/branch_ratio/") and np.isnan(v) for k, v in row.items())
