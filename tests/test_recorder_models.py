@@ -90,7 +90,7 @@ def test_models_without_residual_sites_get_smoothing_at_their_layers(tmp_path):
 
 def test_repeated_layers_picks_the_longest_same_type_stack():
     from resdoctor.models import ResidualMLP
-    from resdoctor.recording.recorder import repeated_layers
+    from resdoctor.recording.discovery import repeated_layers
 
     names = [n for n, _ in repeated_layers(ResidualMLP(depth=4, residual=False))]
     assert names == [f"blocks.{i}" for i in range(4)]

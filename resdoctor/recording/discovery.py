@@ -124,3 +124,17 @@ def _cuda_devices(model: nn.Module) -> list[int]:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
+def repeated_layers(model: nn.Module, min_layers: int = 3) -> list[tuple[str, nn.Module]]:
+    """The longest ModuleList/Sequential of same-type, parameterised modules: the model's layers."""
+    best: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = list(module.named_children())
+        if len(children) < max(min_layers, len(best) + 1):
+            continue
+        kinds = {type(child) for _, child in children}
+        if len(kinds) == 1 and any(True for _ in children[0][1].parameters()):
+            prefix = f"{name}." if name else ""
+            best = [(prefix + n, child) for n, child in children]
+    return best

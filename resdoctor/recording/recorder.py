@@ -1,10 +1,10 @@
-"""Recorder: owns every hook, measures through the sensors, hands segments to the journal.
+"""Recorder: owns every hook and dispatches to the sensors; it measures nothing itself.
 
-Per step: module hooks measure activations (norms reused through a per-forward cache), a tensor
-hook on the model output queues one end-of-backward callback for fused gradient norms, optimizer
-hooks measure parameters and updates. ``end_segment()`` packs everything into one tensor and
-transfers it once. Every hook body runs under ``_guard``: an error inside resdoctor is counted
-in the run file, never raised into training.
+The sensors declare what they need (``sensors.needs``); the recorder places one forward
+pre/post hook pair per module that any of them needs, a tensor hook on the model output that
+queues one end-of-backward callback, and optimizer step hooks. ``end_segment()`` packs what the
+sensors pooled into one tensor and transfers it once. Every hook body runs under ``_guard``: an
+error inside resdoctor is counted in the run file, never raised into training.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,22 +23,18 @@ from resdoctor.runfile import io as runfile
 from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
 from resdoctor.recording.segment import Segment, Transfer, const, unpack
-from resdoctor.recording.trace import Tracer, tensor_version
-from resdoctor.recording.discovery import Site, sites_from
+from resdoctor.recording.trace import Tracer
+from resdoctor.recording.discovery import Site, repeated_layers, sites_from
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
-from resdoctor.recording.sensors import GradNorm, Smoothing, UpdateRatio
-from resdoctor.recording.sensors.site_probe import DECODE, extrema, inner, sum_squares
-
-# Modules that turn finite inputs into finite outputs: their outputs need no NaN/Inf check.
-FINITE_PRESERVING: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Mish,
-    nn.Hardtanh, nn.Softmax, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Flatten,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
-    nn.GroupNorm, nn.Embedding,
+from resdoctor.recording.sensors import (
+    GradNorm,
+    GradShare,
+    NonFinite,
+    SiteMagnitude,
+    Smoothing,
+    UpdateRatio,
 )
-
 
 class Recorder:
     """Records one model (and optionally its optimizer) into a run file."""
@@ -55,9 +50,18 @@ class Recorder:
         groups = [(n, list(m.parameters(recurse=False))) for n, m in named]
         groups = [(n, [p for p in ps if p.requires_grad]) for n, ps in groups]
         groups = [(n, ps) for n, ps in groups if ps]
+        # the sensors; the hooks placed below are the ones their needs call for
         self.grads = GradNorm([ps for _, ps in groups])
-        self.updates = UpdateRatio(self.grads)
-        self.smoothing = Smoothing(options.smoothing_samples)
+        self.updates = UpdateRatio(self.grads, options.update_every)
+        self.smoothing = Smoothing(options.smoothing_samples, options.smoothing_every)
+        self.nonfinite = NonFinite()
+        self.magnitude = SiteMagnitude()
+        self.grad_share = GradShare(options.grad_share_every)
+        self.decode = {s.kind: s.decode for s in (self.magnitude, self.grad_share)}
+        # schedules are read once, when the plan is made
+        self._due_smoothing = self.smoothing.needs.when
+        self._due_grad_share = self.grad_share.needs.when
+        self._due_update = self.updates.needs.when
         modules = [{"name": n or "<root>", "type": type(m).__name__,
                     "params": sum(p.numel() for p in m.parameters(recurse=False)), "order": -1}
                    for n, m in named]
@@ -73,8 +77,6 @@ class Recorder:
         self._tracer: Tracer | None = None
         self._plans: dict[str, _Plan] = {}
         self._forward_id = 0
-        self._extrema_cache: dict[int, tuple[Any, int, Any]] = {}  # see _once
-        self._ss_cache: dict[int, tuple[Any, int, Any]] = {}
         self._pending: dict[int, dict[str, Any]] = {}
         self._backward_queued = False
         self._in_forward = 0
@@ -116,12 +118,9 @@ class Recorder:
         self.hooks.forward(root, self._guard("forward", self._end_forward), always=True)
         if self.options.nonfinite:
             for name, module in named:
-                if isinstance(module, FINITE_PRESERVING):
-                    continue
-                # parameter-free leaf ops (custom functions) can create NaN in backward without
-                # any parameter gradient showing it first: their input gradient is checked too
-                leaf_op = not list(module.children()) and not any(True for _ in module.parameters())
-                self._plan(name, module).check = (True, leaf_op)
+                checks = self.nonfinite.checks(module)
+                if checks is not None:
+                    self._plan(name, module).check = checks
         if self.optimizer is not None:
             self.hooks.step_pre(self.optimizer, self._guard("optimizer", self._before_step))
             self.hooks.step_post(self.optimizer, self._guard("optimizer", self._after_step))
@@ -184,8 +183,7 @@ class Recorder:
             self.end_segment()
         self.seg.forwards += 1
         self._forward_id += 1
-        self._extrema_cache.clear()
-        self._ss_cache.clear()
+        self._reset_sensors()
         self._pending.clear()
         self._forward_ok = False
         if self.sites is None and self._tracer is None:
@@ -260,7 +258,7 @@ class Recorder:
     def _before(self, plan: _Plan, args: Any, kwargs: Any) -> None:
         plan.calls += 1
         if plan.check:
-            plan.inputs.append(self._extrema(_inputs(args, kwargs)))
+            plan.inputs.append(self.nonfinite.inputs(self.seg, args, kwargs))
         if plan.taps_in:
             merged = call_inputs(args, kwargs)
             for i, role, tap in plan.taps_in:
@@ -271,55 +269,27 @@ class Recorder:
 
     def _after(self, plan: _Plan, args: Any, kwargs: Any, output: Any) -> None:
         if plan.check and plan.inputs:
-            slots_in = plan.inputs.pop()
-            slots_out = self._extrema(_outputs(output))
-            if slots_out is not None:
-                # [in min, in max, out min, out max] in the tensors' own dtype: exact, no
-                # overflow; an input without floats (token ids) reads as 0
-                self.seg.add_row("fwd", plan.index, (slots_in or (-1, -1)) + slots_out)
+            self.nonfinite.outputs(self.seg, plan.index, plan.inputs.pop(), output)
             if plan.check[1] and torch.is_grad_enabled():
-                self._check_input_grads(plan.index, args, kwargs)
+                self.nonfinite.input_grads(self._segment, self._hooks_for("backward"),
+                                           plan.index, args, kwargs)
         for i, role, tap in plan.taps_out:
             if tap.call == plan.calls:
                 t = get_path(output, tap.path)
                 if t is not None:
                     self._site_value(i, role, t)
 
-    def _extrema(self, tensors: list[torch.Tensor]) -> tuple[int, int] | None:
-        """Pool slots of ``(min, max)`` over the floating tensors: both finite exactly when every
-        element is. Unlike a norm this cannot overflow: huge but finite activations stay finite.
-        Each tensor is reduced at most once per version per forward."""
-        if len(tensors) == 1:
-            return self._extremum(tensors[0])
-        found = [s for s in map(self._extremum, tensors) if s is not None]
-        if len(found) < 2:
-            return found[0] if found else None
-        pool = self.seg.pool
-        lo = torch.stack([pool[a] for a, _ in found]).amin()
-        hi = torch.stack([pool[b] for _, b in found]).amax()
-        return self.seg.put(lo), self.seg.put(hi)
+    def _segment(self) -> Segment:
+        """The segment being filled now (a backward hook runs after its forward's segment)."""
+        return self.seg
 
-    def _extremum(self, t: torch.Tensor) -> tuple[int, int] | None:
-        def measure(t: torch.Tensor) -> tuple[int, int] | None:
-            if not t.is_floating_point() or not t.numel():
-                return None
-            lo, hi = extrema(t)
-            return self.seg.put(lo), self.seg.put(hi)
-        return _once(self._extrema_cache, t, measure)
+    def _hooks_for(self, where: str) -> _GuardedHooks:
+        return _GuardedHooks(self, where)
 
-    def _sum_squares(self, t: torch.Tensor) -> int:
-        """Pool slot of ``||t||^2`` (site magnitudes)."""
-        return _once(self._ss_cache, t, lambda t: self.seg.put(sum_squares(t)))
-
-    def _check_input_grads(self, index: int, args: Any, kwargs: Any) -> None:
-        def on_grad(g: torch.Tensor) -> None:
-            if g.numel():
-                lo, hi = extrema(g)
-                self.seg.add_row("bwd", index, (self.seg.put(lo), self.seg.put(hi)))
-
-        for t in _inputs(args, kwargs):
-            if t.is_floating_point() and t.requires_grad:
-                self.hooks.tensor(t, self._guard("backward", on_grad))
+    def _reset_sensors(self) -> None:
+        """Pooled slots point into one segment: per-forward caches start again."""
+        self.nonfinite.reset()
+        self.magnitude.reset()
 
     # -- residual sites --------------------------------------------------------------------
     def _set_sites(self, sites: list[Site]) -> None:
@@ -355,7 +325,7 @@ class Recorder:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             if not (self._in_forward and self._recording()):
                 return
-            if not _due(self.options.smoothing_every, self._step):
+            if not self._due_smoothing(self._step):
                 return
             t = next((t for _, t in iter_tensors(output) if t.is_floating_point()), None)
             if t is None:
@@ -366,97 +336,28 @@ class Recorder:
         return hook
 
     def _site_value(self, i: int, role: str, t: torch.Tensor) -> None:
-        """One operand of site i arrived. Magnitudes are pooled as sums of squares (the host
-        takes the roots): ``||skip||^2``, ``||branch||^2``, and ``||skip + branch||^2`` or, when
-        the sum is not tapped, ``<skip, branch>`` (one fused dot instead of materialising it)."""
+        """One operand of site i arrived: measured at once (a later in-place update must not
+        change it); once the site is complete, its sensors run."""
+        if not self._training():
+            return  # a validation forward (record_eval) is not averaged into the step
         site = self.sites[i]  # type: ignore[index]
         p = self._pending.setdefault(i, {})
         p[role] = t
         p[role + "_fn"] = t.grad_fn  # before any in-place op rebases it (gradient share)
-        if role == "skip":
-            p["skip_ss"] = self._sum_squares(t)
-        elif role == "branch":
-            p["branch_ss"] = self._sum_squares(t)
-            if site.result is None and "skip" in p:
-                p["cross"] = self.seg.put(inner(p["skip"], t))
-        elif role == "result":
-            p["sum_ss"] = self._sum_squares(t)
-            if site.branch is None and "skip" in p:
-                p["branch_ss"] = self.seg.put(sum_squares(t.detach() - p["skip"].detach()))
-                p["branch"] = None
-        if "skip_ss" in p and "branch_ss" in p and ("sum_ss" in p or "cross" in p):
-            self._complete(i, self._pending.pop(i))
+        if role != "source" and self.magnitude.operand(self.seg, site, p, role, t):
+            self._complete(i, site, self._pending.pop(i))
 
-    def _complete(self, i: int, p: dict[str, Any]) -> None:
-        site = self.sites[i]  # type: ignore[index]
-        seg = self.seg
-        skip = p["skip"]
-        total = p.get("result")
-        n = skip.numel()
-        seg.add_row("site", i, (
-            p["skip_ss"], p["branch_ss"], p.get("sum_ss", -1), p.get("cross", -1),
-            const(n), const(n if p.get("branch") is None else p["branch"].numel()),
-            const(0 if total is None else total.numel()),
-        ))
-        if _due(self.options.smoothing_every, self._step):
+    def _complete(self, i: int, site: Site, p: dict[str, Any]) -> None:
+        self.magnitude.row(self.seg, i, p)
+        if self._due_smoothing(self._step):
+            total = p.get("result")
             measured = (self.smoothing(total) if total is not None
-                        else self.smoothing.of_sum(skip, p["branch"]))
+                        else self.smoothing.of_sum(p["skip"], p["branch"]))
             if measured is not None:
-                seg.add_row("smooth", i, (seg.put(measured[0]), seg.put(measured[1])))
-        if _due(self.options.grad_share_every, self._step) and torch.is_grad_enabled():
-            self._grad_share(i, site, p)
-
-    # -- gradient branch share -----------------------------------------------------------------
-    def _grad_share(self, i: int, site: Site, p: dict[str, Any]) -> None:
-        """share = |g_branch| / (|g_branch| + |g_skip|) at the site's source x. Each part is read
-        where it enters x: hooks on the autograd nodes of the branch (and of a projection
-        shortcut) that consume x; an identity skip passes the sum's gradient on unchanged."""
-        identity = site.kind == "identity" and site.source == site.skip
-        x_fn = p.get("skip_fn") if identity else p.get("source_fn")
-        skip_fn = x_fn if identity else p.get("skip_fn")
-        branch_fn = p.get("branch_fn") or _other_operand(p.get("result_fn"), skip_fn)
-        if x_fn is None or branch_fn is None:
-            return
-        branch_nodes = _consumers(branch_fn, x_fn)
-        if not branch_nodes:
-            return
-        seg, box = self.seg, {}
-
-        def arrived(role: str) -> Callable[[torch.Tensor], None]:
-            def store(g: torch.Tensor) -> None:
-                box[role] = seg.put(sum_squares(g))
-                if len(box) == 2:
-                    seg.add_row("gshare", i, (box["skip"], box["branch"]))
-            return store
-
-        if identity:
-            carrier = p.get("result") if p.get("result") is not None else p.get("branch")
-            if carrier is None or not carrier.requires_grad:
-                return
-            self.hooks.tensor(carrier, self._guard("backward", arrived("skip")))
-        else:
-            skip_nodes = _consumers(skip_fn, x_fn)
-            if not skip_nodes:
-                return
-            self._sum_grads(skip_nodes, arrived("skip"))
-        self._sum_grads(branch_nodes, arrived("branch"))
-
-    def _sum_grads(self, consumers: list[tuple[Any, int]],
-                   done: Callable[[torch.Tensor], None]) -> None:
-        """Hook each ``(node, k)``; once all have run, ``done(sum of their k-th input grads)``:
-        the gradient that reaches their common input through them."""
-        parts: list[torch.Tensor] = []
-
-        def collect(k: int) -> Callable[..., None]:
-            def hook(grad_inputs: Any, grad_outputs: Any) -> None:
-                if grad_inputs[k] is not None:
-                    parts.append(grad_inputs[k])
-                if len(parts) == len(consumers):
-                    done(parts[0] if len(parts) == 1 else torch.stack(parts).sum(0))
-            return hook
-
-        for node, k in consumers:
-            self.hooks.node(node, self._guard("backward", collect(k)))
+                self.seg.add_row("smooth", i, (self.seg.put(measured[0]),
+                                               self.seg.put(measured[1])))
+        if self._due_grad_share(self._step):
+            self.grad_share(self._segment, self._hooks_for("backward"), i, site, p)
 
     # -- backward and optimizer ------------------------------------------------------------
     def _on_output_grad(self, grad: torch.Tensor) -> None:
@@ -484,7 +385,7 @@ class Recorder:
             self.seg.vectors.pop("grad_max", None)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if _due(self.options.update_every, self._step):
+        if self._due_update(self._step):
             self.updates.before()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -505,10 +406,9 @@ class Recorder:
 
     def end_segment(self) -> None:
         seg, self.seg = self.seg, Segment()
-        self._extrema_cache.clear()  # their slots point into the finished segment's pool
+        self._reset_sensors()  # their slots point into the finished segment's pool
         if not self._in_forward:
             self.hooks.forget_transient()
-        self._ss_cache.clear()
         if seg.empty:
             return
         with torch.no_grad():
@@ -523,7 +423,7 @@ class Recorder:
 
     def drain(self, wait: bool = False) -> None:
         for meta, flat, layout in self.transfer.ready(wait):
-            blocks = unpack(flat, layout, DECODE)
+            blocks = unpack(flat, layout, self.decode)
             blocks["vec"] = self._fold(blocks["vec"])
             self.journal.consume(meta, blocks, self.rank)
 
@@ -584,80 +484,17 @@ class _Plan:
         self.inputs: list[tuple[int, int] | None] = []  # input extrema slots, one per open call
 
 
-def _once(cache: dict[int, tuple[Any, int, Any]], t: torch.Tensor,
-          measure: Callable[[torch.Tensor], Any]) -> Any:
-    """``measure(t)`` at most once per tensor version per forward: the cache is keyed by id and
-    version and holds a weak reference, so it keeps no activation alive."""
-    key, version = id(t), tensor_version(t)
-    entry = cache.get(key)
-    if entry is not None and entry[1] == version and entry[0]() is t:
-        return entry[2]
-    value = measure(t)
-    cache[key] = (weakref.ref(t), version, value)
-    return value
+class _GuardedHooks:
+    """The hook registrar lent to sensors: every callback guarded, every handle in the
+    recorder's ``HookSet`` (transient: it dies with the step's graph)."""
 
+    __slots__ = ("_recorder", "_where")
 
-def _inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    """The tensors among a module's inputs (fast path for the usual single tensor)."""
-    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-        return [args[0]]
-    return [t for _, t in iter_tensors((args, kwargs))]
+    def __init__(self, recorder: Recorder, where: str) -> None:
+        self._recorder, self._where = recorder, where
 
+    def tensor(self, t: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> None:
+        self._recorder.hooks.tensor(t, self._recorder._guard(self._where, fn))
 
-def _outputs(output: Any) -> list[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    return [t for _, t in iter_tensors(output)]
-
-
-def repeated_layers(model: nn.Module, min_layers: int = 3) -> list[tuple[str, nn.Module]]:
-    """The longest ModuleList/Sequential of same-type, parameterised modules: the model's layers."""
-    best: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-            continue
-        children = list(module.named_children())
-        if len(children) < max(min_layers, len(best) + 1):
-            continue
-        kinds = {type(child) for _, child in children}
-        if len(kinds) == 1 and any(True for _ in children[0][1].parameters()):
-            prefix = f"{name}." if name else ""
-            best = [(prefix + n, child) for n, child in children]
-    return best
-
-
-def _consumers(start: Any, target: Any, limit: int = 512) -> list[tuple[Any, int]]:
-    """Autograd nodes reachable from ``start`` (without passing ``target``) that take
-    ``target``'s output as their k-th input: ``[(node, k), ...]``; empty when the graph is larger
-    than ``limit`` nodes (an incomplete list would give a wrong sum)."""
-    if start is None or target is None:
-        return []
-    found: list[tuple[Any, int]] = []
-    todo: list[Any] = [start]
-    seen: set[int] = set()
-    while todo:
-        node = todo.pop()
-        if node is None or id(node) in seen:
-            continue
-        if len(seen) >= limit:
-            return []
-        seen.add(id(node))
-        for k, (nxt, _) in enumerate(node.next_functions):
-            if nxt is target:
-                found.append((node, k))
-            elif nxt is not None:
-                todo.append(nxt)
-    return found
-
-
-def _other_operand(sum_fn: Any, skip_fn: Any) -> Any:
-    """The branch's autograd node from the sum's: a branch that is no module's output (such as
-    ``x + scale * h``) is the operand of the addition that is not the skip."""
-    if sum_fn is None or skip_fn is None:
-        return None
-    others = [f for f, _ in sum_fn.next_functions if f is not None and f is not skip_fn]
-    return others[0] if len(others) == 1 else None
-
-
-def _due(every: int, step: int) -> bool:
-    return every > 0 and step % every == 0
+    def node(self, node: Any, fn: Callable[..., Any]) -> None:
+        self._recorder.hooks.node(node, self._recorder._guard(self._where, fn))

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from resdoctor.recording.sensors.needs import Needs
+
 
 class GradNorm:
     """Per-module gradient norms ``sqrt(sum_p ||grad_p||^2)`` over the module's own parameters.
@@ -20,6 +22,8 @@ class GradNorm:
     ``torch._foreach_norm`` computes every parameter's norm in one fused call; the host folds
     them into modules. Parameters without a gradient contribute 0.
     """
+
+    needs = Needs(frozenset({"gradients"}))
 
     def __init__(self, groups: list[list[nn.Parameter]]) -> None:
         # a tied parameter (GPT-2's embedding and output head) is listed by both modules but

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from resdoctor.recording.sensors.needs import Needs, every
+
 
 class Smoothing:
     """Mean pairwise cosine similarity and normalised Dirichlet energy of sampled positions.
@@ -18,8 +20,9 @@ class Smoothing:
     graph normalised to 1 for orthogonal zero-mean positions.
     """
 
-    def __init__(self, samples: int = 64) -> None:
+    def __init__(self, samples: int = 64, every_n: int = 10) -> None:
         self.samples = samples
+        self.needs = Needs(frozenset({"site_operands", "layer_output"}), every(every_n))
 
     def positions(self, x: torch.Tensor) -> torch.Tensor | None:
         if x.dim() == 4:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from resdoctor.recording.sensors.grad_norm import GradNorm
+from resdoctor.recording.sensors.needs import Needs, every
 
 
 class UpdateRatio:
@@ -15,8 +16,10 @@ class UpdateRatio:
     are per parameter (device); ``GradNorm.fold`` combines them into modules on the host.
     """
 
-    def __init__(self, grouping: GradNorm) -> None:
+    def __init__(self, grouping: GradNorm, every_n: int = 10) -> None:
         self.grouping = grouping
+        # the snapshot (``before``) follows the schedule; ``after`` runs every step
+        self.needs = Needs(frozenset({"optimizer_step"}), every(every_n))
         self._before: list[torch.Tensor] | None = None
         self._old = torch.zeros(0)
 

@@ -1,0 +1,113 @@
+"""NonFinite: where NaN/Inf is made, checked exactly at every module boundary.
+
+Each checked module's inputs and outputs are reduced to ``(min, max)`` (one fused ``aminmax``):
+both are finite exactly when every element is, and unlike a norm they cannot overflow, so huge
+but finite activations stay finite. A row ``[in min, in max, out min, out max]`` per module call
+goes to the segment; the journal finds the first module whose output went bad while its inputs
+were finite. Parameter-free leaf ops can make NaN in backward without any parameter gradient
+showing it first: their input gradient is checked too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from resdoctor.recording.pytree import iter_tensors
+from resdoctor.recording.segment import Segment
+from resdoctor.recording.sensors.kernels import TensorCache, extrema
+from resdoctor.recording.sensors.needs import Hooks, Needs
+
+# Modules that turn finite inputs into finite outputs: their outputs need no NaN/Inf check.
+FINITE_PRESERVING: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Mish,
+    nn.Hardtanh, nn.Softmax, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Flatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
+    nn.GroupNorm, nn.Embedding,
+)
+
+Slots = tuple[int, int]
+
+
+class NonFinite:
+    """Exact NaN/Inf checks of module inputs, outputs and (leaf ops) input gradients."""
+
+    needs = Needs(frozenset({"module_io", "input_grads"}))
+
+    def __init__(self) -> None:
+        self._cache = TensorCache()
+
+    @staticmethod
+    def checks(module: nn.Module) -> tuple[bool, bool] | None:
+        """``(check outputs, also check input gradients)`` for ``module``, None to skip it."""
+        if isinstance(module, FINITE_PRESERVING):
+            return None
+        leaf_op = not list(module.children()) and not any(True for _ in module.parameters())
+        return True, leaf_op
+
+    def reset(self) -> None:
+        """A new forward (or segment): pooled slots of the last one are no longer valid."""
+        self._cache.clear()
+
+    def inputs(self, seg: Segment, args: Any, kwargs: Any) -> Slots | None:
+        """Pool slots of the inputs' ``(min, max)``; None when no input is floating."""
+        return self._extrema(seg, _inputs(args, kwargs))
+
+    def outputs(self, seg: Segment, index: int, inputs: Slots | None, output: Any) -> None:
+        """Record module ``index``'s row; an input without floats (token ids) reads as 0."""
+        slots = self._extrema(seg, _outputs(output))
+        if slots is not None:
+            seg.add_row("fwd", index, (inputs or (-1, -1)) + slots)
+
+    def input_grads(self, current: Callable[[], Segment], hooks: Hooks, index: int, args: Any,
+                    kwargs: Any) -> None:
+        """Check the gradient reaching each floating input of module ``index`` in backward."""
+
+        def on_grad(g: torch.Tensor) -> None:
+            if g.numel():
+                seg = current()
+                lo, hi = extrema(g)
+                seg.add_row("bwd", index, (seg.put(lo), seg.put(hi)))
+
+        for t in _inputs(args, kwargs):
+            if t.is_floating_point() and t.requires_grad:
+                hooks.tensor(t, on_grad)
+
+    def _extrema(self, seg: Segment, tensors: list[torch.Tensor]) -> Slots | None:
+        """Pool slots of ``(min, max)`` over the floating tensors, each reduced at most once per
+        version per forward."""
+        if len(tensors) == 1:
+            return self._extremum(seg, tensors[0])
+        found = [s for s in (self._extremum(seg, t) for t in tensors) if s is not None]
+        if len(found) < 2:
+            return found[0] if found else None
+        pool = seg.pool
+        lo = torch.stack([pool[a] for a, _ in found]).amin()
+        hi = torch.stack([pool[b] for _, b in found]).amax()
+        return seg.put(lo), seg.put(hi)
+
+    def _extremum(self, seg: Segment, t: torch.Tensor) -> Slots | None:
+        def measure(t: torch.Tensor) -> Slots | None:
+            if not t.is_floating_point() or not t.numel():
+                return None
+            lo, hi = extrema(t)
+            return seg.put(lo), seg.put(hi)
+
+        return self._cache.get(t, measure)
+
+
+def _inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors among a module's inputs (fast path for the usual single tensor)."""
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+        return [args[0]]
+    return [t for _, t in iter_tensors((args, kwargs))]
+
+
+def _outputs(output: Any) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [t for _, t in iter_tensors(output)]
