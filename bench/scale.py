@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from resdoctor.runfile import io as runfile
-from resdoctor.recording.segment import Segment, Transfer, unpack
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
+from resdoctor.recording.segment import Segment, Transfer, unpack
+from resdoctor.runfile import io as runfile
 
 TARGETS = {"file_mb": 50.0, "analyze_s": 5.0}
 
@@ -268,7 +268,8 @@ def write_and_read(journal: Journal, path: Path) -> dict[str, Any]:
 def _cli(path: Path) -> tuple[float, int]:
     """``resdoctor analyze RUN --json`` end to end in a fresh process (imports included)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli.main", "analyze", str(path), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli.main", "analyze", str(path),
+                           "--json"],
                           capture_output=True, text=True, check=False)
     return time.perf_counter() - t0, proc.returncode
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from resdoctor._version import __version__
-from resdoctor.recording.discovery import Site, discover
 from resdoctor.findings import Finding, Fix
+from resdoctor.recording.discovery import Site, discover
 from resdoctor.recording.options import Options
-from resdoctor.runfile.io import RunFileError
 from resdoctor.recording.watcher import Watcher, watch
+from resdoctor.runfile.io import RunFileError
 
 if TYPE_CHECKING:
     from resdoctor.report.analysis import Report

@@ -13,8 +13,8 @@ import typer
 from typer.testing import CliRunner
 
 from resdoctor.cli import main as cli
-from resdoctor.runfile import io as runfile
 from resdoctor.rules.testing import diverging_run, quiet_run
+from resdoctor.runfile import io as runfile
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "resdoctor/schemas/report.schema.json")
                     .read_text())

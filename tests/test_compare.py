@@ -3,9 +3,9 @@ from pathlib import Path
 
 import jsonschema
 
-from resdoctor.report.compare import compare, metrics
 from resdoctor.findings import Finding
 from resdoctor.report.analysis import Report, analyze
+from resdoctor.report.compare import compare, metrics
 from resdoctor.rules.testing import diverging_run, quiet_run
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "resdoctor/schemas/report.schema.json")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import resdoctor
-from resdoctor.runfile import io as runfile
 from resdoctor.findings import Finding
 from resdoctor.report.analysis import Report, analyze, plain
 from resdoctor.rules.testing import diverging_run, quiet_run
+from resdoctor.runfile import io as runfile
 
 
 def test_report_dict_has_the_design_keys_and_is_strict_json():

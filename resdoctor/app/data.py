@@ -13,8 +13,8 @@ from typing import Any
 import streamlit as st
 
 import resdoctor
-from resdoctor.app.view import View
 from resdoctor import RunFileError
+from resdoctor.app.view import View
 from resdoctor.report.analysis import Report
 from resdoctor.runfile.run import Run
 

@@ -1,7 +1,8 @@
 """Down-sampling for display: every chart gets a bounded number of points, whatever the run size.
 
 Pure pandas / numpy, no streamlit. A run of a million steps is already at most ``capacity`` rows per
-signal (see ``resdoctor.recording.series``); these functions bring that down to what a browser draws quickly.
+signal (see ``resdoctor.recording.series``); these functions bring that down to what a browser
+draws quickly.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from resdoctor import RunFileError
 from resdoctor.app import data, source, ui
 from resdoctor.app.sections import (
     activations,
@@ -19,7 +20,6 @@ from resdoctor.app.sections import (
     smoothing,
     training,
 )
-from resdoctor import RunFileError
 
 SECTIONS = {
     "Diagnosis": diagnosis.render,

@@ -11,20 +11,10 @@ import numpy as np
 import pandas as pd
 
 from resdoctor.app import downsample
-from resdoctor.runfile.run import MODULE_SIGNALS, Run
-from resdoctor.recording.series import Series
+from resdoctor.runfile.run import Run
+from resdoctor.runfile.signals import MODULE_SIGNALS, SIGNALS
 
-LABELS = {
-    "grad_norm": "gradient norm ‖∇W‖",
-    "update_ratio": "update ratio ‖ΔW‖/‖W‖",
-    "param_norm": "parameter norm ‖W‖",
-    "branch_ratio": "branch ratio ‖F(x)‖/‖x‖",
-    "grad_branch_share": "gradient branch share",
-    "stream_norm": "stream RMS",
-    "smoothing": "mean cosine similarity",
-    "smoothing_energy": "Dirichlet energy",
-    "attribution_share": "attribution share",
-}
+LABELS = {s.name: s.label for s in SIGNALS}
 
 
 class View:
@@ -42,7 +32,7 @@ class View:
     # -- tables in depth order ---------------------------------------------------------------
     def depth_order(self, signal: str) -> list[str]:
         """Columns of ``signal`` in forward (depth) order: modules by completion, sites by index."""
-        cols = [str(c) for c in self.run.state["series"].get(signal, {}).get("columns", [])]
+        cols = self.run.columns(signal)
         if signal in MODULE_SIGNALS:
             order = dict(zip(self.run.modules["name"], self.run.modules["order"], strict=False))
             rank = {c: (order.get(c, -1) < 0, order.get(c, -1), i) for i, c in enumerate(cols)}
@@ -60,11 +50,10 @@ class View:
 
     def present(self, signal: str) -> np.ndarray | None:
         """Measured cells of ``table(signal)`` (a measured NaN counts), from the file's counts."""
-        s = self.run.state["series"].get(signal)
-        if s is None or "count" not in s:
+        measured = self.run.measured(signal)
+        if measured.empty and not self.run.columns(signal):
             return None
-        n = pd.DataFrame(Series.counts(s) > 0, columns=[str(c) for c in s["columns"]])
-        return n[self.depth_order(signal)].to_numpy()
+        return measured[self.depth_order(signal)].to_numpy()
 
     def has(self, signal: str) -> bool:
         return not self.table(signal).empty

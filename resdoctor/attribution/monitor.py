@@ -15,10 +15,10 @@ from torch import nn
 
 from resdoctor.attribution import methods
 from resdoctor.attribution.inputs import Batch, Target, describe
-from resdoctor.recording.trace import Tap
 from resdoctor.attribution.shares import METHODS, Method, Mode, attribute
 from resdoctor.recording.discovery import Site
 from resdoctor.recording.integration import Context
+from resdoctor.recording.trace import Tap
 
 SERIES = "attribution_share"
 MAX_FAILURES = 3  # consecutive failed passes before the monitor stops trying

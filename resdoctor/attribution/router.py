@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from resdoctor.recording.discovery import Site
 from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.pytree import call_inputs, get_path
 from resdoctor.recording.trace import Tap
-from resdoctor.recording.discovery import Site
 
 # (slot, skip, branch) -> what to add instead, or None to leave the addition alone
 Route = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]

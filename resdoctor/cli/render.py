@@ -11,9 +11,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from resdoctor.report.compare import Comparison
 from resdoctor.findings import Finding, Fix
 from resdoctor.report.analysis import Report
+from resdoctor.report.compare import Comparison
 
 COLORS = {"healthy": "green", "info": "blue", "warning": "yellow", "critical": "red"}
 

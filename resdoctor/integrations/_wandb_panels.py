@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from resdoctor.findings import Finding
+from resdoctor.runfile.signals import MODULE_SIGNALS
 
-MODULE_SIGNALS = ("grad_norm", "update_ratio", "param_norm")
-SITE_SIGNALS = ("branch_ratio", "stream_norm", "grad_branch_share", "smoothing")
-DEFAULT_SIGNALS = ("grad_norm", "update_ratio", *SITE_SIGNALS)
+DEFAULT_SIGNALS = ("grad_norm", "update_ratio", "branch_ratio", "stream_norm",
+                   "grad_branch_share", "smoothing")
 ROOT = "(root)"  # label of the root module, whose dotted path is ""
 FINDING_COLUMNS = ["severity", "code", "title", "step", "location", "phase", "message", "fix",
                    "snippet"]

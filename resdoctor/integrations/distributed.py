@@ -37,14 +37,13 @@ import torch
 
 from resdoctor.recording.integration import Context
 from resdoctor.runfile import io as runfile
-from resdoctor.recording.series import Series
+from resdoctor.runfile.layout import cell_counts
+from resdoctor.runfile.signals import merge_rule
 
 __all__ = ["RankMerger", "merge", "rank_files", "rank_path", "shard_layout"]
 
 Combine = Literal["first", "sumsq", "rms", "mean"]
 _PHASES = {"forward": 0, "backward": 1, "optimizer": 2}
-_NORMS = ("grad_norm", "param_norm")
-_RMS = ("skip_norm", "branch_norm", "stream_norm")
 _WATCHERS: dict[str, int] = {}  # merged path -> watchers created for it by this process
 
 
@@ -110,7 +109,7 @@ class RankMerger:
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             warnings.warn(f"resdoctor: the process group was destroyed before close(); the "
-                          f"per-rank files stay: python -m resdoctor.integrations.distributed {self.path}",
+                          f"per-rank files stay: resdoctor merge {self.path}",
                           stacklevel=3)
             return
         state = None
@@ -269,16 +268,15 @@ def _merge_series(states: list[dict[str, Any]], layout: _Layout) -> dict[str, An
 
 def _combine_series(name: str, st: _Stack, states: list[dict[str, Any]],
                     layout: _Layout) -> tuple[np.ndarray, ...]:
-    if name in _RMS:
-        return _combine(st, "rms")
-    if name not in (*_NORMS, "update_ratio"):
-        return _combine(st, "mean")
+    rule = merge_rule(name)
+    if rule in ("rms", "mean"):
+        return _combine(st, rule)
     sharded = np.array([c in layout.sharded for c in st.columns])
     primary = np.array([[c in p for c in st.columns] for p in layout.primary])[:, None, :]
     first = _combine(st, "first")
     if not sharded.any():
         return first
-    if name in _NORMS:
+    if rule == "norm":
         shard = _combine(st, "sumsq", primary)
     else:
         norms = [s["series"].get("param_norm") for s in states]
@@ -362,7 +360,7 @@ def _stack(parts: list[dict[str, Any] | None], stride: int, keys: np.ndarray | N
 def _rebucket(p: dict[str, Any], stride: int) -> tuple[np.ndarray, ...]:
     """``(keys, sum, n, count, max, min)`` of one series state in buckets of ``stride`` steps."""
     steps = p["steps"].numpy().astype(np.int64) // stride * stride
-    n = Series.counts(p).astype(np.int64)
+    n = cell_counts(p).astype(np.int64)
     mean = p["mean"].numpy().astype(np.float64)
     with np.errstate(invalid="ignore"):
         total = np.where(n > 0, mean * n, 0.0)  # a measured NaN stays NaN
@@ -406,7 +404,7 @@ def _retotal(scalars: dict[str, Any], grads: dict[str, Any]) -> None:
         return
     col = scalars["columns"].index("grad_norm_total")
     rows = {int(k): i for i, k in enumerate(grads["steps"].tolist())}
-    counts = Series.counts(scalars)
+    counts = cell_counts(scalars)
     for stat in ("mean", "max", "min"):
         g = grads[stat].double()
         total = torch.sqrt(torch.nansum(g * g, dim=1)).float()

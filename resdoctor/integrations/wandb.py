@@ -15,9 +15,9 @@ from importlib import resources
 from typing import Any
 
 from resdoctor.findings import Finding
-from resdoctor.recording.integration import Context
 from resdoctor.integrations import _wandb_panels as panels
 from resdoctor.integrations._wandb_html import report_html
+from resdoctor.recording.integration import Context
 
 __all__ = ["CHART_FIELDS", "WandbLogger", "attach_report", "publish_report", "vega_spec"]
 

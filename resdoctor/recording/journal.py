@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from resdoctor.runfile import io as runfile
 from resdoctor._version import __version__
 from resdoctor.recording.series import Series
-
-SITE_QUANTITIES = ("skip_norm", "branch_norm", "stream_norm")  # order of a ("site", i) entry
+from resdoctor.runfile import io as runfile
+from resdoctor.runfile.signals import MODULE_SIGNALS, SITE_MAGNITUDES, SITE_SIGNALS, SMOOTHING
 
 
 @dataclass
@@ -41,10 +40,10 @@ class _Accumulator:
 
     # kind -> (series names, how to combine): "rms" averages squares, "mean" averages values
     SPEC: dict[str, tuple[tuple[str, ...], str]] = {
-        "site": (SITE_QUANTITIES, "rms"),
-        "smooth": (("smoothing", "smoothing_energy"), "mean"),
+        "site": (SITE_MAGNITUDES, "rms"),
+        "smooth": (SMOOTHING, "mean"),
         "gshare": (("grad_branch_share",), "mean"),
-        "lsmooth": (("smoothing", "smoothing_energy"), "mean"),  # layers of site-less models
+        "lsmooth": (SMOOTHING, "mean"),  # layers of site-less models
     }
 
     def __init__(self, sites: int, layers: int = 0) -> None:
@@ -97,8 +96,7 @@ class Journal:
         self.layers: list[str] = []
         self.steps = 0
         self.series: dict[str, Series] = {
-            name: Series(param_modules, capacity) for name in ("grad_norm", "param_norm",
-                                                               "update_ratio")
+            name: Series(param_modules, capacity) for name in MODULE_SIGNALS
         }
         self.series["scalars"] = Series([], capacity)
         self.events: list[dict[str, Any]] = []
@@ -139,14 +137,13 @@ class Journal:
     def set_sites(self, sites: list[dict[str, Any]]) -> None:
         self.sites = sites
         names = [s["name"] for s in sites]
-        for name in ("branch_ratio", *SITE_QUANTITIES, "smoothing", "smoothing_energy",
-                     "grad_branch_share"):
+        for name in SITE_SIGNALS:
             self.series[name] = Series(names, self.capacity)
 
     def set_layers(self, layers: list[str]) -> None:
         """A model without residual sites: smoothing is sampled at these layers' outputs."""
         self.layers = list(layers)
-        for name in ("smoothing", "smoothing_energy"):
+        for name in SMOOTHING:
             self.series[name] = Series(self.layers, self.capacity)
 
     def set_order(self, order: dict[str, int]) -> None:
@@ -190,7 +187,7 @@ class Journal:
             rows["branch_ratio"] = (ratio, rows["skip_norm"][1])
             self.series["branch_ratio"].append(step, ratio, rows["skip_norm"][1])
         everywhere = np.ones(len(self.param_modules), bool)
-        for name in ("grad_norm", "param_norm", "update_ratio"):
+        for name in MODULE_SIGNALS:
             if name in vectors and len(vectors[name]) == len(self.param_modules):
                 self.series[name].append(step, vectors[name], everywhere)
         scalars = {k: float(np.mean(v)) for k, v in acc.scalars.items()}

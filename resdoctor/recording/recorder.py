@@ -19,14 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from resdoctor.runfile import io as runfile
-from resdoctor.recording.hooks import HookSet
-from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
-from resdoctor.recording.segment import Segment, Transfer, const, unpack
-from resdoctor.recording.trace import Tracer
 from resdoctor.recording.discovery import Site, repeated_layers, sites_from
+from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
+from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
+from resdoctor.recording.segment import Segment, Transfer, unpack
 from resdoctor.recording.sensors import (
     GradNorm,
     GradShare,
@@ -35,6 +33,9 @@ from resdoctor.recording.sensors import (
     Smoothing,
     UpdateRatio,
 )
+from resdoctor.recording.trace import Tracer
+from resdoctor.runfile import io as runfile
+
 
 class Recorder:
     """Records one model (and optionally its optimizer) into a run file."""

@@ -10,10 +10,10 @@ steps) are not stored here: they are kept exactly, elsewhere.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
+
+from resdoctor.runfile.layout import SeriesState
 
 DEFAULT_CAPACITY = 2048
 
@@ -101,15 +101,7 @@ class Series:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, self._sum[: self._rows] / np.maximum(n, 1), np.nan)
 
-    @staticmethod
-    def counts(state: dict[str, Any]) -> np.ndarray:
-        """``[rows, columns]`` samples per cell of a series state: ``n``, or ``count`` in each."""
-        n = state.get("n")
-        if n is not None:
-            return n.numpy()
-        return np.repeat(state["count"].numpy()[:, None], len(state["columns"]), axis=1)
-
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self) -> SeriesState:
         """Plain containers and tensors only: loadable with ``weights_only=True``."""
         r = self._rows
         n = self._n[:r]

@@ -50,7 +50,7 @@ class Report:
             "steps": self.run.steps,
             "verdict": self.verdict,
             "sites": [{"name": s["name"], "kind": s["kind"], "module": s["module"]}
-                      for s in self.run.state["sites"]],
+                      for s in self.run.site_records],
             "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.notes),
             "counts": {s: len(self.by_severity(s)) for s in ("critical", "warning", "info")},

@@ -33,7 +33,7 @@ def site_frame(run: Run, signal: str, tl: Timeline, start: int = 0) -> pd.DataFr
 
 
 def site_dicts(run: Run, names: list[str]) -> list[dict[str, Any]]:
-    by_name = {s["name"]: s for s in run.state["sites"]}
+    by_name = {s["name"]: s for s in run.site_records}
     return [by_name[n] for n in names if n in by_name]
 
 
@@ -56,7 +56,7 @@ def post_norm_sites(run: Run) -> list[str]:
     """Sites whose sum goes straight into a normalisation that the stream does not bypass
     (post-LN / post-BN): the next site's skip is not that sum."""
     types = module_types(run)
-    sites = sorted(run.state["sites"], key=lambda s: s["index"])
+    sites = sorted(run.site_records, key=lambda s: s["index"])
     out = []
     for i, site in enumerate(sites):
         res = site.get("result") or {}

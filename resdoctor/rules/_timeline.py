@@ -12,7 +12,6 @@ import pandas as pd
 
 from resdoctor.findings import Finding
 from resdoctor.runfile.run import Run
-from resdoctor.recording.series import Series
 
 _CACHE: weakref.WeakKeyDictionary[Run, Timeline] = weakref.WeakKeyDictionary()
 FAILURE_CODES = ("nonfinite", "loss-divergence")
@@ -74,16 +73,13 @@ def _build(run: Run) -> Timeline:
 def _first_bad_scalar(run: Run, skipped: frozenset[int]) -> int | None:
     """First non-skipped step whose logged loss or gradient norm was measured non-finite
     (pandas views show a measured NaN and a missing value alike, so read the counts)."""
-    s = run.state["series"].get("scalars")
-    if s is None or not len(s["columns"]):
-        return None
-    cols = [i for i, c in enumerate(s["columns"]) if c in ("loss", "grad_norm_total")]
+    cols = [c for c in run.columns("scalars") if c in ("loss", "grad_norm_total")]
     if not cols:
         return None
-    mean = s["mean"].numpy()[:, cols]
-    measured = Series.counts(s)[:, cols] > 0
-    bad = np.any(measured & ~np.isfinite(mean), axis=1)
-    steps = [int(x) for x in s["steps"].numpy()[bad] if int(x) not in skipped]
+    mean = run.series("scalars")[cols]
+    measured = run.measured("scalars")[cols].to_numpy()
+    bad = np.any(measured & ~np.isfinite(mean.to_numpy()), axis=1)
+    steps = [int(x) for x in mean.index[bad] if int(x) not in skipped]
     return steps[0] if steps else None
 
 

@@ -54,7 +54,7 @@ def _onset(run: Run, tl: Timeline, overflow_absmax: float) -> Finding:
     evidence: dict[str, Any] = {"first_step": step, "module": module, "phase": phase}
     if magnitude is not None:
         evidence["input_absmax"] = sig(magnitude, 3)
-    if ev.get("rank") is not None and int(run.state.get("world_size") or 1) > 1:
+    if ev.get("rank") is not None and run.world_size > 1:
         evidence["rank"] = int(ev["rank"])
         evidence["seen_by"] = (ev.get("detail") or {}).get("seen_by", [])
     later = [f"{e.module or '<model>'}@{int(e.step)} {e.phase}" for e in

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-FORMAT = "resdoctor-run"
-SCHEMA_VERSION = 1
+from resdoctor.runfile.layout import FORMAT, SCHEMA_VERSION, RunState
+
+__all__ = ["FORMAT", "REQUIRED", "SCHEMA_VERSION", "RunFileError", "read", "validate", "write"]
 REQUIRED = ("format", "schema_version", "steps", "modules", "sites", "series", "events")
 
 
@@ -27,7 +28,7 @@ class RunFileError(ValueError):
     exit_code = 2
 
 
-def write(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+def write(state: RunState, path: str | os.PathLike[str]) -> None:
     """Write ``state`` atomically: a temp file in the same folder, then ``os.replace``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def write(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         raise
 
 
-def read(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read(path: str | os.PathLike[str]) -> RunState:
     """Load and validate a run file; any problem raises ``RunFileError`` with one clear line."""
     p = Path(path)
     if not p.exists():
@@ -62,7 +63,7 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any other loader failure is still bad input
         raise RunFileError(f"{p}: not a readable run file ({_short(e)})") from None
     validate(state, p)
-    return state
+    return state  # type: ignore[no-any-return]
 
 
 def validate(state: Any, where: Any = "run") -> None:

@@ -10,13 +10,9 @@ import numpy as np
 import pandas as pd
 
 from resdoctor.runfile import io as runfile
+from resdoctor.runfile.layout import RunState, SiteState, cell_counts
 
 Stat = Literal["mean", "max", "min"]
-SITE_SIGNALS = (
-    "branch_ratio", "grad_branch_share", "stream_norm", "skip_norm", "branch_norm",
-    "smoothing", "smoothing_energy",
-)
-MODULE_SIGNALS = ("grad_norm", "update_ratio", "param_norm")
 
 
 class Run:
@@ -27,7 +23,7 @@ class Run:
     steps an AMP GradScaler skipped.
     """
 
-    def __init__(self, state: dict[str, Any], path: str | None = None) -> None:
+    def __init__(self, state: RunState, path: str | None = None) -> None:
         runfile.validate(state, path or "run")
         self.state = state
         self.path = path
@@ -48,6 +44,16 @@ class Run:
         return {k: self.state.get(k) for k in keys}
 
     @property
+    def world_size(self) -> int:
+        return int(self.state.get("world_size") or 1)
+
+    @property
+    def written(self) -> float | None:
+        """When the file was last written (seconds since the epoch)."""
+        written = self.state.get("written")
+        return float(written) if written is not None else None
+
+    @property
     def options(self) -> dict[str, Any]:
         return dict(self.state.get("options", {}))
 
@@ -63,6 +69,11 @@ class Run:
         rows = [{k: s.get(k) for k in ("name", "kind", "module", "index", "owner")}
                 for s in self.state["sites"]]
         return pd.DataFrame(rows, columns=["name", "kind", "module", "index", "owner"])
+
+    @property
+    def site_records(self) -> list[SiteState]:
+        """The sites as recorded, with their taps (where each operand was read)."""
+        return [dict(s) for s in self.state["sites"]]  # type: ignore[misc]
 
     @cached_property
     def events(self) -> pd.DataFrame:
@@ -91,6 +102,20 @@ class Run:
     @property
     def signals(self) -> list[str]:
         return [k for k, v in self.state["series"].items() if len(v["columns"]) and len(v["steps"])]
+
+    def columns(self, signal: str) -> list[str]:
+        """The columns (modules, sites or scalar names) of ``signal``, even before any row."""
+        s = self.state["series"].get(signal)
+        return [str(c) for c in s["columns"]] if s is not None else []
+
+    def measured(self, signal: str) -> pd.DataFrame:
+        """Steps x names: True where the cell holds a measurement (a measured NaN included;
+        ``series`` shows a measured NaN and a missing value alike)."""
+        s = self.state["series"].get(signal)
+        if s is None:
+            return pd.DataFrame()
+        return pd.DataFrame(cell_counts(s) > 0, index=pd.Index(s["steps"].numpy(), name="step"),
+                            columns=self.columns(signal))
 
     def has(self, signal: str) -> bool:
         return signal in self.signals

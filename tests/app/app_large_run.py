@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resdoctor.runfile import io as runfile
 from resdoctor.recording.journal import Journal
 from resdoctor.recording.options import Options
+from resdoctor.runfile import io as runfile
 
 STEPS = 1 << 20  # 1,048,576
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import resdoctor
-from resdoctor.runfile import io as runfile
 from resdoctor.integrations.distributed import main, merge, rank_files, rank_path
+from resdoctor.runfile import io as runfile
 from tests._faults import ForwardNaN
 
 

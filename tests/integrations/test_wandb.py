@@ -385,7 +385,8 @@ def test_cli_analyze_wandb_attaches_the_report_and_keeps_json_clean(wb, tmp_path
     model, opt = mlp()
     with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
         train(model, opt, doc, 6, nan_at=3)
-    cmd = [sys.executable, "-m", "resdoctor.cli.main", "analyze", str(tmp_path / "run.pt"), "--json",
+    cmd = [sys.executable, "-m", "resdoctor.cli.main", "analyze", str(tmp_path / "run.pt"),
+           "--json",
            "--wandb", "--wandb-project", "resdoctor-tests"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,7 @@ def render(opened: Opened) -> None:
     meta = run.meta
     st.caption(f"{opened.path} · model {meta.get('model_class') or '?'} · resdoctor "
                f"{meta.get('resdoctor_version') or '?'} · torch {meta.get('torch_version') or '?'}"
-               f" · written {_ago(run.state.get('written'))}")
+               f" · written {_ago(run.written)}")
     if report is None:
         st.error(opened.analysis_error or "the analysis failed")
     else:

@@ -110,7 +110,8 @@ def _stack(tensors: list[torch.Tensor | None], values: Any) -> torch.Tensor:
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (FSDP2, tensor parallel): measured without a collective;
-    ``resdoctor.integrations.distributed`` combines the shards' norms when it merges the ranks' runs."""
+    ``resdoctor.integrations.distributed`` combines the shards' norms when it merges the ranks'
+    runs."""
     if type(t) is torch.Tensor or type(t) is nn.Parameter:  # the usual case, without hasattr
         return t
     return t.to_local() if hasattr(t, "to_local") else t

@@ -1,0 +1,114 @@
+"""The run file's layout, typed once (DESIGN.md section 5). ``io`` writes and validates these;
+``Run`` is the only reader of them: everything after it (rules, report, views) reads a ``Run``.
+
+Every value is a plain container, number, string or tensor, so ``torch.load(weights_only=True)``
+reads the file without running code from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+
+FORMAT = "resdoctor-run"
+SCHEMA_VERSION = 1
+
+
+class SeriesState(TypedDict):
+    """One bounded series: rows are step buckets (``stride`` steps each) x ``columns``."""
+
+    columns: list[str]
+    stride: int
+    capacity: int
+    steps: torch.Tensor  # [rows] int64, first step of each bucket
+    count: torch.Tensor  # [rows] int64, steps merged into each bucket
+    n: torch.Tensor | None  # [rows, columns] int32 samples per cell; None: every cell = count
+    mean: torch.Tensor  # [rows, columns] float32
+    max: torch.Tensor
+    min: torch.Tensor
+
+
+class ModuleState(TypedDict):
+    name: str  # dotted path, "<root>" for the model itself
+    type: str
+    params: int
+    order: int  # forward completion order, -1 when not seen
+
+
+class TapState(TypedDict):
+    module: str
+    where: str  # "input" | "output"
+    path: list[Any]
+    call: int
+
+
+class SiteState(TypedDict):
+    name: str
+    kind: str  # "identity" | "projection"
+    module: str
+    index: int
+    owner: str
+    shape: list[int]
+    skip: TapState | None
+    branch: TapState | None
+    result: TapState | None
+    source: TapState | None
+
+
+class EventState(TypedDict):
+    kind: str  # "nonfinite"
+    step: int
+    module: str
+    phase: str  # "forward" | "backward" | "optimizer"
+    rank: int | None
+    detail: dict[str, Any]
+
+
+class ErrorState(TypedDict, total=False):
+    where: str
+    type: str
+    message: str
+    count: int
+    first_step: int
+    rank: int
+
+
+class RunState(TypedDict, total=False):
+    """A whole run file. Required keys: ``io.REQUIRED``."""
+
+    format: str
+    schema_version: int
+    resdoctor_version: str
+    torch_version: str
+    written: float
+    created: float
+    model_class: str
+    rank: int | None
+    world_size: int
+    path: str
+    device: str
+    options: dict[str, Any]
+    steps: int
+    modules: list[ModuleState]
+    sites: list[SiteState]
+    layers: list[str]  # models without sites: where smoothing was sampled
+    series: dict[str, SeriesState]
+    events: list[EventState]
+    skipped_steps: torch.Tensor
+    errors: list[ErrorState]
+    distributed: dict[str, Any]
+    attribution: dict[str, Any]
+    ranks: list[int]
+    missing_ranks: list[int]
+    merged: bool
+
+
+def cell_counts(series: SeriesState) -> np.ndarray:
+    """``[rows, columns]`` samples per cell: ``n``, or ``count`` in every cell when ``n`` was
+    left out (the file omits a full table to stay small)."""
+    n = series.get("n")
+    if n is not None:
+        return n.numpy()
+    return np.repeat(series["count"].numpy()[:, None], len(series["columns"]), axis=1)
