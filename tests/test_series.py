@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from resdoctor.recording.journal import Journal, SegmentMeta
-from resdoctor.recording.series import Series
+from resdoctor.runfile.series import Series
 
 
 def test_rows_stay_bounded_and_means_are_exact():

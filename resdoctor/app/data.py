@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,9 @@ from typing import Any
 
 import streamlit as st
 
-import resdoctor
-from resdoctor import RunFileError
 from resdoctor.app.view import View
-from resdoctor.report.analysis import Report
+from resdoctor.report.analysis import Report, analyze
+from resdoctor.runfile import RunFileError
 from resdoctor.runfile.run import Run
 
 FileKey = tuple[str, int, int]  # absolute path, mtime_ns, size
@@ -54,9 +55,9 @@ def open_run(path: str) -> Opened:
 
 @st.cache_resource(max_entries=8, show_spinner="Reading the run…")
 def _open(path: str, mtime_ns: int, size: int) -> Opened:
-    run = resdoctor.load(path)
+    run = Run.load(path)
     try:
-        report, error = resdoctor.analyze(run), None
+        report, error = analyze(run), None
     except Exception as e:  # noqa: BLE001 - a rule failure must not hide the charts
         report, error = None, f"the analysis failed: {_one_line(e)}"
     return Opened(path, (path, mtime_ns, size), run, View(run), report, error)
@@ -98,15 +99,19 @@ def is_upload(path: str) -> bool:
 
 
 def record_demo(fixed: bool) -> tuple[str, str | None]:
-    """Record the demo run into a temp folder, and with ``fixed`` the same recipe re-run with
-    the top fix resdoctor suggests for it; return their paths."""
-    from resdoctor.demo import record_demo as _record
-
+    """Record the demo run into a temp folder (``resdoctor demo``, in its own process: the app
+    only renders), and with ``fixed`` the same recipe re-run with the top fix resdoctor
+    suggests for it; return their paths."""
     folder = Path(tempfile.mkdtemp(prefix="resdoctor-demo-"))
-    sick = _record(str(folder / "demo.pt"), seed=0)
-    cured = _record(str(folder / "demo-fixed.pt"), seed=0, fixed=True, from_run=sick) if fixed \
-        else None
-    return str(sick), (str(cured) if cured else None)
+    sick = folder / "demo.pt"
+    cmd = [sys.executable, "-m", "resdoctor.cli.main", "demo", "--out", str(sick), "--seed", "0",
+           "--json", *(["--fixed"] if fixed else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = (done.stderr or "").strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"resdoctor demo exited {done.returncode}")
+    cured = folder / "demo-fixed.pt"
+    return str(sick), (str(cured) if fixed else None)
 
 
 def list_runs(folder: str, limit: int = 200) -> list[str]:

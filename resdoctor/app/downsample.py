@@ -1,7 +1,7 @@
 """Down-sampling for display: every chart gets a bounded number of points, whatever the run size.
 
 Pure pandas / numpy, no streamlit. A run of a million steps is already at most ``capacity`` rows per
-signal (see ``resdoctor.recording.series``); these functions bring that down to what a browser
+signal (see ``resdoctor.runfile.series``); these functions bring that down to what a browser
 draws quickly.
 """
 

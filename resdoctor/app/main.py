@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from resdoctor import RunFileError
 from resdoctor.app import data, source, ui
 from resdoctor.app.sections import (
     activations,
@@ -20,6 +19,7 @@ from resdoctor.app.sections import (
     smoothing,
     training,
 )
+from resdoctor.runfile import RunFileError
 
 SECTIONS = {
     "Diagnosis": diagnosis.render,

@@ -21,19 +21,21 @@ import torch
 import typer
 from torch import nn
 
+from resdoctor.cli.errors import one_line_errors
+from resdoctor.errors import ResdoctorError, first_line
+
 TRUSTED = "resdoctor.models:"
 METHODS = ("gradient", "ablation")
 
 
-class AttributeInputError(ValueError):
+class AttributeInputError(ResdoctorError, ValueError):
     """A checkpoint, batch or option the command cannot use; one clear line, exit code 2."""
-
-    exit_code = 2
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``attribute`` command to the ``resdoctor`` CLI."""
-    app.command("attribute", no_args_is_help=True)(attribute_command)
+    app.command("attribute", no_args_is_help=True)(
+        one_line_errors("resdoctor attribute: error")(attribute_command))
 
 
 def attribute_command(
@@ -57,12 +59,8 @@ def attribute_command(
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Per residual site, the share of the output attribution through the branch vs the skip."""
-    try:
-        result, spec = _run(checkpoint, batch, model, kwargs, method, target, samples, sites,
-                            mode, device)
-    except AttributeInputError as e:
-        typer.echo(f"resdoctor attribute: error: {e}", err=True)
-        raise typer.Exit(e.exit_code) from None
+    result, spec = _run(checkpoint, batch, model, kwargs, method, target, samples, sites, mode,
+                        device)
     if as_json:
         from resdoctor import __version__
 
@@ -83,7 +81,7 @@ def _run(checkpoint: Path, batch: Path, model: str | None, kwargs: str | None, m
     try:
         where = torch.device(device)
     except RuntimeError as e:
-        raise AttributeInputError(f"--device {device!r}: {_line(e)}") from None
+        raise AttributeInputError(f"--device {device!r}: {first_line(e)}") from None
     net, spec = load_model(checkpoint, model, kwargs)
     inputs = load_batch(batch)
     names = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
@@ -100,12 +98,12 @@ def _attribute(net: nn.Module, inputs: Any, target: int | None, names: list[str]
         return attribute(net.to(device), batch, target=target, sites=names,
                          method=method, samples=samples, mode=mode)  # type: ignore[arg-type]
     except ImportError as e:
-        raise AttributeInputError(_line(e)) from None
+        raise AttributeInputError(first_line(e)) from None
     except UnknownSiteError as e:
-        raise AttributeInputError(f"--sites: {_line(e)}") from None
+        raise AttributeInputError(f"--sites: {first_line(e)}") from None
     except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as e:
         raise AttributeInputError(f"the model could not be attributed on this batch: "
-                                  f"{_line(e)}") from None
+                                  f"{first_line(e)}") from None
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -118,9 +116,10 @@ def _load(path: Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise AttributeInputError(f"{path}: refused to load (not plain tensors and containers: "
-                                  f"{_line(e)})") from None
+                                  f"{first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise AttributeInputError(f"{path}: not a readable torch.save file ({_line(e)})") from None
+        raise AttributeInputError(
+            f"{path}: not a readable torch.save file ({first_line(e)})") from None
 
 
 def load_batch(path: Path) -> Any:
@@ -153,7 +152,7 @@ def load_model(path: Path, model: str | None, kwargs: str | None) -> tuple[nn.Mo
         keys = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
         raise AttributeInputError(f"{path}: the weights do not fit {spec} (check --kwargs): "
-                                  f"{_line(e, whole=True)}") from None
+                                  f"{first_line(e, whole=True)}") from None
     wrong = [f"{len(ks)} {what} key(s) ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})"
              for what, ks in (("missing", keys.missing_keys),
                               ("unexpected", keys.unexpected_keys)) if ks]
@@ -189,14 +188,14 @@ def build(spec: str, options: dict[str, Any]) -> nn.Module:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
-        raise AttributeInputError(f"cannot find {spec}: {_line(e)}") from None
+        raise AttributeInputError(f"cannot find {spec}: {first_line(e)}") from None
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise AttributeInputError(f"{spec} is not an nn.Module class")
     config = getattr(obj, "config_class", None)
     try:
         return obj(config(**options)) if config is not None else obj(**options)
     except Exception as e:  # noqa: BLE001 - any constructor failure is a bad option
-        raise AttributeInputError(f"cannot build {spec}(**{options}): {_line(e)}") from None
+        raise AttributeInputError(f"cannot build {spec}(**{options}): {first_line(e)}") from None
 
 
 def _kwargs(text: str) -> dict[str, Any]:
@@ -207,13 +206,6 @@ def _kwargs(text: str) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise AttributeInputError("--kwargs must be a JSON object, e.g. '{\"layers\": [2, 2]}'")
     return options
-
-
-def _line(e: BaseException, whole: bool = False) -> str:
-    """The message of ``e`` on one line: its first line, or all of it joined."""
-    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
-    text = " ".join(lines) if whole else (lines[0] if lines else "")
-    return (text or type(e).__name__)[:240]
 
 
 # -- rendering ----------------------------------------------------------------------------------

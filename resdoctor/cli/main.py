@@ -1,26 +1,25 @@
 """The ``resdoctor`` command line (typer). Thin: parse, call the core, render.
 
 Exit codes: 0 done, 1 a finding at or above ``--fail-on``, 2 unreadable or invalid input (one
-line on stderr, no traceback; set RESDOCTOR_DEBUG=1 to see one).
+line on stderr, no traceback; set RESDOCTOR_DEBUG=1 to see one): see ``resdoctor.errors``.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
-import os
-import warnings
-from collections.abc import Callable
+import subprocess
+import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
+from resdoctor.cli.errors import fail, one_line_errors
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="resdoctor: a training-health doctor for residual networks.")
-F = TypeVar("F", bound=Callable[..., Any])
 OPTIONAL_COMMANDS = ("probes.cli", "resdoctor.cli.attribute")
 
 
@@ -31,34 +30,6 @@ class FailOn(str, Enum):
     critical = "critical"
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"resdoctor: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _one_line_errors(fn: F) -> F:
-    """Turn any error into one stderr line and exit code 2 (bad input / settings)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with warnings.catch_warnings():
-                # torch's safe loader warns about the pickle protocol of files it then refuses
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback
-            if os.environ.get("RESDOCTOR_DEBUG"):
-                raise
-            text = str(e).strip().splitlines()
-            line = text[0] if text else type(e).__name__
-            known = getattr(e, "exit_code", None) == 2
-            _fail(line if known else f"{type(e).__name__}: {line}")
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _console() -> Any:
     from rich.console import Console
 
@@ -66,7 +37,7 @@ def _console() -> Any:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors()
 def analyze(
     runs: list[Path] = typer.Argument(..., help="Run file(s); two or more: what changed."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (DESIGN.md 6)."),
@@ -86,7 +57,7 @@ def analyze(
     from resdoctor.rules import settings as _settings
 
     if wandb_run_id and len(runs) > 1:
-        _fail("--wandb-run-id attaches one report: give one run")
+        fail("--wandb-run-id attaches one report: give one run")
     layered = _settings(read_config(config) if config else None, **_flat(parse_settings(settings)))
     reports = [_analyze(str(p), **_flat(layered)) for p in runs]
     if wandb:
@@ -131,13 +102,13 @@ def _attach(reports: list[Any], project: str | None, run_id: str | None) -> None
         from resdoctor.integrations.wandb import attach_report
     except ModuleNotFoundError as e:
         missing = "wandb" if e.name == "wandb" else "resdoctor's W&B integration"
-        _fail(f"--wandb needs {missing}: pip install resdoctor[wandb]")
+        fail(f"--wandb needs {missing}: pip install resdoctor[wandb]")
     for rep in reports:
         attach_report(rep, project=project, run_id=run_id)
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors()
 def demo(
     out: Path = typer.Option(Path("resdoctor-demo.pt"), "--out", help="Where to save the run."),
     steps: int = typer.Option(80, min=10, help="Training steps."),
@@ -183,6 +154,43 @@ def list_rules() -> None:
         params = ", ".join(f"{k}={v!r}" for k, v in r.defaults.items())
         table.add_row(r.code, r.summary, params)
     _console().print(table)
+
+
+@app.command("app")
+@one_line_errors()
+def app_command(
+    runs: list[Path] = typer.Argument(None, help="Run file, and optionally a second to compare."),
+    port: int | None = typer.Option(None, "--port", help="Port to serve on (streamlit's default "
+                                    "8501)."),
+    headless: bool = typer.Option(False, "--headless", help="Do not open a browser."),
+) -> None:
+    """Open the visual report (Streamlit) on one run, or two to compare."""
+    try:
+        import streamlit  # noqa: F401
+    except ModuleNotFoundError:
+        fail("the app needs streamlit: pip install resdoctor[app]")
+    if len(runs or []) > 2:
+        fail("give one run, or two to compare")
+    page = Path(__file__).resolve().parent.parent / "app" / "main.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(page)]
+    if port is not None:
+        cmd += ["--server.port", str(port)]
+    if headless:
+        cmd += ["--server.headless", "true"]
+    cmd += ["--browser.gatherUsageStats", "false", "--", *map(str, runs or [])]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+@one_line_errors()
+def merge(
+    run: Path = typer.Argument(..., help="The merged run to write; its per-rank files "
+                               "(run.rank0.pt, run.rank1.pt, ...) are read."),
+) -> None:
+    """Merge the per-rank files of a distributed run (e.g. after a crash) into one run file."""
+    from resdoctor.integrations.distributed import main as merge_ranks
+
+    raise typer.Exit(merge_ranks([str(run)]))
 
 
 def _register_optional(name: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-import resdoctor
+from resdoctor.recording.watcher import Watcher, watch
 
 try:
     from transformers import TrainerCallback
@@ -39,7 +39,7 @@ class ResDoctorCallback(TrainerCallback):
         check_options(watch_options)
         self.path = path
         self.watch_options = watch_options
-        self.watcher: resdoctor.Watcher | None = None
+        self.watcher: Watcher | None = None
         self._awaiting_log = False
 
     @_safe
@@ -48,7 +48,7 @@ class ResDoctorCallback(TrainerCallback):
         options = dict(self.watch_options)
         options.setdefault("scaler", getattr(optimizer, "scaler", None))
         try:
-            self.watcher = resdoctor.watch(model, optimizer=_unwrap(optimizer), path=self.path,
+            self.watcher = watch(model, optimizer=_unwrap(optimizer), path=self.path,
                                            **options)
         except Exception as e:  # noqa: BLE001 - a resdoctor failure must not stop training
             warnings.warn(f"resdoctor: not recording this run: {e}", stacklevel=2)

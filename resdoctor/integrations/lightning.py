@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-import resdoctor
+from resdoctor.recording.watcher import Watcher, watch
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -43,7 +43,7 @@ class ResDoctorCallback(Callback):
         check_options(watch_options)
         self.path = path
         self.watch_options = watch_options
-        self.watcher: resdoctor.Watcher | None = None
+        self.watcher: Watcher | None = None
         self._forward_open = False
         self._losses: list[torch.Tensor | float] = []  # micro-batches of the current step
         self._global_step = 0
@@ -54,7 +54,7 @@ class ResDoctorCallback(Callback):
         options = dict(self.watch_options)
         options.setdefault("scaler", getattr(trainer.precision_plugin, "scaler", None))
         try:
-            self.watcher = resdoctor.watch(pl_module, optimizer=optimizers[0] if optimizers
+            self.watcher = watch(pl_module, optimizer=optimizers[0] if optimizers
                                            else None, path=self.path, **options)
         except Exception as e:  # noqa: BLE001 - a resdoctor failure must not stop training
             warnings.warn(f"resdoctor: not recording this fit: {e}", stacklevel=2)

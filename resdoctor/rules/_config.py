@@ -8,13 +8,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from resdoctor.errors import ResdoctorError
 from resdoctor.rules._registry import Registry
 
 
-class ConfigError(ValueError):
+class ConfigError(ResdoctorError, ValueError):
     """Bad rule settings (unknown rule or threshold, wrong type, unreadable file)."""
-
-    exit_code = 2
 
 
 def parse_value(text: str) -> Any:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from resdoctor.recording.series import Series
 from resdoctor.runfile import io as runfile
 from resdoctor.runfile.run import Run
+from resdoctor.runfile.series import Series
 
 Values = Sequence[float | None] | np.ndarray
 

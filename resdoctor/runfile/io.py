@@ -16,16 +16,15 @@ from typing import Any
 
 import torch
 
+from resdoctor.errors import ResdoctorError, first_line
 from resdoctor.runfile.layout import FORMAT, SCHEMA_VERSION, RunState
 
 __all__ = ["FORMAT", "REQUIRED", "SCHEMA_VERSION", "RunFileError", "read", "validate", "write"]
 REQUIRED = ("format", "schema_version", "steps", "modules", "sites", "series", "events")
 
 
-class RunFileError(ValueError):
+class RunFileError(ResdoctorError, ValueError):
     """A run file is missing, unreadable, truncated, unsafe or not a resdoctor run."""
-
-    exit_code = 2
 
 
 def write(state: RunState, path: str | os.PathLike[str]) -> None:
@@ -59,9 +58,9 @@ def read(path: str | os.PathLike[str]) -> RunState:
     except pickle.UnpicklingError as e:
         raise RunFileError(_unpickling_message(p, str(e))) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise RunFileError(f"{p}: not a readable run file ({_short(e)})") from None
+        raise RunFileError(f"{p}: not a readable run file ({first_line(e, limit=160)})") from None
     except Exception as e:  # noqa: BLE001 - any other loader failure is still bad input
-        raise RunFileError(f"{p}: not a readable run file ({_short(e)})") from None
+        raise RunFileError(f"{p}: not a readable run file ({first_line(e, limit=160)})") from None
     validate(state, p)
     return state  # type: ignore[no-any-return]
 
@@ -92,8 +91,3 @@ def _unpickling_message(p: Path, text: str) -> str:
     detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
     reason = detail.group(1) if detail else "not a torch file"
     return f"{p}: not a readable run file ({reason[:160]})"
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:160]
