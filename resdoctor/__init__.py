@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from resdoctor._version import __version__
 from resdoctor.findings import Finding, Fix
 from resdoctor.recording.discovery import Site, discover
 from resdoctor.recording.options import Options
 from resdoctor.recording.watcher import Watcher, watch
 from resdoctor.runfile.io import RunFileError
+from resdoctor.version import __version__
 
 if TYPE_CHECKING:
     from resdoctor.report.analysis import Report
@@ -68,4 +68,11 @@ def __getattr__(name: str) -> Any:
         from resdoctor.report.analysis import Report
 
         return Report
+    if name in _LAZY_PACKAGES:  # ``@resdoctor.rules.rule`` after a plain ``import resdoctor``
+        import importlib
+
+        return importlib.import_module(f"resdoctor.{name}")
     raise AttributeError(f"module 'resdoctor' has no attribute {name!r}")
+
+
+_LAZY_PACKAGES = ("rules", "fixes", "integrations", "models")

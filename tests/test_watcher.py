@@ -337,3 +337,110 @@ def test_regression_huge_finite_gradients_are_not_called_nonfinite(tmp_path):
         doctor.log()
     run = resdoctor.load(tmp_path / "hugegrad.pt")
     assert run.nonfinite.empty and len(run.skipped_steps) == 0
+
+
+# -- regressions of issue 13 ---------------------------------------------------------------------
+def test_regression_a_first_forward_that_raises_does_not_leave_discovery_incomplete(tmp_path):
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    calls = {"n": 0}
+    real = model.blocks[1].forward
+
+    def flaky(*args, **kwargs):  # the first forward raises inside the second block
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bad first batch")
+        return real(*args, **kwargs)
+
+    model.blocks[1].forward = flaky
+    full = len(resdoctor.discover(ResidualMLP(depth=2), x))
+    with resdoctor.watch(model, opt, tmp_path / "r.pt") as doctor:
+        with pytest.raises(RuntimeError):
+            mlp_step(model, opt, x, y)
+        for _ in range(3):
+            doctor.log(loss=mlp_step(model, opt, x, y))
+    run = resdoctor.load(tmp_path / "r.pt")
+    assert full == 2 and len(run.sites) == full
+    assert run.series("branch_ratio").notna().all().all()
+
+
+def test_regression_record_eval_does_not_average_validation_into_the_step(tmp_path):
+    torch.manual_seed(0)
+    x, y = data()
+    big = torch.randn(64, 16) * 50  # a validation batch at a very different scale
+
+    def record(path, validate):
+        torch.manual_seed(0)
+        model = ResidualMLP(depth=2)
+        opt = torch.optim.SGD(model.parameters(), 0.01)
+        with resdoctor.watch(model, opt, path, record_eval=True) as doctor:
+            for _ in range(3):
+                loss = mlp_step(model, opt, x, y)
+                if validate:
+                    with torch.no_grad():
+                        model(big)
+                doctor.log(loss=loss)
+        return resdoctor.load(path).series("skip_norm")
+
+    plain, validated = record(tmp_path / "a.pt", False), record(tmp_path / "b.pt", True)
+    assert torch.allclose(torch.tensor(plain.to_numpy()), torch.tensor(validated.to_numpy()))
+
+
+def test_regression_rules_rule_works_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = ("import resdoctor\n"
+            "@resdoctor.rules.rule('my-check', requires=('grad_norm',))\n"
+            "def my_check(run):\n    return []\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_regression_options_object_is_accepted_and_keywords_win(tmp_path):
+    model = ResidualMLP(depth=2)
+    opts = resdoctor.Options(smoothing_every=3, update_every=7)
+    with resdoctor.watch(model, None, tmp_path / "o.pt", options=opts, update_every=2) as doc:
+        assert doc.options.smoothing_every == 3 and doc.options.update_every == 2
+    with resdoctor.Watcher(model, None, tmp_path / "p.pt", options=opts) as doc:
+        assert doc.options == opts
+
+
+def test_regression_watcher_takes_what_watch_takes(tmp_path):
+    model = ResidualMLP(depth=2)
+    x = torch.randn(4, 16)
+    with pytest.raises(ValueError, match="attribute_inputs"):  # parsed, not rejected as unknown
+        resdoctor.Watcher(model, None, tmp_path / "w.pt", attribute_every=2)
+    assert hooks_left(model) == 0
+    pytest.importorskip("captum")
+    with resdoctor.Watcher(model, None, tmp_path / "w.pt", attribute_every=1,
+                           attribute_inputs=x) as doc:
+        assert len(doc.integrations) == 1
+        model(x).sum().backward()
+        doc.log()
+    assert resdoctor.load(tmp_path / "w.pt").has("attribution_share")
+
+
+def test_regression_sites_false_runs_no_discovery(tmp_path, monkeypatch):
+    from resdoctor.recording import trace
+
+    seen = []
+    real = trace.Tracer.__torch_function__
+
+    def spy(self, func, types, args=(), kwargs=None):
+        seen.append(getattr(func, "__name__", ""))
+        return real(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(trace.Tracer, "__torch_function__", spy)
+    model = ResidualMLP(depth=3)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = data()
+    with resdoctor.watch(model, opt, tmp_path / "s.pt", sites=False) as doctor:
+        for _ in range(2):
+            doctor.log(loss=mlp_step(model, opt, x, y))
+        assert doctor.sites == []
+    run = resdoctor.load(tmp_path / "s.pt")
+    assert run.sites.empty and (run.modules["order"] >= 0).any()  # forward order still known
+    assert not any(name in ("add", "__add__", "linear") for name in seen)

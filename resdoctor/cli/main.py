@@ -77,8 +77,8 @@ def _flat(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _json(reports: list[Any]) -> dict[str, Any]:
     if len(reports) == 1:
         return reports[0].to_dict()
-    from resdoctor._version import __version__
     from resdoctor.report.compare import compare
+    from resdoctor.version import __version__
 
     pairs = [compare(a, b).to_dict() for a, b in zip(reports, reports[1:], strict=False)]
     return {"resdoctor": __version__, "reports": [r.to_dict() for r in reports],

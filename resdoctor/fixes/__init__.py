@@ -8,6 +8,7 @@ that compiles). Snippets assume your objects are called ``model`` and ``optimize
 from __future__ import annotations
 
 from resdoctor.fixes.arch import (
+    NORM_TYPES,
     add_normalization,
     add_normalization_layers,
     add_residual,
@@ -28,6 +29,7 @@ FIX_CODES = (
 
 __all__ = [
     "FIX_CODES",
+    "NORM_TYPES",
     "add_normalization",
     "add_normalization_layers",
     "add_residual",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resdoctor.findings import Fix
-from resdoctor.fixes._common import REPLACE_MODULE, branch_taps, names_literal, short_list, sig
+from resdoctor.fixes.snippets import REPLACE_MODULE, branch_taps, names_literal, short_list, sig
 
 NORM_TYPES = ("LayerNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "RMSNorm",
               "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from resdoctor.findings import Fix
-from resdoctor.fixes._common import short_list
+from resdoctor.fixes.snippets import short_list
 
 
 def initial_residual(layers: Sequence[str], alpha: float = 0.1) -> Fix:

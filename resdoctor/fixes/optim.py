@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from resdoctor.findings import Fix
-from resdoctor.fixes._common import sig
+from resdoctor.fixes.snippets import sig
 
 TARGET_UPDATE_RATIO = 1e-3  # ||dW|| / ||W|| per step (Karpathy, CS231n "ratio of updates")
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from resdoctor._version import __version__
 from resdoctor.runfile import io as runfile
 from resdoctor.runfile.series import Series
 from resdoctor.runfile.signals import MODULE_SIGNALS, SITE_MAGNITUDES, SITE_SIGNALS, SMOOTHING
+from resdoctor.version import __version__
 
 
 @dataclass

@@ -95,6 +95,15 @@ class Tracer(TorchFunctionMode):
     def detach(self) -> None:
         self._hooks.remove()
 
+    def __enter__(self) -> Tracer:
+        if self.graph:  # module order only: no TorchFunctionMode, the ops run untouched
+            super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.graph:
+            super().__exit__(*exc)
+
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Calls made inside (e.g. by the recorder's own hooks) are not part of the model."""
@@ -161,8 +170,7 @@ class Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if (not self.graph or self._paused or self.failed is not None
-                or name in ("__get__", "__set__")):
+        if self._paused or self.failed is not None or name in ("__get__", "__set__"):
             return func(*args, **kwargs)
         try:  # operands are resolved before the call: an in-place op bumps their version
             inputs = [self._node(t) for _, t in iter_tensors((args, kwargs), depth=4)]

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from resdoctor._version import __version__
 from resdoctor.findings import SEVERITY_RANK, Finding
 from resdoctor.runfile.run import Run
+from resdoctor.version import __version__
 
 VERDICTS = ("healthy", "warning", "critical")
 

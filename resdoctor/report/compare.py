@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from resdoctor.findings import SEVERITY_RANK
-from resdoctor.fixes._common import sig
+from resdoctor.fixes.snippets import sig
 from resdoctor.report.analysis import VERDICTS, Report, plain
 from resdoctor.runfile.run import Run
 

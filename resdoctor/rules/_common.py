@@ -9,9 +9,9 @@ import pandas as pd
 
 from resdoctor import fixes
 from resdoctor.findings import Fix
-from resdoctor.fixes._common import sig
-from resdoctor.fixes.arch import NORM_TYPES
+from resdoctor.fixes import NORM_TYPES
 from resdoctor.fixes.optim import TARGET_UPDATE_RATIO, lr_factor_from_updates
+from resdoctor.fixes.snippets import sig
 from resdoctor.rules._timeline import Timeline
 from resdoctor.runfile.run import Run
 

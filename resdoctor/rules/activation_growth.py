@@ -10,7 +10,7 @@ import pandas as pd
 
 from resdoctor import fixes
 from resdoctor.findings import Finding, Fix
-from resdoctor.fixes._common import sig
+from resdoctor.fixes.snippets import sig
 from resdoctor.rules._common import has_norm, post_norm_sites, site_dicts, site_frame
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import timeline

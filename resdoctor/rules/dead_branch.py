@@ -6,7 +6,7 @@ from typing import Any
 
 from resdoctor import fixes
 from resdoctor.findings import Finding, Fix
-from resdoctor.fixes._common import short_list, sig
+from resdoctor.fixes.snippets import short_list, sig
 from resdoctor.rules._common import compact, site_dicts, site_frame
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import timeline

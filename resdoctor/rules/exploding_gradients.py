@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from resdoctor.findings import Finding, Fix
-from resdoctor.fixes._common import sig
+from resdoctor.fixes.snippets import sig
 from resdoctor.rules._common import clip_fix, compact, grad_total, lr_fix, warmup_fix
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import Timeline, timeline

@@ -8,7 +8,7 @@ import numpy as np
 
 from resdoctor import fixes
 from resdoctor.findings import Finding, Fix
-from resdoctor.fixes._common import sig
+from resdoctor.fixes.snippets import sig
 from resdoctor.rules._common import first_run, site_dicts, site_frame
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import timeline

@@ -10,7 +10,7 @@ import pandas as pd
 
 from resdoctor import fixes
 from resdoctor.findings import Finding, Fix
-from resdoctor.fixes._common import sig
+from resdoctor.fixes.snippets import sig
 from resdoctor.rules._common import first_run, post_norm_sites, site_dicts
 from resdoctor.rules._registry import rule
 from resdoctor.rules._timeline import timeline
