@@ -34,29 +34,34 @@ def _private(module: str) -> bool:
     return any(p.startswith("_") and p != "__init__" for p in module.split(".")[1:])
 
 
-def _violations(module: str, source: str) -> list[str]:
-    """Imports of another package's private module or name, and attribute access of a private
-    name on something imported from another package."""
+def _imports(module: str, tree: ast.AST) -> tuple[list[str], dict[str, str]]:
+    """Imports of another package's private module or name; names bound to other packages."""
     mine = _package(module)
     found, imported = [], {}
-    tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resdoctor"):
             target = node.module or ""
-            for alias in node.names:
-                full = f"{target}.{alias.name}"
-                other = _package(full if target == "resdoctor" else target)
-                if other == mine:
-                    continue
-                if _private(target) or (alias.name.startswith("_") and alias.name != "__version__"):
-                    found.append(f"{module}:{node.lineno} imports {full}")
-                imported[alias.asname or alias.name] = full
+            pairs = [(f"{target}.{a.name}", a.asname or a.name, a.name) for a in node.names]
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("resdoctor") and _package(alias.name) != mine:
-                    if _private(alias.name):
-                        found.append(f"{module}:{node.lineno} imports {alias.name}")
-                    imported[alias.asname or alias.name.split(".")[0]] = alias.name
+            pairs = [(a.name, a.asname or a.name.split(".")[0], "") for a in node.names
+                     if a.name.startswith("resdoctor")]
+            target = ""
+        else:
+            continue
+        for full, bound, name in pairs:
+            if _package(target or full) == mine or _package(full) == mine:
+                continue
+            if _private(target or full) or (name.startswith("_") and name != "__version__"):
+                found.append(f"{module}:{node.lineno} imports {full}")
+            imported[bound] = full
+    return found, imported
+
+
+def _violations(module: str, source: str) -> list[str]:
+    """Imports of another package's private module or name, and attribute access of a private
+    name on something imported from another package."""
+    tree = ast.parse(source)
+    found, imported = _imports(module, tree)
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
                 and not node.attr.startswith("__") and isinstance(node.value, ast.Name)

@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,7 @@ import torch
 
 from resdoctor.recording.integration import Context
 from resdoctor.runfile import io as runfile
-from resdoctor.runfile.layout import cell_counts
+from resdoctor.runfile.layout import RunState, cell_counts
 from resdoctor.runfile.signals import merge_rule
 
 __all__ = ["RankMerger", "merge", "rank_files", "rank_path", "shard_layout"]
@@ -157,13 +157,13 @@ def _watching(key: str | None, world: int) -> int:
 
 
 # -- merging -------------------------------------------------------------------------------
-def merge(sources: Iterable[str | os.PathLike[str] | dict[str, Any]],
-          path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def merge(sources: Iterable[str | os.PathLike[str] | Mapping[str, Any]],
+          path: str | os.PathLike[str] | None = None) -> RunState:
     """Merge per-rank run files (or states) into one run state; see the module docstring.
 
     Raises ``RunFileError`` for an unreadable file and ``ValueError`` when given nothing.
     """
-    states = [s if isinstance(s, dict) else runfile.read(s) for s in sources]
+    states: list[Any] = [s if isinstance(s, Mapping) else runfile.read(s) for s in sources]
     if not states:
         raise ValueError("merge: no run to merge")
     for s in states:
@@ -205,14 +205,14 @@ class _Layout:
     primary: list[set[str]]  # per state, in state order
 
     @classmethod
-    def of(cls, states: list[dict[str, Any]]) -> _Layout:
+    def of(cls, states: list[Any]) -> _Layout:
         infos = [s.get("distributed") or {} for s in states]
         sharded = {m for info in infos for m in info.get("sharded", [])}
         return cls(sharded, [set(info.get("primary", [])) for info in infos])
 
 
-def _merge_events(states: list[dict[str, Any]], max_events: int) -> list[dict[str, Any]]:
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+def _merge_events(states: list[Any], max_events: int) -> list[Any]:
+    groups: dict[tuple[Any, ...], list[Any]] = {}
     for s in states:
         for i, e in enumerate(s["events"]):
             e = {**e, "rank": int(e.get("rank", s.get("rank") or 0)), "_order": i}
@@ -254,7 +254,7 @@ class _Stack:
         return self.n > 0
 
 
-def _merge_series(states: list[dict[str, Any]], layout: _Layout) -> dict[str, Any]:
+def _merge_series(states: list[Any], layout: _Layout) -> dict[str, Any]:
     names = list(dict.fromkeys(k for s in states for k in s["series"]))
     out = {}
     for name in names:
@@ -266,7 +266,7 @@ def _merge_series(states: list[dict[str, Any]], layout: _Layout) -> dict[str, An
     return out
 
 
-def _combine_series(name: str, st: _Stack, states: list[dict[str, Any]],
+def _combine_series(name: str, st: _Stack, states: list[Any],
                     layout: _Layout) -> tuple[np.ndarray, ...]:
     rule = merge_rule(name)
     if rule in ("rms", "mean"):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from resdoctor.runfile import io as runfile
+from resdoctor.runfile.layout import RunState
 from resdoctor.runfile.series import Series
 from resdoctor.runfile.signals import MODULE_SIGNALS, SITE_MAGNITUDES, SITE_SIGNALS, SMOOTHING
 from resdoctor.version import __version__
@@ -252,8 +253,8 @@ class Journal:
                             "phase": phase, "rank": rank, "detail": {**detail, "amp_skipped": amp}})
 
     # -- run file --------------------------------------------------------------------------
-    def state(self, options: dict[str, Any]) -> dict[str, Any]:
-        return {
+    def state(self, options: dict[str, Any]) -> RunState:
+        state: dict[str, Any] = {
             "format": runfile.FORMAT,
             "schema_version": runfile.SCHEMA_VERSION,
             "resdoctor_version": __version__,
@@ -270,3 +271,4 @@ class Journal:
             "skipped_steps": torch.tensor(self.skipped[-100_000:], dtype=torch.long),
             "errors": [dict(e) for e in self.errors],
         }
+        return cast(RunState, state)  # meta adds model_class, rank, device, ...

@@ -35,6 +35,7 @@ from resdoctor.recording.sensors import (
 )
 from resdoctor.recording.trace import Tracer
 from resdoctor.runfile import io as runfile
+from resdoctor.runfile.layout import RunState
 
 
 class Recorder:
@@ -162,7 +163,7 @@ class Recorder:
         self._forward_ok = True
         self._guard("forward", self._end_forward)(module, args, kwargs, output)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> RunState:
         """The run file's state as of now (host memory only)."""
         return self.journal.state(self.options.to_dict())
 

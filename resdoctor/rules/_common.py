@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ def post_norm_sites(run: Run) -> list[str]:
     sites = sorted(run.site_records, key=lambda s: s["index"])
     out = []
     for i, site in enumerate(sites):
-        res = site.get("result") or {}
+        res: Mapping[str, Any] = site.get("result") or {}
         if res.get("where") != "input" or types.get(res.get("module", "")) not in NORM_TYPES:
             continue
         nxt = sites[i + 1].get("skip") if i + 1 < len(sites) else None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from resdoctor.runfile import io as runfile
+from resdoctor.runfile.layout import SeriesState
 from resdoctor.runfile.run import Run
 from resdoctor.runfile.series import Series
 
@@ -63,7 +64,7 @@ def make_run(
         "skipped_steps": torch.tensor(list(skipped_steps), dtype=torch.long),
         "errors": [],
     }
-    return Run(state)
+    return Run(state)  # type: ignore[arg-type]
 
 
 def _site(spec: str | Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def _site(spec: str | Mapping[str, Any], index: int) -> dict[str, Any]:
             "source": {"module": spec, "where": "input", "path": [0], "call": 0}}
 
 
-def _series(columns: Mapping[str, Values], steps: int, capacity: int) -> dict[str, Any]:
+def _series(columns: Mapping[str, Values], steps: int, capacity: int) -> SeriesState:
     names = list(columns)
     s = Series(names, capacity)
     table = np.full((steps, len(names)), np.nan)

@@ -7,6 +7,7 @@ reads the file without running code from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 import numpy as np
@@ -105,7 +106,7 @@ class RunState(TypedDict, total=False):
     merged: bool
 
 
-def cell_counts(series: SeriesState) -> np.ndarray:
+def cell_counts(series: SeriesState | Mapping[str, Any]) -> np.ndarray:
     """``[rows, columns]`` samples per cell: ``n``, or ``count`` in every cell when ``n`` was
     left out (the file omits a full table to stay small)."""
     n = series.get("n")

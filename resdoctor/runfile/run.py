@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from resdoctor.runfile import io as runfile
-from resdoctor.runfile.layout import RunState, SiteState, cell_counts
+from resdoctor.runfile.layout import RunState, cell_counts
 
 Stat = Literal["mean", "max", "min"]
 
@@ -71,9 +71,10 @@ class Run:
         return pd.DataFrame(rows, columns=["name", "kind", "module", "index", "owner"])
 
     @property
-    def site_records(self) -> list[SiteState]:
-        """The sites as recorded, with their taps (where each operand was read)."""
-        return [dict(s) for s in self.state["sites"]]  # type: ignore[misc]
+    def site_records(self) -> list[dict[str, Any]]:
+        """The sites as recorded (``layout.SiteState``), with their taps (where each operand
+        was read)."""
+        return [dict(s) for s in self.state["sites"]]
 
     @cached_property
     def events(self) -> pd.DataFrame:
