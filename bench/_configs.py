@@ -33,9 +33,16 @@ TITLES = {
     "naive": "naive hooks with .item() per norm",
 }
 _MODULE_HOOKS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
-    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
     "_load_state_dict_post_hooks",
 )
 
@@ -72,8 +79,9 @@ class Resdoctor(Config):
 
         self._runs += 1
         path = tmp / f"resdoctor-{id(self)}-{self._runs}.pt"
-        self.doctor = resdoctor.watch(work.model, optimizer=work.optimizer, path=path,
-                                      **self.options)
+        self.doctor = resdoctor.watch(
+            work.model, optimizer=work.optimizer, path=path, **self.options
+        )
 
     def after_step(self, loss: torch.Tensor) -> None:
         self.doctor.log(loss=loss)
@@ -102,8 +110,12 @@ class Wandb(Config):
             import wandb
 
             Wandb._dir = tempfile.mkdtemp(prefix="resdoctor-bench-wandb-")
-            Wandb._run = wandb.init(mode="offline", dir=Wandb._dir, project="resdoctor-bench",
-                                    settings=wandb.Settings(silent=True, console="off"))
+            Wandb._run = wandb.init(
+                mode="offline",
+                dir=Wandb._dir,
+                project="resdoctor-bench",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
         self.model = work.model
         Wandb._run.watch(work.model, log="gradients", log_freq=1)
 
@@ -215,7 +227,8 @@ def hook_census(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
     for p in model.parameters():
         counts["param_backward_hooks"] += len(p._backward_hooks or {})
         counts["param_post_accumulate_hooks"] += len(
-            getattr(p, "_post_accumulate_grad_hooks", None) or {})
+            getattr(p, "_post_accumulate_grad_hooks", None) or {}
+        )
     if optimizer is not None:
         counts["optimizer_step_pre_hooks"] += len(optimizer._optimizer_step_pre_hooks)
         counts["optimizer_step_post_hooks"] += len(optimizer._optimizer_step_post_hooks)

@@ -26,15 +26,18 @@ import torch
 from bench._configs import Config, Resdoctor
 from bench._workloads import Workload
 
-BLOCKING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
-            "cudaMemcpy")
+BLOCKING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 NO_FLUSH = {"flush_every": 0, "flush_seconds": 0}
 
 
 def _configs() -> list[Config]:
-    return [Config(), Resdoctor("resdoctor", **NO_FLUSH),
-            Resdoctor("resdoctor-all", smoothing_every=1, update_every=1, grad_share_every=1,
-                      **NO_FLUSH)]
+    return [
+        Config(),
+        Resdoctor("resdoctor", **NO_FLUSH),
+        Resdoctor(
+            "resdoctor-all", smoothing_every=1, update_every=1, grad_share_every=1, **NO_FLUSH
+        ),
+    ]
 
 
 def _steps(work: Workload, config: Config, n: int) -> None:
@@ -50,8 +53,9 @@ def _debug_mode_syncs(work: Workload, config: Config, n: int) -> list[str]:
             _steps(work, config, n)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return [str(w.message).splitlines()[0] for w in caught
-            if "synchroniz" in str(w.message).lower()]
+    return [
+        str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()
+    ]
 
 
 def _error_mode(work: Workload, config: Config, n: int) -> str:
@@ -87,8 +91,12 @@ def sync_census(work: Workload, steps: int) -> dict[str, Any]:
 
 
 def _census(work: Workload, steps: int, tmp: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"syncs_per_step": {}, "profiler_per_step": {}, "error_mode": {},
-                           "examples": {}}
+    out: dict[str, Any] = {
+        "syncs_per_step": {},
+        "profiler_per_step": {},
+        "error_mode": {},
+        "examples": {},
+    }
     plain_syncs = None
     for config in _configs():
         config.setup(work, tmp)

@@ -33,15 +33,25 @@ def loadavg() -> list[float] | None:
 def git_commit() -> str | None:
     """The short commit, with ``+dirty`` when resdoctor/ has uncommitted changes."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
     if not commit:
         return None
-    status = subprocess.run(["git", "status", "--porcelain", "--", "resdoctor"],
-                            capture_output=True, text=True, timeout=10, check=False)
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--", "resdoctor"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     return commit + ("+dirty" if status.stdout.strip() else "")
 
 

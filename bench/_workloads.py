@@ -44,8 +44,7 @@ def resnet(device: torch.device, quick: bool = False) -> Workload:
     x = torch.randn(batch, 3, size, size, device=device)  # [B, 3, H, W]
     y = torch.randint(0, 10, (batch,), device=device)
     title = f"ResNet-20 (BasicBlock, 3 stages), batch {batch}, {size}x{size}"
-    return Workload("resnet", title, model, opt,
-                    lambda: nn.functional.cross_entropy(model(x), y))
+    return Workload("resnet", title, model, opt, lambda: nn.functional.cross_entropy(model(x), y))
 
 
 def gpt2(device: torch.device, quick: bool = False) -> Workload:
@@ -62,8 +61,7 @@ def gpt2(device: torch.device, quick: bool = False) -> Workload:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)  # [B, T]
     title = f"GPT-2 (transformers), {cfg.n_layer} layers, d={cfg.n_embd}, seq {seq}, batch {batch}"
-    return Workload("gpt2", title, model, opt,
-                    lambda: model(input_ids=ids, labels=ids).loss)
+    return Workload("gpt2", title, model, opt, lambda: model(input_ids=ids, labels=ids).loss)
 
 
 def build(name: str, device: torch.device, quick: bool = False) -> Workload:

@@ -31,34 +31,58 @@ def sick_mlp() -> nn.Module:
 def gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=16,
-                     bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=100,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return GPT2LMHeadModel(cfg)
 
 
 def cases() -> list[tuple[str, Any, Any]]:
     """(title, model factory, input factory); everything seeded in ``main``."""
+
     def ids() -> torch.Tensor:
         return torch.randint(0, 32, (4, 8))  # [B, T]
 
     return [
         ("ResidualMLP, block 1 dead, block 2 dominant", sick_mlp, lambda: torch.randn(8, 8)),
-        ("ResNet (2, 2), post-activation", lambda: ResNet(layers=(2, 2), widths=(8, 16)),
-         lambda: torch.randn(8, 3, 8, 8)),
-        ("PreActResNet (2, 2)", lambda: PreActResNet(layers=(2, 2), widths=(8, 16)),
-         lambda: torch.randn(8, 3, 8, 8)),
-        ("TinyTransformer pre-LN, 2 blocks",
-         lambda: TinyTransformer(vocab=32, dim=32, depth=2, max_len=8), ids),
-        ("TinyTransformer post-LN, 2 blocks",
-         lambda: TinyTransformer(vocab=32, dim=32, depth=2, max_len=8, norm="post"), ids),
-        ("GPT-2 (transformers), 2 layers, d=32", gpt2,
-         lambda: {"input_ids": torch.randint(0, 100, (4, 12))}),
+        (
+            "ResNet (2, 2), post-activation",
+            lambda: ResNet(layers=(2, 2), widths=(8, 16)),
+            lambda: torch.randn(8, 3, 8, 8),
+        ),
+        (
+            "PreActResNet (2, 2)",
+            lambda: PreActResNet(layers=(2, 2), widths=(8, 16)),
+            lambda: torch.randn(8, 3, 8, 8),
+        ),
+        (
+            "TinyTransformer pre-LN, 2 blocks",
+            lambda: TinyTransformer(vocab=32, dim=32, depth=2, max_len=8),
+            ids,
+        ),
+        (
+            "TinyTransformer post-LN, 2 blocks",
+            lambda: TinyTransformer(vocab=32, dim=32, depth=2, max_len=8, norm="post"),
+            ids,
+        ),
+        (
+            "GPT-2 (transformers), 2 layers, d=32",
+            gpt2,
+            lambda: {"input_ids": torch.randint(0, 100, (4, 12))},
+        ),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.attribution_agreement",
-                                description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.attribution_agreement", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)

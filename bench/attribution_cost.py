@@ -27,8 +27,9 @@ METHODS = ("gradient", "ablation")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.attribution_cost",
-                                description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.attribution_cost", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--models", default=",".join(WORKLOADS), help="comma list: resnet,gpt2")
     p.add_argument("--samples", type=int, default=4, help="samples per attribution call")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
@@ -36,8 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny models, 2 rounds")
-    p.add_argument("--out", default="bench/results/attribution_cost.json",
-                   help="JSON results ('' = none)")
+    p.add_argument(
+        "--out", default="bench/results/attribution_cost.json", help="JSON results ('' = none)"
+    )
     return p.parse_args(argv)
 
 
@@ -68,6 +70,7 @@ def measure(work: Workload, args: argparse.Namespace, device: torch.device) -> d
     args_, kwargs = ((), batch) if isinstance(batch, dict) else ((batch,), {})
     sites = resdoctor.discover(work.model, *args_, **kwargs)
     calls: dict[str, Callable[[], Any]] = {"step": work.step}
+
     def attribution(method: str) -> Callable[[], Any]:
         return lambda: resdoctor.attribute(work.model, batch, sites=sites, method=method)
 
@@ -80,21 +83,30 @@ def measure(work: Workload, args: argparse.Namespace, device: torch.device) -> d
         for name, fn in calls.items():
             times[name].append(timed(fn, device))
     ms = {name: statistics.median(v) for name, v in times.items()}
-    return {"title": work.title, "sites": len(sites), "samples": args.samples, "ms": ms,
-            "rounds": times}
+    return {
+        "title": work.title,
+        "sites": len(sites),
+        "samples": args.samples,
+        "ms": ms,
+        "rounds": times,
+    }
 
 
 def table(results: dict[str, Any], every: int) -> str:
-    head = (f"{'model':<46} {'sites':>5} {'step ms':>9} {'method':>9} {'call ms':>9} "
-            f"{'x step':>7} {f'every {every}':>9}")
+    head = (
+        f"{'model':<46} {'sites':>5} {'step ms':>9} {'method':>9} {'call ms':>9} "
+        f"{'x step':>7} {f'every {every}':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in results.values():
         step = r["ms"]["step"]
         for k, method in enumerate(METHODS):
             call = r["ms"][method]
             first = (r["title"][:46], str(r["sites"]), f"{step:.1f}") if k == 0 else ("", "", "")
-            lines.append(f"{first[0]:<46} {first[1]:>5} {first[2]:>9} {method:>9} {call:>9.1f} "
-                         f"{call / step:>7.2f} {100 * call / (every * step):>8.2f}%")
+            lines.append(
+                f"{first[0]:<46} {first[1]:>5} {first[2]:>9} {method:>9} {call:>9.1f} "
+                f"{call / step:>7.2f} {100 * call / (every * step):>8.2f}%"
+            )
     return "\n".join(lines)
 
 
@@ -109,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         results[name] = measure(build(name, device, quick=args.quick), args, device)
     print(table(results, args.every))
-    print(f"\n{args.samples} samples per call, median of {args.rounds} rounds; 'every N' = "
-          f"call / (N x step), the amortised cost of watch(attribute_every=N).")
+    print(
+        f"\n{args.samples} samples per call, median of {args.rounds} rounds; 'every N' = "
+        f"call / (N x step), the amortised cost of watch(attribute_every=N)."
+    )
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,11 +42,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny models, 2 rounds of 2 steps")
-    p.add_argument("--sync-steps", type=int, default=None,
-                   help="CUDA only: steps per configuration in the host-sync census (5)")
+    p.add_argument(
+        "--sync-steps",
+        type=int,
+        default=None,
+        help="CUDA only: steps per configuration in the host-sync census (5)",
+    )
     p.add_argument("--out", default="bench/results/overhead.json", help="JSON results ('' = none)")
-    p.add_argument("--unpaired", action="store_true",
-                   help="no twin model: ratios of round medians to plain's round")
+    p.add_argument(
+        "--unpaired",
+        action="store_true",
+        help="no twin model: ratios of round medians to plain's round",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     quick = args.quick
@@ -84,8 +91,14 @@ def _timed(work: Workload, config: Config | None, device: torch.device) -> tuple
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def time_config(work: Workload, twin: Workload | None, config: Config, args: argparse.Namespace,
-                tmp: Path, device: torch.device) -> dict[str, Any]:
+def time_config(
+    work: Workload,
+    twin: Workload | None,
+    config: Config,
+    args: argparse.Namespace,
+    tmp: Path,
+    device: torch.device,
+) -> dict[str, Any]:
     """Set up, warm up, time ``args.steps`` steps, tear down: one configuration, one round.
 
     With a ``twin`` (an identical, never instrumented copy of the model), every watched step is
@@ -121,8 +134,9 @@ def time_config(work: Workload, twin: Workload | None, config: Config, args: arg
     return out
 
 
-def measure(work: Workload, twin: Workload | None, args: argparse.Namespace,
-            device: torch.device) -> dict[str, Any]:
+def measure(
+    work: Workload, twin: Workload | None, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     """Alternate every configuration round by round; returns per-configuration statistics."""
     configs = [make(name) for name in args.configs]
     models = [w for w in (work, twin) if w is not None]
@@ -132,8 +146,7 @@ def measure(work: Workload, twin: Workload | None, args: argparse.Namespace,
         for r in range(args.rounds):
             k = r % len(configs)
             for config in configs[k:] + configs[:k]:  # rotate: every position, every config
-                rounds[config.name].append(time_config(work, twin, config, args, Path(tmp),
-                                                       device))
+                rounds[config.name].append(time_config(work, twin, config, args, Path(tmp), device))
                 for w, before in zip(models, baseline, strict=True):
                     left = hook_census(w.model, w.optimizer)
                     if left != before:
@@ -143,14 +156,18 @@ def measure(work: Workload, twin: Workload | None, args: argparse.Namespace,
     return summarize(rounds, paired=twin is not None)
 
 
-def _round_ratios(rs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str,
-                  paired: bool) -> list[float]:
+def _round_ratios(
+    rs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str, paired: bool
+) -> list[float]:
     """Per round: median of step-pair ratios (paired) or ratio of medians to plain's round."""
     if paired:
-        return [statistics.median(a / b for a, b in zip(r[key], r["twin_" + key], strict=True))
-                for r in rs]
-    return [statistics.median(r[key]) / statistics.median(p[key])
-            for r, p in zip(rs, ref, strict=True)]
+        return [
+            statistics.median(a / b for a, b in zip(r[key], r["twin_" + key], strict=True))
+            for r in rs
+        ]
+    return [
+        statistics.median(r[key]) / statistics.median(p[key]) for r, p in zip(rs, ref, strict=True)
+    ]
 
 
 def _pooled(rs: list[dict[str, Any]], draws: int = 2000) -> dict[str, Any]:
@@ -158,13 +175,15 @@ def _pooled(rs: list[dict[str, Any]], draws: int = 2000) -> dict[str, Any]:
     interval for it, i.e. how precisely this machine's noise let the ratio be measured."""
     import numpy as np
 
-    steps = np.array([a / b for r in rs for a, b in zip(r["times"], r["twin_times"],
-                                                         strict=True)])
+    steps = np.array([a / b for r in rs for a, b in zip(r["times"], r["twin_times"], strict=True)])
     rng = np.random.default_rng(0)
     boot = np.median(rng.choice(steps, (draws, len(steps))), axis=1)
     lo, hi = np.quantile(boot, [0.025, 0.975])
-    return {"step_ratio": float(np.median(steps)), "step_ratio_ci95": [float(lo), float(hi)],
-            "step_ratios": [float(x) for x in steps]}
+    return {
+        "step_ratio": float(np.median(steps)),
+        "step_ratio_ci95": [float(lo), float(hi)],
+        "step_ratios": [float(x) for x in steps],
+    }
 
 
 def summarize(rounds: dict[str, list[dict[str, Any]]], paired: bool = True) -> dict[str, Any]:
@@ -201,20 +220,24 @@ def table(results: dict[str, Any], configs: list[str]) -> str:
     head = ["model", "clock", "plain ms/step", "plain"] + [c for c in configs if c != "plain"]
     rows = [head]
     for model, res in results.items():
-        for clock, key, ms in (("wall", "ratio", "median_step_ms"),
-                               ("cpu", "cpu_ratio", "median_step_cpu_ms")):
+        for clock, key, ms in (
+            ("wall", "ratio", "median_step_ms"),
+            ("cpu", "cpu_ratio", "median_step_cpu_ms"),
+        ):
             row = [model, clock, f"{res['plain'][ms]:.1f}"]
             for c in head[3:]:  # plain: twin vs twin, the noise floor
                 r = res.get(c)
-                row.append("-" if r is None else
-                           f"{r[key]:.3f}x ({r[key + '_min']:.2f}-{r[key + '_max']:.2f})")
+                row.append(
+                    "-"
+                    if r is None
+                    else f"{r[key]:.3f}x ({r[key + '_min']:.2f}-{r[key + '_max']:.2f})"
+                )
             rows.append(row)
         row = [model, "steps", "95% CI"]
         for c in head[3:]:
             r = res.get(c, {})
             ci = r.get("step_ratio_ci95")
-            row.append("-" if ci is None else
-                       f"{r['step_ratio']:.3f}x ({ci[0]:.2f}-{ci[1]:.2f})")
+            row.append("-" if ci is None else f"{r['step_ratio']:.3f}x ({ci[0]:.2f}-{ci[1]:.2f})")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
@@ -237,8 +260,10 @@ def unresolved(results: dict[str, Any], device: str) -> list[str]:
         for name, limit in TARGETS[device].items():
             lo, hi = res.get(name, {}).get("step_ratio_ci95", (0.0, 0.0))
             if lo <= limit < hi:
-                notes.append(f"{model}: {name} 95% interval {lo:.3f}-{hi:.3f}x contains "
-                             f"{limit:.2f}x; rerun on a quieter machine or with more rounds")
+                notes.append(
+                    f"{model}: {name} 95% interval {lo:.3f}-{hi:.3f}x contains "
+                    f"{limit:.2f}x; rerun on a quieter machine or with more rounds"
+                )
     return notes
 
 
@@ -250,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
-        "command": "python -m bench.overhead " + " ".join(argv if argv is not None else
-                                                           sys.argv[1:]),
+        "command": "python -m bench.overhead "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": _machine.describe(device),
-        "settings": {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads",
-                                                   "quick", "configs", "unpaired")},
+        "settings": {
+            k: getattr(args, k)
+            for k in ("rounds", "steps", "warmup", "threads", "quick", "configs", "unpaired")
+        },
         "targets": TARGETS[args.device],
         "models": {},
         "titles": {},

@@ -40,8 +40,11 @@ PACKAGE = "/resdoctor/"
 MODELS = "/resdoctor/models/"  # the benchmark's model, not resdoctor's overhead
 
 
-ABLATIONS = ("resdoctor:nonfinite=False", "resdoctor:sites=False",
-             "resdoctor:nonfinite=False,sites=False")
+ABLATIONS = (
+    "resdoctor:nonfinite=False",
+    "resdoctor:sites=False",
+    "resdoctor:nonfinite=False,sites=False",
+)
 
 
 def _run(work: Workload, config: Config, steps: int) -> tuple[list[float], list[float]]:
@@ -54,8 +57,9 @@ def _run(work: Workload, config: Config, steps: int) -> tuple[list[float], list[
     return wall, cpu
 
 
-def timing(work: Workload, twin: Workload, names: list[str], rounds: int, steps: int,
-           tmp: Path) -> dict[str, dict[str, float]]:
+def timing(
+    work: Workload, twin: Workload, names: list[str], rounds: int, steps: int, tmp: Path
+) -> dict[str, dict[str, float]]:
     """Plain and each configuration alternated round by round, every watched step paired with a
     step of the plain twin (as in ``bench.overhead``): ms per step, overhead, ratios."""
     from bench.overhead import summarize, time_config
@@ -71,8 +75,11 @@ def timing(work: Workload, twin: Workload, names: list[str], rounds: int, steps:
     stats = summarize(got, paired=True)
     out = {}
     for name in names:
-        pairs = [(a, b) for rd in got[name]
-                 for a, b in zip(rd["cpu_times"], rd["twin_cpu_times"], strict=True)]
+        pairs = [
+            (a, b)
+            for rd in got[name]
+            for a, b in zip(rd["cpu_times"], rd["twin_cpu_times"], strict=True)
+        ]
         out[name] = {
             "wall_ms": stats[name]["median_step_ms"],
             "cpu_ms": stats[name]["median_step_cpu_ms"],
@@ -104,6 +111,7 @@ def direct_cost(work: Workload, name: str, steps: int, tmp: Path) -> dict[str, f
                 return guarded(*args, **kwargs)
             finally:
                 spent[where] += time.perf_counter() - t0
+
         return timed
 
     Recorder._guard = timed_guard  # type: ignore[method-assign]
@@ -163,18 +171,28 @@ def python_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -
         if MODELS in func[0]:
             continue
         if PACKAGE in func[0]:
-            own.append({"function": _label(func), "calls": ncalls / steps,
-                        "self_ms": 1e3 * tottime / steps, "cum_ms": 1e3 * cumtime / steps})
+            own.append(
+                {
+                    "function": _label(func),
+                    "calls": ncalls / steps,
+                    "self_ms": 1e3 * tottime / steps,
+                    "cum_ms": 1e3 * cumtime / steps,
+                }
+            )
         else:
             for caller, edge in callers.items():
                 if PACKAGE in caller[0] and MODELS not in caller[0]:
                     called[_label(func)] += 1e3 * edge[2] / steps  # self time via this edge
     own.sort(key=lambda r: -r["cum_ms"])
     total_self = sum(r["self_ms"] for r in own) + sum(called.values())
-    return {"resdoctor_functions": own[:top],
-            "called_from_resdoctor": [{"function": f, "self_ms": ms} for f, ms in
-                                      sorted(called.items(), key=lambda kv: -kv[1])[:top]],
-            "resdoctor_self_ms_per_step_under_cprofile": total_self}
+    return {
+        "resdoctor_functions": own[:top],
+        "called_from_resdoctor": [
+            {"function": f, "self_ms": ms}
+            for f, ms in sorted(called.items(), key=lambda kv: -kv[1])[:top]
+        ],
+        "resdoctor_self_ms_per_step_under_cprofile": total_self,
+    }
 
 
 def _ops(work: Workload, config: Config, steps: int) -> dict[str, tuple[float, float]]:
@@ -183,8 +201,9 @@ def _ops(work: Workload, config: Config, steps: int) -> dict[str, tuple[float, f
     _run(work, config, 2)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         _run(work, config, steps)
-    return {e.key: (e.count / steps, e.self_cpu_time_total / 1e3 / steps)
-            for e in prof.key_averages()}
+    return {
+        e.key: (e.count / steps, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()
+    }
 
 
 def op_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -> list[dict]:
@@ -203,23 +222,35 @@ def op_profile(work: Workload, name: str, steps: int, tmp: Path, top: int) -> li
         c0, t0 = result["plain"].get(op, (0.0, 0.0))
         if c1 - c0 < 0.5:  # an op resdoctor does not add: its time difference is noise
             continue
-        rows.append({"op": op, "extra_calls": c1 - c0, "extra_self_ms": t1 - t0 if c0 else t1,
-                     "in_plain": c0 > 0, "watched_calls": c1, "watched_self_ms": t1})
+        rows.append(
+            {
+                "op": op,
+                "extra_calls": c1 - c0,
+                "extra_self_ms": t1 - t0 if c0 else t1,
+                "in_plain": c0 > 0,
+                "watched_calls": c1,
+                "watched_self_ms": t1,
+            }
+        )
     rows.sort(key=lambda r: -r["extra_self_ms"])
     return rows[:top]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.profile_overhead",
-                                description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.profile_overhead", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--model", default="resnet", choices=("resnet", "gpt2"))
     p.add_argument("--config", default="resdoctor", choices=("resdoctor", "resdoctor-all"))
     p.add_argument("--rounds", type=int, default=6, help="timing rounds (alternated)")
     p.add_argument("--steps", type=int, default=10, help="steps per round / per profile")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=20)
-    p.add_argument("--ablate", action="store_true",
-                   help="also time resdoctor without non-finite checks / without sites")
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also time resdoctor without non-finite checks / without sites",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model, 2 rounds of 2 steps")
     p.add_argument("--out", default="bench/results/profile.json", help="JSON ('' = none)")
     args = p.parse_args(argv)
@@ -234,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     work = build(args.model, device, quick=args.quick)
     twin = build(args.model, device, quick=args.quick)
-    out: dict[str, Any] = {"machine": _machine.describe(device), "workload": work.title,
-                           "config": args.config}
+    out: dict[str, Any] = {
+        "machine": _machine.describe(device),
+        "workload": work.title,
+        "config": args.config,
+    }
     with tempfile.TemporaryDirectory(prefix="resdoctor-profile-") as tmp:
         names = [args.config, *(ABLATIONS if args.ablate else ())]
         out["timing"] = timing(work, twin, names, args.rounds, args.steps, Path(tmp))
@@ -251,27 +285,44 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(out: dict[str, Any]) -> str:
-    lines = [f"{out['workload']}: {out['config']}",
-             f"  {'wall ms':>8} {'cpu ms':>8} {'+cpu ms':>8} {'cpu x':>6} {'wall x':>6}  config"]
+    lines = [
+        f"{out['workload']}: {out['config']}",
+        f"  {'wall ms':>8} {'cpu ms':>8} {'+cpu ms':>8} {'cpu x':>6} {'wall x':>6}  config",
+    ]
     for name, t in out["timing"].items():
-        lines.append(f"  {t['wall_ms']:8.1f} {t['cpu_ms']:8.1f} {t['cpu_overhead_ms']:8.1f} "
-                     f"{t['cpu_ratio']:6.3f} {t['wall_ratio']:6.3f}  {name}")
+        lines.append(
+            f"  {t['wall_ms']:8.1f} {t['cpu_ms']:8.1f} {t['cpu_overhead_ms']:8.1f} "
+            f"{t['cpu_ratio']:6.3f} {t['wall_ratio']:6.3f}  {name}"
+        )
     d = out["direct"]
-    lines += ["", f"inside resdoctor (wall ms per step, median of {out['config']} steps): "
-              f"{d['total']:.2f} of a {d['step']:.1f} ms step "
-              f"({100 * d['total'] / d['step']:.1f}%)"]
+    lines += [
+        "",
+        f"inside resdoctor (wall ms per step, median of {out['config']} steps): "
+        f"{d['total']:.2f} of a {d['step']:.1f} ms step "
+        f"({100 * d['total'] / d['step']:.1f}%)",
+    ]
     lines += [f"  {v:8.2f}  {k}" for k, v in d.items() if k not in ("total", "step")]
-    lines += ["", "resdoctor functions (per step, under cProfile):",
-              f"  {'cum ms':>8} {'self ms':>8} {'calls':>7}  function"]
+    lines += [
+        "",
+        "resdoctor functions (per step, under cProfile):",
+        f"  {'cum ms':>8} {'self ms':>8} {'calls':>7}  function",
+    ]
     for r in out["cprofile"]["resdoctor_functions"]:
         lines.append(f"  {r['cum_ms']:8.2f} {r['self_ms']:8.2f} {r['calls']:7.0f}  {r['function']}")
     lines += ["", "called from resdoctor (self ms per step):"]
-    lines += [f"  {r['self_ms']:8.2f}  {r['function']}"
-              for r in out["cprofile"]["called_from_resdoctor"]]
-    lines += ["", "ops resdoctor adds (per step; * = plain calls it too, so +ms is a noisy diff):",
-              f"  {'+ms':>8} {'+calls':>7}  op"]
-    lines += [f"  {r['extra_self_ms']:8.2f} {r['extra_calls']:7.0f}  {r['op']}"
-              + (" *" if r["in_plain"] else "") for r in out["ops"]]
+    lines += [
+        f"  {r['self_ms']:8.2f}  {r['function']}" for r in out["cprofile"]["called_from_resdoctor"]
+    ]
+    lines += [
+        "",
+        "ops resdoctor adds (per step; * = plain calls it too, so +ms is a noisy diff):",
+        f"  {'+ms':>8} {'+calls':>7}  op",
+    ]
+    lines += [
+        f"  {r['extra_self_ms']:8.2f} {r['extra_calls']:7.0f}  {r['op']}"
+        + (" *" if r["in_plain"] else "")
+        for r in out["ops"]
+    ]
     return "\n".join(lines)
 
 

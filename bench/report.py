@@ -1,6 +1,6 @@
 """Render benchmark JSON results as the Markdown tables of docs/performance.md.
 
-    python -m bench.report bench/results/overhead.json bench/results/scale.json
+python -m bench.report bench/results/overhead.json bench/results/scale.json
 """
 
 from __future__ import annotations
@@ -11,18 +11,24 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("plain", "resdoctor", "resdoctor-all", "wandb", "anomaly", "naive")
-HEADS = {"plain": "plain twin (noise floor)", "resdoctor": "resdoctor (defaults)",
-         "resdoctor-all": "resdoctor (everything)",
-         "wandb": "wandb.watch gradients", "anomaly": "detect_anomaly",
-         "naive": "naive `.item()` hooks"}
+HEADS = {
+    "plain": "plain twin (noise floor)",
+    "resdoctor": "resdoctor (defaults)",
+    "resdoctor-all": "resdoctor (everything)",
+    "wandb": "wandb.watch gradients",
+    "anomaly": "detect_anomaly",
+    "naive": "naive `.item()` hooks",
+}
 
 
 def machine_line(m: dict[str, Any]) -> str:
     gpu = f", {m['gpu']}" if m.get("gpu") else ""
-    return (f"{m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} torch thread(s){gpu}; "
-            f"torch {m['torch']}, Python {m['python']}, resdoctor {m['resdoctor']} "
-            f"@ {m['commit']}; load average at start {m.get('loadavg_start')}, "
-            f"at end {m.get('loadavg_end')}")
+    return (
+        f"{m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} torch thread(s){gpu}; "
+        f"torch {m['torch']}, Python {m['python']}, resdoctor {m['resdoctor']} "
+        f"@ {m['commit']}; load average at start {m.get('loadavg_start')}, "
+        f"at end {m.get('loadavg_end')}"
+    )
 
 
 def overhead(report: dict[str, Any]) -> str:
@@ -32,25 +38,43 @@ def overhead(report: dict[str, Any]) -> str:
     cols = [c for c in COLUMNS if any(c in r for r in report["models"].values())]
     if report["settings"].get("unpaired"):
         cols.remove("plain")  # unpaired, plain is the reference: always 1.00x
-    lines = ["| model | clock | plain ms/step | " + " | ".join(HEADS[c] for c in cols) + " |",
-             "|---|---|---:|" + "---:|" * len(cols)]
+    lines = [
+        "| model | clock | plain ms/step | " + " | ".join(HEADS[c] for c in cols) + " |",
+        "|---|---|---:|" + "---:|" * len(cols),
+    ]
     for model, res in report["models"].items():
-        for clock, key, ms in (("wall", "ratio", "median_step_ms"),
-                               ("CPU", "cpu_ratio", "median_step_cpu_ms")):
-            cells = [f"{res[c][key]:.2f}x ({res[c][key + '_min']:.2f}-{res[c][key + '_max']:.2f})"
-                     if c in res else "-" for c in cols]
-            lines.append(f"| {report['titles'].get(model, model)} | {clock} | "
-                         f"{res['plain'][ms]:.0f} | " + " | ".join(cells) + " |")
+        for clock, key, ms in (
+            ("wall", "ratio", "median_step_ms"),
+            ("CPU", "cpu_ratio", "median_step_cpu_ms"),
+        ):
+            cells = [
+                f"{res[c][key]:.2f}x ({res[c][key + '_min']:.2f}-{res[c][key + '_max']:.2f})"
+                if c in res
+                else "-"
+                for c in cols
+            ]
+            lines.append(
+                f"| {report['titles'].get(model, model)} | {clock} | "
+                f"{res['plain'][ms]:.0f} | " + " | ".join(cells) + " |"
+            )
         if all("step_ratio_ci95" in res[c] for c in cols):
-            cells = [f"{res[c]['step_ratio']:.3f}x ({res[c]['step_ratio_ci95'][0]:.3f}-"
-                     f"{res[c]['step_ratio_ci95'][1]:.3f})" for c in cols]
-            lines.append(f"| {report['titles'].get(model, model)} | wall, all steps pooled "
-                         f"(95% CI) | | " + " | ".join(cells) + " |")
+            cells = [
+                f"{res[c]['step_ratio']:.3f}x ({res[c]['step_ratio_ci95'][0]:.3f}-"
+                f"{res[c]['step_ratio_ci95'][1]:.3f})"
+                for c in cols
+            ]
+            lines.append(
+                f"| {report['titles'].get(model, model)} | wall, all steps pooled "
+                f"(95% CI) | | " + " | ".join(cells) + " |"
+            )
     s = report["settings"]
     paired = "" if s.get("unpaired") else ", each paired with a step of a plain twin model"
-    lines += ["", f"Command: `{report['command'].strip()}` ({s['rounds']} rounds x "
-              f"{s['steps']} timed steps per configuration, alternated{paired}).",
-              f"Machine: {machine_line(report['machine'])}."]
+    lines += [
+        "",
+        f"Command: `{report['command'].strip()}` ({s['rounds']} rounds x "
+        f"{s['steps']} timed steps per configuration, alternated{paired}).",
+        f"Machine: {machine_line(report['machine'])}.",
+    ]
     return "\n".join(lines)
 
 
@@ -60,21 +84,35 @@ def scale(result: dict[str, Any]) -> str:
     rows = [
         ("steps x blocks", f"{result['steps']:,} x {result['blocks']} ({result['mode']} mode)"),
         ("host time of recording", f"{rec['host_us_per_step']:.0f} us/step"),
-        ("memory of recording", f"RSS +{rec['rss_delta_mb']:.0f} MB "
-                                f"(series arrays {rec['series_arrays_mb']:.0f} MB)"),
+        (
+            "memory of recording",
+            f"RSS +{rec['rss_delta_mb']:.0f} MB (series arrays {rec['series_arrays_mb']:.0f} MB)",
+        ),
         ("run file", f"{f['file_mb']:.1f} MB (target < {result['targets']['file_mb']:.0f} MB)"),
-        ("one flush (state + write)", f"{f['state_s'] + f['write_s']:.2f} s "
-                                      f"(= {f['flush_ms_per_step_at_default']:.2f} ms/step at "
-                                      f"flush_every=500)"),
-        ("`resdoctor.load`", f"{f['load_s']:.2f} s ({f['load_all_series_s']:.2f} s with every "
-                             f"series as a DataFrame)"),
-        ("`resdoctor.analyze`", f"{f['analyze_s']:.2f} s in-process, {f['cli_analyze_s']:.2f} s "
-                                f"for the CLI with imports (target < "
-                                f"{result['targets']['analyze_s']:.0f} s)"),
+        (
+            "one flush (state + write)",
+            f"{f['state_s'] + f['write_s']:.2f} s "
+            f"(= {f['flush_ms_per_step_at_default']:.2f} ms/step at "
+            f"flush_every=500)",
+        ),
+        (
+            "`resdoctor.load`",
+            f"{f['load_s']:.2f} s ({f['load_all_series_s']:.2f} s with every "
+            f"series as a DataFrame)",
+        ),
+        (
+            "`resdoctor.analyze`",
+            f"{f['analyze_s']:.2f} s in-process, {f['cli_analyze_s']:.2f} s "
+            f"for the CLI with imports (target < "
+            f"{result['targets']['analyze_s']:.0f} s)",
+        ),
     ]
     lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
-    lines += ["", f"Command: `{result['command'].strip()}`.",
-              f"Machine: {machine_line(result['machine'])}."]
+    lines += [
+        "",
+        f"Command: `{result['command'].strip()}`.",
+        f"Machine: {machine_line(result['machine'])}.",
+    ]
     return "\n".join(lines)
 
 

@@ -48,11 +48,22 @@ class Shape:
     def modules(self) -> list[dict[str, Any]]:
         names = [("", "Model"), ("embed", "Embedding"), ("blocks", "Sequential")]
         for i in range(self.blocks):
-            names += [(f"blocks.{i}", "Block"), (f"blocks.{i}.norm", "LayerNorm"),
-                      (f"blocks.{i}.fc1", "Linear"), (f"blocks.{i}.fc2", "Linear")]
+            names += [
+                (f"blocks.{i}", "Block"),
+                (f"blocks.{i}.norm", "LayerNorm"),
+                (f"blocks.{i}.fc1", "Linear"),
+                (f"blocks.{i}.fc2", "Linear"),
+            ]
         names.append(("head", "Linear"))
-        return [{"name": n, "type": t, "params": 0 if t in ("Model", "Sequential", "Block")
-                 else 1000, "order": k} for k, (n, t) in enumerate(names)]
+        return [
+            {
+                "name": n,
+                "type": t,
+                "params": 0 if t in ("Model", "Sequential", "Block") else 1000,
+                "order": k,
+            }
+            for k, (n, t) in enumerate(names)
+        ]
 
     def param_modules(self) -> list[str]:
         return [m["name"] for m in self.modules() if m["params"]]
@@ -63,15 +74,24 @@ class Shape:
         return [k for k, m in enumerate(self.modules()) if m["type"] not in skip]
 
     def sites(self) -> list[dict[str, Any]]:
-        return [{"name": f"blocks.{i}", "kind": "identity", "module": "Block", "index": i,
-                 "owner": f"blocks.{i}"} for i in range(self.blocks)]
+        return [
+            {
+                "name": f"blocks.{i}",
+                "kind": "identity",
+                "module": "Block",
+                "index": i,
+                "owner": f"blocks.{i}",
+            }
+            for i in range(self.blocks)
+        ]
 
 
 class Synthetic:
     """Per-step measurements: a pool of noisy templates scaled by slow trends, plus events."""
 
-    def __init__(self, shape: Shape, steps: int, seed: int = 0, every: int = 10,
-                 skip_every: int = 997) -> None:
+    def __init__(
+        self, shape: Shape, steps: int, seed: int = 0, every: int = 10, skip_every: int = 997
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.shape, self.steps, self.every = shape, steps, every
         p, s, pool = len(shape.param_modules()), shape.blocks, 64
@@ -102,16 +122,19 @@ class Synthetic:
         decay = 1 / math.sqrt(1 + step / 10_000)
         due = step % self.every == 0
         out: dict[str, Any] = {
-            "grad_norm": self.grad[k] * decay, "param_norm": self.param[k],
+            "grad_norm": self.grad[k] * decay,
+            "param_norm": self.param[k],
             "update_ratio": self.update[k] * decay if due else None,
-            "site": self.site[k], "smooth": self.smooth[k] if due else None,
+            "site": self.site[k],
+            "smooth": self.smooth[k] if due else None,
             "gshare": self.share[k] if due else None,
             "loss": 0.5 + 2.5 * math.exp(-step / 200_000) + self.noise[k],
             "lr": 1e-3 * 0.5 * (1 + math.cos(math.pi * step / self.steps)),
         }
         if self.skipped(step):
-            out["grad_norm"] = np.where(np.arange(len(out["grad_norm"])) % 7 == 0, np.inf,
-                                        out["grad_norm"])
+            out["grad_norm"] = np.where(
+                np.arange(len(out["grad_norm"])) % 7 == 0, np.inf, out["grad_norm"]
+            )
         if step >= self.nan_at:  # diverged: everything downstream of the onset is NaN
             for key in ("grad_norm", "param_norm", "update_ratio", "site", "smooth", "gshare"):
                 if out[key] is not None:
@@ -180,15 +203,22 @@ def fast_commit(journal: Journal, v: dict[str, Any]) -> None:
     total = float(np.sqrt(np.sum(v["grad_norm"] ** 2)))
     row = {"grad_norm_total": total, "loss": float(v["loss"]), "lr": float(v["lr"])}
     scalars.add_columns(sorted(row))
-    scalars.append(step, np.array([row[c] for c in scalars.columns]),
-                   present=np.array([c in row for c in scalars.columns]))
+    scalars.append(
+        step,
+        np.array([row[c] for c in scalars.columns]),
+        present=np.array([c in row for c in scalars.columns]),
+    )
     journal.steps += 1
 
 
 def new_journal(shape: Shape, options: Options) -> Journal:
-    journal = Journal(shape.modules(), shape.param_modules(), options.capacity,
-                      options.max_events, {"model_class": "Synthetic", "rank": 0,
-                                           "world_size": 1, "device": "cpu"})
+    journal = Journal(
+        shape.modules(),
+        shape.param_modules(),
+        options.capacity,
+        options.max_events,
+        {"model_class": "Synthetic", "rank": 0, "world_size": 1, "device": "cpu"},
+    )
     journal.set_sites(shape.sites())
     return journal
 
@@ -199,8 +229,14 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def record(steps: int, blocks: int = 100, mode: str = "fast", seed: int = 0,
-           progress: bool = False, skip_every: int = 997) -> tuple[Journal, dict[str, Any]]:
+def record(
+    steps: int,
+    blocks: int = 100,
+    mode: str = "fast",
+    seed: int = 0,
+    progress: bool = False,
+    skip_every: int = 997,
+) -> tuple[Journal, dict[str, Any]]:
     """Record a synthetic run; returns the journal and what recording cost (time, memory)."""
     options = Options()
     shape = Shape(blocks)
@@ -227,12 +263,18 @@ def record(steps: int, blocks: int = 100, mode: str = "fast", seed: int = 0,
                 print(f"  step {step:,} ({rate:,.0f} steps/s)", file=sys.stderr)
     seconds = time.perf_counter() - t0
     peak = max(peak, _rss())
-    nbytes = sum(a.nbytes for s in journal.series.values()
-                 for a in (s._steps, s._count, s._sum, s._n, s._max, s._min))
+    nbytes = sum(
+        a.nbytes
+        for s in journal.series.values()
+        for a in (s._steps, s._count, s._sum, s._n, s._max, s._min)
+    )
     return journal, {
-        "record_s": seconds, "host_us_per_step": 1e6 * host / max(steps, 1),
-        "rss_delta_mb": (peak - rss0) / 2**20, "series_arrays_mb": nbytes / 2**20,
-        "nan_onset_step": synth.nan_at, "skipped_steps": len(journal.skipped),
+        "record_s": seconds,
+        "host_us_per_step": 1e6 * host / max(steps, 1),
+        "rss_delta_mb": (peak - rss0) / 2**20,
+        "series_arrays_mb": nbytes / 2**20,
+        "nan_onset_step": synth.nan_at,
+        "skipped_steps": len(journal.skipped),
     }
 
 
@@ -247,8 +289,9 @@ def write_and_read(journal: Journal, path: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     runfile.write(state, path)
     out["write_s"] = time.perf_counter() - t0
-    out["flush_ms_per_step_at_default"] = 1e3 * (out["state_s"] + out["write_s"]) / (
-        Options().flush_every)
+    out["flush_ms_per_step_at_default"] = (
+        1e3 * (out["state_s"] + out["write_s"]) / (Options().flush_every)
+    )
     out["file_mb"] = path.stat().st_size / 2**20
     t0 = time.perf_counter()
     run = resdoctor.load(path)
@@ -268,9 +311,12 @@ def write_and_read(journal: Journal, path: Path) -> dict[str, Any]:
 def _cli(path: Path) -> tuple[float, int]:
     """``resdoctor analyze RUN --json`` end to end in a fresh process (imports included)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli.main", "analyze", str(path),
-                           "--json"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "resdoctor.cli.main", "analyze", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return time.perf_counter() - t0, proc.returncode
 
 
@@ -290,10 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench import _machine
 
     result: dict[str, Any] = {
-        "command": "python -m bench.scale " + " ".join(argv if argv is not None else
-                                                        sys.argv[1:]),
+        "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": _machine.describe(torch.device("cpu")),
-        "steps": args.steps, "blocks": args.blocks, "mode": args.mode, "targets": TARGETS,
+        "steps": args.steps,
+        "blocks": args.blocks,
+        "mode": args.mode,
+        "targets": TARGETS,
     }
     journal, cost = record(args.steps, args.blocks, args.mode, progress=True)
     result["recording"] = cost
@@ -301,8 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.keep or os.path.join(tmp, "run.pt"))
         result["run_file"] = write_and_read(journal, path)
     result["machine"]["loadavg_end"] = _machine.loadavg()
-    result["misses"] = [f"{k} {result['run_file'][k]:.2f} > {v}" for k, v in TARGETS.items()
-                        if result["run_file"][k] > v]
+    result["misses"] = [
+        f"{k} {result['run_file'][k]:.2f} > {v}"
+        for k, v in TARGETS.items()
+        if result["run_file"][k] > v
+    ]
     print(summary(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -40,12 +40,16 @@ def _markdown(names: list[str]) -> None:
         expect = [t.primary] + sorted(t.expect - {t.primary}) if t.primary else []
         onset = f"step {t.onset.step}, `{t.onset.module}`, {t.onset.phase}" if t.onset else "-"
         what = p.summary + (f" ({', '.join(sorted(t.traps))})" if t.traps else "")
-        typer.echo(f"| `{name}` | {p.family} | {what} | {', '.join(expect) or 'healthy'} | "
-                   f"{', '.join(sorted(t.allow)) or '-'} | {onset} |")
+        typer.echo(
+            f"| `{name}` | {p.family} | {what} | {', '.join(expect) or 'healthy'} | "
+            f"{', '.join(sorted(t.allow)) or '-'} | {onset} |"
+        )
 
 
-def list_cmd(fast: Annotated[bool, typer.Option(help="Only the fast subset.")] = False,
-             markdown: Annotated[bool, typer.Option(help="As a markdown table.")] = False) -> None:
+def list_cmd(
+    fast: Annotated[bool, typer.Option(help="Only the fast subset.")] = False,
+    markdown: Annotated[bool, typer.Option(help="As a markdown table.")] = False,
+) -> None:
     """List the probes with their family and ground truth."""
     if markdown:
         _markdown(probes.names(fast))
@@ -53,8 +57,11 @@ def list_cmd(fast: Annotated[bool, typer.Option(help="Only the fast subset.")] =
     for name in probes.names(fast):
         p = probes.get(name)
         truth = ", ".join(sorted(p.truth.expect)) or "healthy"
-        onset = f" @ {p.truth.onset.step} {p.truth.onset.module} ({p.truth.onset.phase})" \
-            if p.truth.onset else ""
+        onset = (
+            f" @ {p.truth.onset.step} {p.truth.onset.module} ({p.truth.onset.phase})"
+            if p.truth.onset
+            else ""
+        )
         typer.echo(f"{name:28s} {p.family:8s} {truth}{onset}")
         typer.echo(f"{'':28s} {p.summary}")
 
@@ -79,8 +86,9 @@ def run_cmd(
     path = out or f"probe-{name}{'-' + fix if fix else ''}.pt"
     result = p.record(path, recipe)
     report = resdoctor.analyze(path)
-    typer.echo(f"{name}: {len(result.losses)} steps, final loss {result.final_loss:.4g}, "
-               f"run file {path}")
+    typer.echo(
+        f"{name}: {len(result.losses)} steps, final loss {result.final_loss:.4g}, run file {path}"
+    )
     typer.echo(f"expected: {', '.join(sorted(p.truth.expect)) or 'healthy'}")
     typer.echo(f"verdict: {report.verdict}")
     for f in report.findings:
@@ -106,15 +114,21 @@ def label_cmd(name: str) -> None:
 
 def eval_cmd(
     fast: Annotated[bool, typer.Option(help="Only the fast subset.")] = False,
-    verify_fixes: Annotated[bool, typer.Option(help="Re-run each sick probe with the top fix.")]
-    = False,
+    verify_fixes: Annotated[
+        bool, typer.Option(help="Re-run each sick probe with the top fix.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     probe: Annotated[list[str], typer.Option(help="Only these probes (repeatable).")] = [],  # noqa: B006
-    labels_: Annotated[bool, typer.Option("--labels/--no-labels",
-                                          help="Re-measure every label too.")] = True,
+    labels_: Annotated[
+        bool, typer.Option("--labels/--no-labels", help="Re-measure every label too.")
+    ] = True,
     keep: Annotated[str, typer.Option(help="Keep the run files in this folder.")] = "",
-    remedies: Annotated[bool, typer.Option(help="Also re-run each sick probe with its known "
-                                                "remedy (is it curable at all?).")] = False,
+    remedies: Annotated[
+        bool,
+        typer.Option(
+            help="Also re-run each sick probe with its known remedy (is it curable at all?)."
+        ),
+    ] = False,
 ) -> None:
     """Run the probes and score resdoctor: accuracy, precision/recall, lead time, fixes."""
     from probes.evaluate import evaluate
@@ -124,8 +138,14 @@ def eval_cmd(
     if keep:
         os.makedirs(keep, exist_ok=True)
     progress = None if as_json else (lambda line: typer.echo(line, err=True))
-    ev = evaluate(chosen, verify_fixes=verify_fixes, check_labels=labels_,
-                  workdir=keep or None, progress=progress, remedies=remedies)
+    ev = evaluate(
+        chosen,
+        verify_fixes=verify_fixes,
+        check_labels=labels_,
+        workdir=keep or None,
+        progress=progress,
+        remedies=remedies,
+    )
     typer.echo(json.dumps(to_json(ev), indent=1) if as_json else render(ev))
     if any(o.label_problems for o in ev.outcomes):
         raise typer.Exit(1)
@@ -133,8 +153,10 @@ def eval_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add the ``probe`` command group (list, run, label, eval) to a typer app."""
-    group = typer.Typer(no_args_is_help=True, help="Probes: seeded sick runs that score "
-                        "resdoctor's diagnoses and fixes.")
+    group = typer.Typer(
+        no_args_is_help=True,
+        help="Probes: seeded sick runs that score resdoctor's diagnoses and fixes.",
+    )
     group.command("list")(list_cmd)
     group.command("run")(run_cmd)
     group.command("label")(label_cmd)

@@ -15,8 +15,9 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(1000 + seed)
 
 
-def regression(d_in: int = 16, n: int = 512, batch: int = 64, seed: int = 0,
-               d_out: int = 1, noise: float = 0.0) -> Batch:
+def regression(
+    d_in: int = 16, n: int = 512, batch: int = 64, seed: int = 0, d_out: int = 1, noise: float = 0.0
+) -> Batch:
     """``y = sin(x W1) W2`` teacher regression, cycled in mini-batches."""
     g = _gen(seed)
     x = torch.randn(n, d_in, generator=g)
@@ -26,7 +27,7 @@ def regression(d_in: int = 16, n: int = 512, batch: int = 64, seed: int = 0,
 
     def batch_at(step: int) -> tuple[tuple[Any, ...], Any]:
         i = (step * batch) % n
-        return (x[i:i + batch],), y[i:i + batch]
+        return (x[i : i + batch],), y[i : i + batch]
 
     return batch_at
 
@@ -39,8 +40,14 @@ def linear_regression(d_in: int = 16, n: int = 256, seed: int = 0) -> Batch:
     return lambda step: ((x,), y)
 
 
-def images(n: int = 512, batch: int = 32, size: int = 12, classes: int = 10,
-           seed: int = 0, label_noise: float = 0.25) -> Batch:
+def images(
+    n: int = 512,
+    batch: int = 32,
+    size: int = 12,
+    classes: int = 10,
+    seed: int = 0,
+    label_noise: float = 0.25,
+) -> Batch:
     """Random images labelled by a fixed random read-out of their pooled colour/texture, with a
     share of random labels (so the loss cannot collapse to 0 within a probe's few epochs)."""
     g = _gen(seed)
@@ -52,13 +59,12 @@ def images(n: int = 512, batch: int = 32, size: int = 12, classes: int = 10,
 
     def batch_at(step: int) -> tuple[tuple[Any, ...], Any]:
         i = (step * batch) % n
-        return (x[i:i + batch],), y[i:i + batch]
+        return (x[i : i + batch],), y[i : i + batch]
 
     return batch_at
 
 
-def tokens(vocab: int = 64, seq: int = 16, n: int = 256, batch: int = 16,
-           seed: int = 0) -> Batch:
+def tokens(vocab: int = 64, seq: int = 16, n: int = 256, batch: int = 16, seed: int = 0) -> Batch:
     """Next-token prediction on a sparse random Markov chain (3 successors per token)."""
     g = _gen(seed)
     succ = torch.randint(0, vocab, (vocab, 3), generator=g)
@@ -70,14 +76,20 @@ def tokens(vocab: int = 64, seq: int = 16, n: int = 256, batch: int = 16,
 
     def batch_at(step: int) -> tuple[tuple[Any, ...], Any]:
         i = (step * batch) % n
-        s = seqs[i:i + batch]
+        s = seqs[i : i + batch]
         return (s[:, :-1],), s[:, 1:]
 
     return batch_at
 
 
-def graph(nodes: int = 200, classes: int = 4, d_in: int = 16, seed: int = 0,
-          p_in: float = 0.08, p_out: float = 0.01) -> Batch:
+def graph(
+    nodes: int = 200,
+    classes: int = 4,
+    d_in: int = 16,
+    seed: int = 0,
+    p_in: float = 0.08,
+    p_out: float = 0.01,
+) -> Batch:
     """A stochastic block model graph; features = class centre + noise; full-batch node labels."""
     from torch_geometric.utils import stochastic_blockmodel_graph
 
@@ -97,8 +109,9 @@ def graph(nodes: int = 200, classes: int = 4, d_in: int = 16, seed: int = 0,
 def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the last dimension (token logits [B, T, V] or class logits [B, C])."""
     logits = getattr(out, "logits", out)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                             target.reshape(-1))
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1)
+    )
 
 
 def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

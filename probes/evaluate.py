@@ -50,7 +50,8 @@ class Outcome:
         if self.onset is None:
             return None
         return self.located is not None and all(
-            self.located.get(k) == self.onset[k] for k in ("step", "module", "phase"))
+            self.located.get(k) == self.onset[k] for k in ("step", "module", "phase")
+        )
 
     @property
     def passed(self) -> bool:
@@ -92,9 +93,15 @@ class FixOutcome:
 
 
 def _finding_dict(f: Any) -> dict[str, Any]:
-    return {"code": f.code, "severity": f.severity, "step": f.step, "location": f.location,
-            "phase": f.phase, "lead_steps": f.evidence.get("lead_steps"),
-            "fixes": [{"code": x.code, "params": dict(x.params)} for x in f.fixes]}
+    return {
+        "code": f.code,
+        "severity": f.severity,
+        "step": f.step,
+        "location": f.location,
+        "phase": f.phase,
+        "lead_steps": f.evidence.get("lead_steps"),
+        "fixes": [{"code": x.code, "params": dict(x.params)} for x in f.fixes],
+    }
 
 
 def _diagnose(path: str) -> list[dict[str, Any]]:
@@ -109,8 +116,13 @@ def _found(findings: list[dict[str, Any]]) -> list[str]:
 
 def _lead(findings: list[dict[str, Any]]) -> int | None:
     """Steps from the first warning to the failure (the failure finding's ``lead_steps``)."""
-    fails = [f for f in findings if f["code"] in ("nonfinite", "loss-divergence")
-             and f["severity"] == "critical" and f["step"] is not None]
+    fails = [
+        f
+        for f in findings
+        if f["code"] in ("nonfinite", "loss-divergence")
+        and f["severity"] == "critical"
+        and f["step"] is not None
+    ]
     if not fails:
         return None
     fail = min(fails, key=lambda f: (f["code"] != "nonfinite", f["step"]))
@@ -138,18 +150,32 @@ def evaluate_probe(probe: Probe, workdir: str, check_labels: bool = True) -> Out
         assert m is not None
         problems = label_problems(probe.truth, m)
         measured = {c: lab.to_dict() for c, lab in labels(m).items()}
-    nan = sorted((f for f in findings if f["code"] == "nonfinite" and f["step"] is not None),
-                 key=lambda f: f["step"])
+    nan = sorted(
+        (f for f in findings if f["code"] == "nonfinite" and f["step"] is not None),
+        key=lambda f: f["step"],
+    )
     t = probe.truth
     return Outcome(
-        probe.name, probe.family, t.healthy, sorted(t.expect), sorted(t.allow), _found(findings),
+        probe.name,
+        probe.family,
+        t.healthy,
+        sorted(t.expect),
+        sorted(t.allow),
+        _found(findings),
         findings,
         {"step": t.onset.step, "module": t.onset.module, "phase": t.onset.phase}
-        if t.onset else None,
+        if t.onset
+        else None,
         {"step": nan[0]["step"], "module": nan[0]["location"], "phase": nan[0]["phase"]}
-        if nan else None,
-        _lead(findings), problems, measured, loss, _top_fix(findings),
-        time.perf_counter() - start)
+        if nan
+        else None,
+        _lead(findings),
+        problems,
+        measured,
+        loss,
+        _top_fix(findings),
+        time.perf_counter() - start,
+    )
 
 
 def verify_fix(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome:
@@ -160,8 +186,14 @@ def verify_fix(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome:
     return try_fix(probe, top["code"], dict(top["params"]), outcome.final_loss, workdir)
 
 
-def try_fix(probe: Probe, code: str, params: dict[str, Any], loss_before: float,
-            workdir: str, tag: str = "fixed") -> FixOutcome:
+def try_fix(
+    probe: Probe,
+    code: str,
+    params: dict[str, Any],
+    loss_before: float,
+    workdir: str,
+    tag: str = "fixed",
+) -> FixOutcome:
     """Apply fix ``code`` with ``params``, re-measure the condition (plain hooks) and re-record
     the run (resdoctor) to compare the final loss with ``loss_before``."""
     start = time.perf_counter()
@@ -179,9 +211,19 @@ def try_fix(probe: Probe, code: str, params: dict[str, Any], loss_before: float,
     after = probe.record(path, recipe)  # losses compared like for like: both runs under watch
     tool = set(_found(_diagnose(path)))
     expect = sorted(probe.truth.expect)
-    return FixOutcome(probe.name, code, params, True, "", probe.truth.primary,
-                      [c for c in expect if c in present], [c for c in expect if c in tool],
-                      loss_before, after.final_loss, time.perf_counter() - start)
+    return FixOutcome(
+        probe.name,
+        code,
+        params,
+        True,
+        "",
+        probe.truth.primary,
+        [c for c in expect if c in present],
+        [c for c in expect if c in tool],
+        loss_before,
+        after.final_loss,
+        time.perf_counter() - start,
+    )
 
 
 def verify_remedy(probe: Probe, outcome: Outcome, workdir: str) -> FixOutcome | None:
@@ -200,9 +242,14 @@ class Evaluation:
     remedies: list[FixOutcome] = field(default_factory=list)
 
 
-def evaluate(probes: Iterable[Probe], verify_fixes: bool = False, check_labels: bool = True,
-             workdir: str | None = None, progress: Callable[[str], None] | None = None,
-             remedies: bool = False) -> Evaluation:
+def evaluate(
+    probes: Iterable[Probe],
+    verify_fixes: bool = False,
+    check_labels: bool = True,
+    workdir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    remedies: bool = False,
+) -> Evaluation:
     """Run every probe (with ``verify_fixes``, every pathological probe's top fix; with
     ``remedies``, its known remedy)."""
     start = time.perf_counter()
@@ -213,14 +260,15 @@ def evaluate(probes: Iterable[Probe], verify_fixes: bool = False, check_labels: 
             out = evaluate_probe(probe, work, check_labels)
             outcomes.append(out)
             if progress:
-                progress(f"{probe.name}: {'pass' if out.passed else 'FAIL'} "
-                         f"({out.seconds:.1f}s)")
+                progress(f"{probe.name}: {'pass' if out.passed else 'FAIL'} ({out.seconds:.1f}s)")
             if verify_fixes and not out.healthy:
                 fix = verify_fix(probe, out, work)
                 fixes.append(fix)
                 if progress:
-                    progress(f"{probe.name}: fix {fix.code}: "
-                             f"{'cured' if fix.cured else 'not cured'} ({fix.seconds:.1f}s)")
+                    progress(
+                        f"{probe.name}: fix {fix.code}: "
+                        f"{'cured' if fix.cured else 'not cured'} ({fix.seconds:.1f}s)"
+                    )
             cure = verify_remedy(probe, out, work) if remedies and not out.healthy else None
             if cure is not None:
                 cures.append(cure)
@@ -234,9 +282,13 @@ def per_code(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
         tp = sum(code in o.expect and code in o.found for o in outcomes)
         fn = sum(code in o.expect and code not in o.found for o in outcomes)
         fp = sum(code in o.false for o in outcomes)
-        out[code] = {"tp": tp, "fp": fp, "fn": fn,
-                     "precision": tp / (tp + fp) if tp + fp else None,
-                     "recall": tp / (tp + fn) if tp + fn else None}
+        out[code] = {
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+        }
     return out
 
 
@@ -248,16 +300,22 @@ def summary(ev: Evaluation) -> dict[str, Any]:
     leads = [o.lead_steps for o in outs if o.lead_steps is not None]
     applied = [f for f in ev.fixes if f.applied]
     return {
-        "probes": len(outs), "passed": sum(o.passed for o in outs),
+        "probes": len(outs),
+        "passed": sum(o.passed for o in outs),
         "accuracy": sum(o.passed for o in outs) / len(outs) if outs else None,
-        "healthy": len(healthy), "false_alarms": sum(bool(o.found) for o in healthy),
-        "localised": sum(bool(o.localised) for o in located), "nan_probes": len(located),
+        "healthy": len(healthy),
+        "false_alarms": sum(bool(o.found) for o in healthy),
+        "localised": sum(bool(o.localised) for o in located),
+        "nan_probes": len(located),
         "mean_lead_steps": sum(leads) / len(leads) if leads else None,
-        "lead_probes": len(leads), "label_problems": sum(bool(o.label_problems) for o in outs),
-        "fixes_tried": len(ev.fixes), "fixes_applied": len(applied),
+        "lead_probes": len(leads),
+        "label_problems": sum(bool(o.label_problems) for o in outs),
+        "fixes_tried": len(ev.fixes),
+        "fixes_applied": len(applied),
         "cured": sum(f.cured for f in ev.fixes),
         "cured_all_codes": sum(f.cured and f.all_gone for f in ev.fixes),
         "cure_rate": sum(f.cured for f in ev.fixes) / len(ev.fixes) if ev.fixes else None,
-        "remedies": len(ev.remedies), "remedies_cured": sum(f.cured for f in ev.remedies),
+        "remedies": len(ev.remedies),
+        "remedies_cured": sum(f.cured for f in ev.remedies),
         "seconds": ev.seconds,
     }

@@ -48,8 +48,12 @@ class WhereGate(Gate):
 
 class _NaNGradFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, poison: bool,  # type: ignore[override]
-                guard: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        poison: bool,  # type: ignore[override]
+        guard: bool,
+    ) -> torch.Tensor:
         ctx.poison, ctx.guard = poison, guard
         return x.clone()
 

@@ -56,7 +56,7 @@ def _before_onset(m: Measurement, name: str) -> np.ndarray:
     keep = np.ones(len(arr), bool)
     keep[[s for s in m.skipped if s < len(arr)]] = False
     if m.onset is not None:
-        keep[m.onset.step:] = False
+        keep[m.onset.step :] = False
     return arr[keep]
 
 
@@ -95,8 +95,12 @@ def exploding(m: Measurement) -> Label:
     if len(total) and not np.all(np.isfinite(total)):
         value = math.inf
     status = _status(value, *EXPLODE_GROWTH)
-    return Label("exploding-gradients", status, value,
-                 f"grad-norm growth x{growth:.3g}, first/last site dL/dh x{depth:.3g}")
+    return Label(
+        "exploding-gradients",
+        status,
+        value,
+        f"grad-norm growth x{growth:.3g}, first/last site dL/dh x{depth:.3g}",
+    )
 
 
 def vanishing(m: Measurement) -> Label:
@@ -105,20 +109,28 @@ def vanishing(m: Measurement) -> Label:
     loss = loss[np.isfinite(loss)]
     converged = len(loss) > 5 and np.mean(loss[-5:]) < CONVERGED * np.median(loss[:3])
     status = "absent" if converged else _status(ratio, *VANISH_RATIO, up=False)
-    return Label("vanishing-gradients", status, ratio,
-                 f"first/last site dL/dh {ratio:.3g}" + (" (loss converged)" if converged else ""))
+    return Label(
+        "vanishing-gradients",
+        status,
+        ratio,
+        f"first/last site dL/dh {ratio:.3g}" + (" (loss converged)" if converged else ""),
+    )
 
 
 def _after_warmup(m: Measurement, name: str) -> np.ndarray:
     arr = _before_onset(m, name)
-    return arr[max(1, len(arr) // 10):]
+    return arr[max(1, len(arr) // 10) :]
 
 
 def dominance(m: Measurement) -> Label:
     r = _after_warmup(m, "ratio")
     worst = float(np.nanmax(np.nanmedian(r, 0))) if r.size and not np.isnan(r).all() else math.nan
-    return Label("branch-dominance", _status(worst, *DOMINANCE), worst,
-                 f"worst site median ||F(x)||/||x|| = {worst:.3g}")
+    return Label(
+        "branch-dominance",
+        _status(worst, *DOMINANCE),
+        worst,
+        f"worst site median ||F(x)||/||x|| = {worst:.3g}",
+    )
 
 
 def dead(m: Measurement) -> Label:
@@ -131,8 +143,12 @@ def dead(m: Measurement) -> Label:
         status: Status = "present"
     else:
         status = "absent" if lowest >= DEAD[0] else "borderline"
-    return Label("dead-branch", status, lowest,
-                 f"{int((dead_share >= 0.9).sum())} dead sites, lowest median ratio {lowest:.3g}")
+    return Label(
+        "dead-branch",
+        status,
+        lowest,
+        f"{int((dead_share >= 0.9).sum())} dead sites, lowest median ratio {lowest:.3g}",
+    )
 
 
 def growth(m: Measurement) -> Label:
@@ -147,9 +163,13 @@ def growth(m: Measurement) -> Label:
     status = _status(total, *GROWTH)
     if status == "present" and (rate < 1.2 or sustained < 0.5):
         status = "borderline"
-    return Label("activation-growth", status, total,
-                 f"stream RMS last/first x{total:.3g}, x{rate:.3g} per site, "
-                 f"{sustained:.0%} of sites grow > x1.1")
+    return Label(
+        "activation-growth",
+        status,
+        total,
+        f"stream RMS last/first x{total:.3g}, x{rate:.3g} per site, "
+        f"{sustained:.0%} of sites grow > x1.1",
+    )
 
 
 def smoothing(m: Measurement) -> Label:
@@ -158,8 +178,12 @@ def smoothing(m: Measurement) -> Label:
     if not sim.size:
         return Label("oversmoothing", "absent", math.nan, "not measured")
     prof = np.nanmedian(sim, 0)
-    return Label("oversmoothing", _status(float(prof[-1]), *SMOOTH), float(prof[-1]),
-                 f"similarity first {prof[0]:.3f} -> last {prof[-1]:.3f}")
+    return Label(
+        "oversmoothing",
+        _status(float(prof[-1]), *SMOOTH),
+        float(prof[-1]),
+        f"similarity first {prof[0]:.3f} -> last {prof[-1]:.3f}",
+    )
 
 
 def divergence(m: Measurement) -> Label:
@@ -177,8 +201,12 @@ def divergence(m: Measurement) -> Label:
         lost = min((end - best) / (start - best), 1e6)
     else:  # no real progress to lose: diverging means rising above the start (10% -> 0.5)
         lost = max(0.0, 5 * (end - start) / max(abs(start), 1e-30))
-    return Label("loss-divergence", _status(lost, *DIVERGE), lost,
-                 f"smoothed loss {start:.3g} -> best {best:.3g} -> end {end:.3g}")
+    return Label(
+        "loss-divergence",
+        _status(lost, *DIVERGE),
+        lost,
+        f"smoothed loss {start:.3g} -> best {best:.3g} -> end {end:.3g}",
+    )
 
 
 RULES = (nonfinite, exploding, vanishing, dominance, dead, growth, smoothing, divergence)
@@ -205,8 +233,10 @@ def trap_problems(traps: frozenset[str], m: Measurement) -> list[str]:
         problems.append("amp-skips: no step was skipped by the GradScaler")
     if "zero-init" in traps:
         r = m.array("ratio")
-        if not (np.nanmax(r[0]) < 1e-6 and np.nanmin(np.nanmedian(_after_warmup(m, "ratio"), 0))
-                >= DEAD[0]):
+        if not (
+            np.nanmax(r[0]) < 1e-6
+            and np.nanmin(np.nanmedian(_after_warmup(m, "ratio"), 0)) >= DEAD[0]
+        ):
             problems.append("zero-init: branches do not start at 0 and wake up")
     if "converged" in traps:
         loss, g = m.array("loss"), m.array("grad")

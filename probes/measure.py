@@ -125,10 +125,14 @@ class Measurer:
 
     def __init__(self, model: nn.Module, taps: list[SiteTap], smooth_every: int = 5) -> None:
         self.model, self.taps, self.smooth_every = model, taps, smooth_every
-        named = [(n, m) for n, m in model.named_modules()
-                 if any(p.requires_grad for p in m.parameters(recurse=False))]
-        self._params = {n: [p for p in m.parameters(recurse=False) if p.requires_grad]
-                        for n, m in named}
+        named = [
+            (n, m)
+            for n, m in model.named_modules()
+            if any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
+        self._params = {
+            n: [p for p in m.parameters(recurse=False) if p.requires_grad] for n, m in named
+        }
         self._order: list[str] = []
         self._forward_order: dict[str, int] = {}  # every module, by first forward completion
         self._bwd: dict[str, list[bool]] = {}  # name -> [output grad bad, input grad bad]
@@ -150,10 +154,12 @@ class Measurer:
         wanted = {at for t in self.taps for at in t.ats}
         for name, module in self.model.named_modules():
             ats = [a for a in wanted if a.module == name]
-            self._handles.append(module.register_forward_pre_hook(
-                self._pre(name, ats), with_kwargs=True))
-            self._handles.append(module.register_forward_hook(
-                self._post(name, ats), with_kwargs=True))
+            self._handles.append(
+                module.register_forward_pre_hook(self._pre(name, ats), with_kwargs=True)
+            )
+            self._handles.append(
+                module.register_forward_hook(self._post(name, ats), with_kwargs=True)
+            )
 
     def _pre(self, name: str, ats: list[At]) -> Any:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -162,6 +168,7 @@ class Measurer:
             for at in ats:
                 if at.where == "in" and (v := _pick(args, kwargs, None, at)) is not None:
                     self._keep(at, v)
+
         return hook
 
     def _keep(self, at: At, v: torch.Tensor) -> None:
@@ -173,6 +180,7 @@ class Measurer:
     def _grad_hook(self, i: int) -> Any:
         def hook(g: torch.Tensor) -> None:
             self._act_grad[i] = float(torch.linalg.vector_norm(g.detach().float()))
+
         return hook
 
     def _post(self, name: str, ats: list[At]) -> Any:
@@ -188,6 +196,7 @@ class Measurer:
             for at in ats:
                 if at.where == "out" and (v := _pick(args, kwargs, output, at)) is not None:
                     self._keep(at, v)
+
         return hook
 
     def _watch_grads(self, name: str, tensors: Any, slot: int) -> None:
@@ -202,6 +211,7 @@ class Measurer:
         def hook(g: torch.Tensor) -> None:
             if not bool(torch.isfinite(g).all()):
                 self._bwd.setdefault(name, [False, False])[slot] = True
+
         return hook
 
     def _backward_origin(self, grad_bad: list[str]) -> str:
@@ -211,8 +221,11 @@ class Measurer:
         cands |= {n for n in grad_bad if not self._bwd.get(n, [False, False])[0]}
         if not cands:
             return grad_bad[-1]
-        inner = [n for n in cands if not any(c.startswith(n + ".") or (not n and c)
-                                             for c in cands if c != n)]
+        inner = [
+            n
+            for n in cands
+            if not any(c.startswith(n + ".") or (not n and c) for c in cands if c != n)
+        ]
         return max(inner, key=lambda n: self._forward_order.get(n, -1))
 
     def begin_step(self, step: int) -> None:
@@ -233,8 +246,11 @@ class Measurer:
 
     def _grad_norm(self, name: str) -> float:
         grads = [p.grad.detach().float() for p in self._params[name] if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) \
-            if grads else 0.0
+        return (
+            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            if grads
+            else 0.0
+        )
 
     def after_step(self, skipped: bool) -> None:
         """Call after ``optimizer.step()``; ``skipped`` when an AMP GradScaler skipped it."""

@@ -17,8 +17,14 @@ from probes.recipe import TRAINING_FIXES, FixNotApplicable, Recipe, apply_fix
 from probes.train import Result, Setup, run
 
 CODES = (
-    "nonfinite", "exploding-gradients", "vanishing-gradients", "branch-dominance",
-    "dead-branch", "activation-growth", "oversmoothing", "loss-divergence",
+    "nonfinite",
+    "exploding-gradients",
+    "vanishing-gradients",
+    "branch-dominance",
+    "dead-branch",
+    "activation-growth",
+    "oversmoothing",
+    "loss-divergence",
 )
 
 
@@ -82,8 +88,9 @@ class Probe:
         r = recipe or self.recipe
         return run(self.setup(r), r, measure=True)
 
-    def record(self, path: str | os.PathLike[str] | None = None,
-               recipe: Recipe | None = None) -> Result:
+    def record(
+        self, path: str | os.PathLike[str] | None = None, recipe: Recipe | None = None
+    ) -> Result:
         """Run under ``resdoctor.watch``; the run file goes to ``path`` (a temp file if None)."""
         r = recipe or self.recipe
         if path is None:
@@ -98,8 +105,12 @@ class Probe:
         """
         target = (params or {}).get("module")
         onset = self.truth.onset
-        if code == "guard-op" and target is not None and onset is not None and not (
-                target == onset.module or onset.module.startswith(f"{target}.") or not target):
+        if (
+            code == "guard-op"
+            and target is not None
+            and onset is not None
+            and not (target == onset.module or onset.module.startswith(f"{target}.") or not target)
+        ):
             raise FixNotApplicable(f"guard-op targets {target!r}; the fault is in {onset.module!r}")
         full = replace(self.recipe, arch={**self.defaults, **self.recipe.arch})
         new = apply_fix(full, code, params, self.supported)

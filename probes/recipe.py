@@ -119,14 +119,19 @@ FIXES = {
     "pre-activation": lambda r, p: r.with_arch(preact=True),
     "pre-layernorm": lambda r, p: r.with_arch(norm="pre"),
     "add-normalization": lambda r, p: r.with_arch(
-        norm="pre" if isinstance(r.arch.get("norm"), str) else True),
+        norm="pre" if isinstance(r.arch.get("norm"), str) else True
+    ),
     "pairnorm": lambda r, p: r.with_arch(pairnorm=True),
     "add-residual": lambda r, p: r.with_arch(residual=True),
 }
 
 
-def apply_fix(recipe: Recipe, code: str, params: dict[str, Any] | None = None,
-              supported: frozenset[str] | None = None) -> Recipe:
+def apply_fix(
+    recipe: Recipe,
+    code: str,
+    params: dict[str, Any] | None = None,
+    supported: frozenset[str] | None = None,
+) -> Recipe:
     """The recipe with fix ``code`` applied, parameters taken from the fix's ``params``.
 
     Raises:

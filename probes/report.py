@@ -35,10 +35,20 @@ def accuracy_table(ev: Evaluation) -> str:
         verdict = "pass" if o.passed else "FAIL"
         if o.label_problems:
             verdict += " (label!)"
-        rows.append([o.probe, o.family, _codes(o.expect) if o.expect else "healthy",
-                     _codes(o.found), _loc(o), lead, verdict])
-    return _table(["probe", "family", "expected", "found", "localised exact", "lead", "result"],
-                  rows)
+        rows.append(
+            [
+                o.probe,
+                o.family,
+                _codes(o.expect) if o.expect else "healthy",
+                _codes(o.found),
+                _loc(o),
+                lead,
+                verdict,
+            ]
+        )
+    return _table(
+        ["probe", "family", "expected", "found", "localised exact", "lead", "result"], rows
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -46,8 +56,10 @@ def _pct(x: float | None) -> str:
 
 
 def code_table(ev: Evaluation) -> str:
-    rows = [[code, str(v["tp"]), str(v["fp"]), str(v["fn"]), _pct(v["precision"]),
-             _pct(v["recall"])] for code, v in per_code(ev.outcomes).items()]
+    rows = [
+        [code, str(v["tp"]), str(v["fp"]), str(v["fn"]), _pct(v["precision"]), _pct(v["recall"])]
+        for code, v in per_code(ev.outcomes).items()
+    ]
     return _table(["code", "TP", "FP", "FN", "precision", "recall"], rows)
 
 
@@ -62,12 +74,31 @@ def fix_table(ev: Evaluation, fixes: list[FixOutcome] | None = None) -> str:
             rows.append([f.probe, f.code or "-", "-", "-", "-", f"not applied: {f.reason}"])
             continue
         others = [c for c in f.remaining if c != f.primary]
-        rows.append([f.probe, f.code or "-", f.primary or "-", "yes" if f.gone else "no",
-                     _codes(others), _codes(f.tool_remaining),
-                     f"{_loss(f.loss_before)} -> {_loss(f.loss_after)}",
-                     "cured" if f.cured else "not cured"])
-    return _table(["probe", "fix", "condition", "gone (measured)", "other codes left",
-                   "resdoctor still finds", "final loss", "result"], rows)
+        rows.append(
+            [
+                f.probe,
+                f.code or "-",
+                f.primary or "-",
+                "yes" if f.gone else "no",
+                _codes(others),
+                _codes(f.tool_remaining),
+                f"{_loss(f.loss_before)} -> {_loss(f.loss_after)}",
+                "cured" if f.cured else "not cured",
+            ]
+        )
+    return _table(
+        [
+            "probe",
+            "fix",
+            "condition",
+            "gone (measured)",
+            "other codes left",
+            "resdoctor still finds",
+            "final loss",
+            "result",
+        ],
+        rows,
+    )
 
 
 def _tool_says(o: Outcome, code: str) -> str:
@@ -75,8 +106,9 @@ def _tool_says(o: Outcome, code: str) -> str:
     if not hits:
         return "no finding"
     f = hits[0]
-    return f"{f['severity']} at step {f['step']}" + (f" in {f['location']}" if f["location"]
-                                                      else "")
+    return f"{f['severity']} at step {f['step']}" + (
+        f" in {f['location']}" if f["location"] else ""
+    )
 
 
 def mismatches(ev: Evaluation) -> str:
@@ -88,13 +120,17 @@ def mismatches(ev: Evaluation) -> str:
             lines.append(f"- {o.probe}: missed {code}" + (f" (measured: {note})" if note else ""))
         for code in o.false:
             note = o.measured.get(code, {}).get("note", "")
-            lines.append(f"- {o.probe}: false {code}, {_tool_says(o, code)} "
-                         f"(measured {o.measured.get(code, {}).get('status', '?')}: {note})")
+            lines.append(
+                f"- {o.probe}: false {code}, {_tool_says(o, code)} "
+                f"(measured {o.measured.get(code, {}).get('status', '?')}: {note})"
+            )
         if o.localised is False:
             t, got = o.onset or {}, o.located or {}
-            lines.append(f"- {o.probe}: NaN onset at step {got.get('step')} in "
-                         f"{got.get('module')} ({got.get('phase')}); measured step {t.get('step')}"
-                         f" in {t.get('module')} ({t.get('phase')})")
+            lines.append(
+                f"- {o.probe}: NaN onset at step {got.get('step')} in "
+                f"{got.get('module')} ({got.get('phase')}); measured step {t.get('step')}"
+                f" in {t.get('module')} ({t.get('phase')})"
+            )
     return "\n".join(lines)
 
 
@@ -106,15 +142,19 @@ def summary_text(ev: Evaluation) -> str:
         f"NaN localisation (step, module, phase exact): {s['localised']}/{s['nan_probes']}",
     ]
     if s["mean_lead_steps"] is not None:
-        lines.append(f"mean lead time, first warning -> first NaN/divergence: "
-                     f"{s['mean_lead_steps']:.1f} steps over {s['lead_probes']} failing runs")
+        lines.append(
+            f"mean lead time, first warning -> first NaN/divergence: "
+            f"{s['mean_lead_steps']:.1f} steps over {s['lead_probes']} failing runs"
+        )
     if s["label_problems"]:
         lines.append(f"LABEL PROBLEMS: {s['label_problems']} probes (see --json)")
     if ev.fixes:
-        lines.append(f"top fix cures: {s['cured']}/{s['fixes_tried']} pathological probes "
-                     f"({_pct(s['cure_rate'])}; condition gone and final loss lower); applied "
-                     f"{s['fixes_applied']}; every expected code gone too: "
-                     f"{s['cured_all_codes']}")
+        lines.append(
+            f"top fix cures: {s['cured']}/{s['fixes_tried']} pathological probes "
+            f"({_pct(s['cure_rate'])}; condition gone and final loss lower); applied "
+            f"{s['fixes_applied']}; every expected code gone too: "
+            f"{s['cured_all_codes']}"
+        )
     if ev.remedies:
         lines.append(f"known remedies cure: {s['remedies_cured']}/{s['remedies']}")
     lines.append(f"wall time: {s['seconds']:.0f} s")
@@ -126,8 +166,11 @@ def render(ev: Evaluation) -> str:
     if ev.fixes:
         parts += [fix_table(ev), ""]
     if ev.remedies:
-        parts += ["known remedies (the probe author's fix, not resdoctor's):",
-                  fix_table(ev, ev.remedies), ""]
+        parts += [
+            "known remedies (the probe author's fix, not resdoctor's):",
+            fix_table(ev, ev.remedies),
+            "",
+        ]
     wrong = mismatches(ev)
     if wrong:
         parts += ["mismatches:", wrong, ""]
@@ -145,11 +188,27 @@ def _clean(x: Any) -> Any:
 
 
 def to_json(ev: Evaluation) -> dict[str, Any]:
-    outcomes = [{**asdict(o), "passed": o.passed, "missed": o.missed, "false": o.false,
-                 "localised": o.localised} for o in ev.outcomes]
-    fixes = [{**asdict(f), "gone": f.gone, "all_gone": f.all_gone, "better": f.better,
-              "cured": f.cured}
-             for f in ev.fixes]
+    outcomes = [
+        {
+            **asdict(o),
+            "passed": o.passed,
+            "missed": o.missed,
+            "false": o.false,
+            "localised": o.localised,
+        }
+        for o in ev.outcomes
+    ]
+    fixes = [
+        {**asdict(f), "gone": f.gone, "all_gone": f.all_gone, "better": f.better, "cured": f.cured}
+        for f in ev.fixes
+    ]
     remedies = [{**asdict(f), "gone": f.gone, "cured": f.cured} for f in ev.remedies]
-    return _clean({"summary": summary(ev), "per_code": per_code(ev.outcomes),
-                   "probes": outcomes, "fixes": fixes, "remedies": remedies})
+    return _clean(
+        {
+            "summary": summary(ev),
+            "per_code": per_code(ev.outcomes),
+            "probes": outcomes,
+            "fixes": fixes,
+            "remedies": remedies,
+        }
+    )

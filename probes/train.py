@@ -70,9 +70,11 @@ class _Loop:
         self.opt = _optimizer(setup.model, r)
         warm = max(r.warmup, 0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.scaler = torch.amp.GradScaler("cpu", init_scale=r.init_scale) \
-            if r.amp == "fp16" else None
+            self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+        )
+        self.scaler = (
+            torch.amp.GradScaler("cpu", init_scale=r.init_scale) if r.amp == "fp16" else None
+        )
 
     def forward_backward(self, step: int) -> torch.Tensor:
         inputs, target = self.setup.batch(step)
@@ -104,8 +106,14 @@ class _Loop:
         return skipped
 
 
-def run(setup: Setup, r: Recipe, *, watch_path: str | None = None, measure: bool = False,
-        patience: int = 3) -> Result:
+def run(
+    setup: Setup,
+    r: Recipe,
+    *,
+    watch_path: str | None = None,
+    measure: bool = False,
+    patience: int = 3,
+) -> Result:
     """Train ``setup`` with recipe ``r``; stop ``patience`` steps after the loss turns non-finite.
 
     ``watch_path``: record under ``resdoctor.watch`` into that file. ``measure``: record a

@@ -41,8 +41,9 @@ class Recipe:
 
 
 SICK = Recipe()
-HEALTHY = Recipe(norm=True, lr=0.003,
-                 description="healthy: pre-LayerNorm 12-block residual MLP, SGD lr=0.003")
+HEALTHY = Recipe(
+    norm=True, lr=0.003, description="healthy: pre-LayerNorm 12-block residual MLP, SGD lr=0.003"
+)
 
 
 def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
@@ -55,8 +56,9 @@ def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
 
 def _model(recipe: Recipe, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    model = ResidualMLP(d_in=16, dim=recipe.dim, depth=recipe.depth, d_out=10,
-                        norm=recipe.norm, scale=recipe.scale)
+    model = ResidualMLP(
+        d_in=16, dim=recipe.dim, depth=recipe.depth, d_out=10, norm=recipe.norm, scale=recipe.scale
+    )
     for module in model.modules():
         if isinstance(module, nn.Linear):  # LeCun normal: unit-gain branches
             nn.init.normal_(module.weight, 0.0, 1.0 / math.sqrt(module.in_features))
@@ -122,8 +124,14 @@ def top_fix(path: str) -> Any:
     return None
 
 
-def record_demo(path: str, steps: int = DEMO_STEPS, seed: int = 0, healthy: bool = False,
-                fixed: bool = False, from_run: str | None = None) -> str:
+def record_demo(
+    path: str,
+    steps: int = DEMO_STEPS,
+    seed: int = 0,
+    healthy: bool = False,
+    fixed: bool = False,
+    from_run: str | None = None,
+) -> str:
     """Record the demo run into ``path`` and return ``path``.
 
     Args:

@@ -20,8 +20,13 @@ class Fix:
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "title": self.title, "detail": self.detail,
-                "snippet": self.snippet, "params": dict(self.params)}
+        return {
+            "code": self.code,
+            "title": self.title,
+            "detail": self.detail,
+            "snippet": self.snippet,
+            "params": dict(self.params),
+        }
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,15 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "code": self.code, "severity": self.severity, "title": self.title,
-            "message": self.message, "step": self.step, "location": self.location,
-            "phase": self.phase, "evidence": dict(self.evidence),
-            "fixes": [f.to_dict() for f in self.fixes], "rule": self.rule,
+            "code": self.code,
+            "severity": self.severity,
+            "title": self.title,
+            "message": self.message,
+            "step": self.step,
+            "location": self.location,
+            "phase": self.phase,
+            "evidence": dict(self.evidence),
+            "fixes": [f.to_dict() for f in self.fixes],
+            "rule": self.rule,
             "thresholds": dict(self.thresholds),
         }

@@ -9,32 +9,55 @@ from torch import nn
 def gpt2(layers: int = 2, dim: int = 32):
     import transformers as T
 
-    cfg = T.GPT2Config(n_layer=layers, n_embd=dim, n_head=4, vocab_size=100, n_positions=64,
-                       bos_token_id=0, eos_token_id=0)
+    cfg = T.GPT2Config(
+        n_layer=layers,
+        n_embd=dim,
+        n_head=4,
+        vocab_size=100,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return T.GPT2LMHeadModel(cfg), {"input_ids": torch.randint(0, 100, (2, 12))}
 
 
 def bert(layers: int = 2):
     import transformers as T
 
-    cfg = T.BertConfig(num_hidden_layers=layers, hidden_size=32, num_attention_heads=4,
-                       intermediate_size=64, vocab_size=100, max_position_embeddings=64)
+    cfg = T.BertConfig(
+        num_hidden_layers=layers,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
     return T.BertModel(cfg), {"input_ids": torch.randint(0, 100, (2, 12))}
 
 
 def vit(layers: int = 2):
     import transformers as T
 
-    cfg = T.ViTConfig(num_hidden_layers=layers, hidden_size=32, num_attention_heads=4,
-                      intermediate_size=64, image_size=32, patch_size=8)
+    cfg = T.ViTConfig(
+        num_hidden_layers=layers,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
     return T.ViTModel(cfg), {"pixel_values": torch.randn(2, 3, 32, 32)}
 
 
 def hf_resnet(depths=(1, 2), layer_type: str = "basic"):
     import transformers as T
 
-    cfg = T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16] if layer_type == "basic" else
-                         [16, 32], depths=list(depths), layer_type=layer_type)
+    cfg = T.ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16] if layer_type == "basic" else [16, 32],
+        depths=list(depths),
+        layer_type=layer_type,
+    )
     return T.ResNetModel(cfg), {"pixel_values": torch.randn(2, 3, 32, 32)}
 
 

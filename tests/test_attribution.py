@@ -24,8 +24,10 @@ Ablate = Callable[[], list]  # installs hooks, returns their handles
 
 
 def hooks_left(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               for m in model.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
 
 
 # -- brute-force ablation -----------------------------------------------------------------------
@@ -58,23 +60,33 @@ def brute_shares(model: nn.Module, x: torch.Tensor, ablations: list[tuple[Ablate
 
 def mlp_ablations(model: ResidualMLP) -> list[tuple[Ablate, Ablate]]:
     """MLPBlock returns x + h: the block's output minus its input is h."""
+
     def pair(block):
-        return (lambda: [block.register_forward_hook(lambda m, i, o: o - i[0])],
-                lambda: [block.register_forward_hook(lambda m, i, o: i[0])])
+        return (
+            lambda: [block.register_forward_hook(lambda m, i, o: o - i[0])],
+            lambda: [block.register_forward_hook(lambda m, i, o: i[0])],
+        )
+
     return [pair(b) for b in model.blocks]
 
 
 def resnet_ablations(model: ResNet) -> list[tuple[Ablate, Ablate]]:
     """BasicBlock adds bn2's output and the shortcut (in place), then applies relu."""
+
     def pair(block):
         def zero_skip():
             if block.downsample is not None:
                 return [block.downsample.register_forward_hook(lambda m, i, o: torch.zeros_like(o))]
             seen = {}
-            return [block.register_forward_pre_hook(lambda m, i: seen.update(x=i[0])),
-                    block.bn2.register_forward_hook(lambda m, i, o: o - seen["x"])]
-        return zero_skip, lambda: [block.bn2.register_forward_hook(
-            lambda m, i, o: torch.zeros_like(o))]
+            return [
+                block.register_forward_pre_hook(lambda m, i: seen.update(x=i[0])),
+                block.bn2.register_forward_hook(lambda m, i, o: o - seen["x"]),
+            ]
+
+        return zero_skip, lambda: [
+            block.bn2.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+        ]
+
     return [pair(b) for layer in (model.layer1, model.layer2) for b in layer]
 
 
@@ -82,23 +94,33 @@ def transformer_ablations(model: TinyTransformer) -> list[tuple[Ablate, Ablate]]
     """Pre-LN block: x1 = x + attn(ln1(x)); out = x1 + mlp(ln2(x1))."""
     out = []
     for block in model.blocks:
+
         def attn_pair(block=block):
             seen = {}
 
             def zero_skip():
-                return [block.register_forward_pre_hook(lambda m, i: seen.update(x=i[0])),
-                        block.attn.register_forward_hook(lambda m, i, o: (o[0] - seen["x"], o[1]))]
-            return zero_skip, lambda: [block.attn.register_forward_hook(
-                lambda m, i, o: (torch.zeros_like(o[0]), o[1]))]
+                return [
+                    block.register_forward_pre_hook(lambda m, i: seen.update(x=i[0])),
+                    block.attn.register_forward_hook(lambda m, i, o: (o[0] - seen["x"], o[1])),
+                ]
+
+            return zero_skip, lambda: [
+                block.attn.register_forward_hook(lambda m, i, o: (torch.zeros_like(o[0]), o[1]))
+            ]
 
         def mlp_pair(block=block):
             seen = {}
 
             def zero_skip():
-                return [block.ln2.register_forward_pre_hook(lambda m, i: seen.update(x=i[0])),
-                        block.mlp.register_forward_hook(lambda m, i, o: o - seen["x"])]
-            return zero_skip, lambda: [block.mlp.register_forward_hook(
-                lambda m, i, o: torch.zeros_like(o))]
+                return [
+                    block.ln2.register_forward_pre_hook(lambda m, i: seen.update(x=i[0])),
+                    block.mlp.register_forward_hook(lambda m, i, o: o - seen["x"]),
+                ]
+
+            return zero_skip, lambda: [
+                block.mlp.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+            ]
+
         out += [attn_pair(), mlp_pair()]
     return out
 
@@ -169,8 +191,9 @@ def test_transformer_ablation_exact_and_gradient_cancellation_flagged():
     # attribution of skip and branch cancel; coherence shows it and the share is a coin toss
     last = resdoctor.attribute(model, ids)["blocks.1#1"]
     assert last.coherence < 0.01 and abs(last.share - 0.5) < 0.01
-    post = resdoctor.attribute(TinyTransformer(vocab=32, dim=16, depth=1, heads=2, max_len=8,
-                                               norm="post"), ids)
+    post = resdoctor.attribute(
+        TinyTransformer(vocab=32, dim=16, depth=1, heads=2, max_len=8, norm="post"), ids
+    )
     assert all(s.coherence < 0.01 for s in post)
 
 
@@ -180,8 +203,12 @@ def test_transformers_gpt2_with_keyword_inputs():
     model, inputs = gpt2(layers=2)
     for method in ("gradient", "ablation"):
         got = resdoctor.attribute(model, inputs, method=method, samples=1)
-        assert [s.name for s in got] == ["transformer.h.0#0", "transformer.h.0#1",
-                                         "transformer.h.1#0", "transformer.h.1#1"]
+        assert [s.name for s in got] == [
+            "transformer.h.0#0",
+            "transformer.h.0#1",
+            "transformer.h.1#0",
+            "transformer.h.1#1",
+        ]
         assert all(0 < s.share < 1 for s in got) and got.samples == 1
 
 
@@ -238,7 +265,8 @@ def test_targets_int_tensor_callable_and_predicted():
     model.eval()
     predicted = model(x).argmax(-1)
     assert resdoctor.attribute(model, x).shares == pytest.approx(
-        resdoctor.attribute(model, x, target=predicted).shares, abs=1e-6)
+        resdoctor.attribute(model, x, target=predicted).shares, abs=1e-6
+    )
     assert by_int != pytest.approx(resdoctor.attribute(model, x, target=0).shares, abs=1e-3)
 
 
@@ -294,11 +322,15 @@ def test_watched_training_stays_bit_identical_with_attribution(tmp_path):
     probe = torch.randn(6, 3, 8, 8)
     plain = train(resnet_dropout)
     watched = train(resnet_dropout, tmp_path / "w.pt")
-    attributed = train(resnet_dropout, tmp_path / "a.pt", attribute_every=3,
-                       attribute_inputs=probe, attribute_mode="train")  # dropout draws RNG
+    attributed = train(
+        resnet_dropout,
+        tmp_path / "a.pt",
+        attribute_every=3,
+        attribute_inputs=probe,
+        attribute_mode="train",
+    )  # dropout draws RNG
     for model in (watched, attributed):
-        for (k, a), b in zip(plain.state_dict().items(), model.state_dict().values(),
-                                strict=True):
+        for (k, a), b in zip(plain.state_dict().items(), model.state_dict().values(), strict=True):
             assert torch.equal(a, b), k
     run, ref = resdoctor.load(tmp_path / "a.pt"), resdoctor.load(tmp_path / "w.pt")
     shares = run.series("attribution_share")
@@ -308,17 +340,24 @@ def test_watched_training_stays_bit_identical_with_attribution(tmp_path):
     for signal in ("grad_norm", "branch_ratio", "grad_branch_share", "stream_norm"):
         assert run.series(signal).equals(ref.series(signal)), signal  # the pass is unrecorded
     assert run.errors.empty and run.steps == 10
-    assert run.state["attribution"] == {"every": 3, "samples": 4, "method": "gradient",
-                                        "mode": "train", "target": "predicted class",
-                                        "series": "attribution_share"}
+    assert run.state["attribution"] == {
+        "every": 3,
+        "samples": 4,
+        "method": "gradient",
+        "mode": "train",
+        "target": "predicted class",
+        "series": "attribution_share",
+    }
 
 
 def test_attribution_failures_are_recorded_not_raised(tmp_path):
     plain = train(resnet_dropout)
     bad = torch.randn(4, 5)  # not an image batch: every attribution pass fails
     model = train(resnet_dropout, tmp_path / "b.pt", attribute_every=1, attribute_inputs=bad)
-    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
-                                                 model.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(plain.state_dict().values(), model.state_dict().values(), strict=True)
+    )
     run = resdoctor.load(tmp_path / "b.pt")
     errors = run.errors[run.errors["where"] == "attribution"]
     assert len(errors) == 1 and int(errors["count"].iloc[0]) == 3  # then it stops trying
@@ -345,8 +384,11 @@ dist.destroy_process_group()
 
 def test_attribution_of_a_ddp_wrapped_model_runs_on_the_inner_module(tmp_path):
     path = tmp_path / "ddp.pt"
-    subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store"), str(path)],
-                   check=True, timeout=240)
+    subprocess.run(
+        [sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store"), str(path)],
+        check=True,
+        timeout=240,
+    )
     run = resdoctor.load(path)
     shares = run.series("attribution_share")
     assert list(shares.columns) == ["module.layer1.0", "module.layer2.0"]
@@ -359,18 +401,30 @@ def test_watch_rejects_bad_attribution_options(tmp_path):
     with pytest.raises(ValueError, match="attribute_inputs"):
         resdoctor.watch(model, path=tmp_path / "x.pt", attribute_every=5)
     with pytest.raises(TypeError, match="attribute_sample"):
-        resdoctor.watch(model, path=tmp_path / "x.pt", attribute_every=5,
-                        attribute_inputs=torch.randn(2, 16), attribute_sample=2)
+        resdoctor.watch(
+            model,
+            path=tmp_path / "x.pt",
+            attribute_every=5,
+            attribute_inputs=torch.randn(2, 16),
+            attribute_sample=2,
+        )
     with pytest.raises(ValueError, match="attribute_method"):
-        resdoctor.watch(model, path=tmp_path / "x.pt", attribute_every=5,
-                        attribute_inputs=torch.randn(2, 16), attribute_method="shap")
+        resdoctor.watch(
+            model,
+            path=tmp_path / "x.pt",
+            attribute_every=5,
+            attribute_inputs=torch.randn(2, 16),
+            attribute_method="shap",
+        )
     assert hooks_left(model) == 0
 
 
 # -- optional dependency ------------------------------------------------------------------------
 def test_import_resdoctor_does_not_import_captum():
-    code = ("import sys, resdoctor, resdoctor.attribution.shares, resdoctor.cli.attribute; "
-            "assert 'captum' not in sys.modules, 'captum imported'")
+    code = (
+        "import sys, resdoctor, resdoctor.attribution.shares, resdoctor.cli.attribute; "
+        "assert 'captum' not in sys.modules, 'captum imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -380,5 +434,9 @@ def test_missing_captum_gives_the_install_hint(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match=r"pip install resdoctor\[captum\]"):
         resdoctor.attribute(ResidualMLP(depth=1), torch.randn(2, 16))
     with pytest.raises(ImportError, match=r"pip install resdoctor\[captum\]"):
-        resdoctor.watch(ResidualMLP(depth=1), path=tmp_path / "x.pt", attribute_every=2,
-                        attribute_inputs=torch.randn(2, 16))
+        resdoctor.watch(
+            ResidualMLP(depth=1),
+            path=tmp_path / "x.pt",
+            attribute_every=2,
+            attribute_inputs=torch.randn(2, 16),
+        )

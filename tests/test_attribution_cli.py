@@ -32,11 +32,15 @@ def files(tmp_path):
     torch.manual_seed(0)
     model = ResNet(**KWARGS)
     x = torch.randn(5, 3, 8, 8)
-    paths = {"weights": tmp_path / "weights.pt", "checkpoint": tmp_path / "ckpt.pt",
-             "batch": tmp_path / "batch.pt"}
+    paths = {
+        "weights": tmp_path / "weights.pt",
+        "checkpoint": tmp_path / "ckpt.pt",
+        "batch": tmp_path / "batch.pt",
+    }
     torch.save(model.state_dict(), paths["weights"])
-    torch.save({"model": SPEC, "kwargs": KWARGS, "state_dict": model.state_dict()},
-               paths["checkpoint"])
+    torch.save(
+        {"model": SPEC, "kwargs": KWARGS, "state_dict": model.state_dict()}, paths["checkpoint"]
+    )
     torch.save(x, paths["batch"])
     return model, x, paths
 
@@ -47,8 +51,20 @@ def invoke(app, *args):
 
 def test_json_output_equals_the_python_api(app, files):
     model, x, p = files
-    result = invoke(app, p["weights"], p["batch"], "--model", SPEC, "--kwargs",
-                    json.dumps(KWARGS), "--method", "ablation", "--samples", 3, "--json")
+    result = invoke(
+        app,
+        p["weights"],
+        p["batch"],
+        "--model",
+        SPEC,
+        "--kwargs",
+        json.dumps(KWARGS),
+        "--method",
+        "ablation",
+        "--samples",
+        3,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)  # exactly one JSON object
     assert doc["model"] == SPEC and doc["method"] == "ablation" and doc["samples"] == 3
@@ -95,24 +111,35 @@ def test_unsafe_files_are_refused_without_running_code(app, files, tmp_path):
     one_line_error(invoke(app, p["checkpoint"], tmp_path / "evil_batch.pt"), "refused")
     assert not marker.exists()
     model = ResNet(**KWARGS)
-    torch.save({"model": "subprocess:Popen", "kwargs": {"args": ["true"]},
-                "state_dict": model.state_dict()}, tmp_path / "named.pt")
+    torch.save(
+        {
+            "model": "subprocess:Popen",
+            "kwargs": {"args": ["true"]},
+            "state_dict": model.state_dict(),
+        },
+        tmp_path / "named.pt",
+    )
     one_line_error(invoke(app, tmp_path / "named.pt", p["batch"]), "--model subprocess:Popen")
-    one_line_error(invoke(app, tmp_path / "named.pt", p["batch"], "--model", "subprocess:Popen"),
-                   "not an nn.Module class")
+    one_line_error(
+        invoke(app, tmp_path / "named.pt", p["batch"], "--model", "subprocess:Popen"),
+        "not an nn.Module class",
+    )
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing-file", ["no such checkpoint"]),
-    ("weights-only", ["--model"]),
-    ("wrong-kwargs", ["do not fit", "check --kwargs"]),
-    ("bad-json", ["--kwargs is not valid JSON"]),
-    ("bad-model", ["cannot find"]),
-    ("batch-not-tensors", ["a batch must be"]),
-    ("batch-wrong-shape", ["could not be attributed"]),
-    ("unknown-site", ["--sites", "layer9.9"]),
-    ("bad-method", ["--method"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing-file", ["no such checkpoint"]),
+        ("weights-only", ["--model"]),
+        ("wrong-kwargs", ["do not fit", "check --kwargs"]),
+        ("bad-json", ["--kwargs is not valid JSON"]),
+        ("bad-model", ["cannot find"]),
+        ("batch-not-tensors", ["a batch must be"]),
+        ("batch-wrong-shape", ["could not be attributed"]),
+        ("unknown-site", ["--sites", "layer9.9"]),
+        ("bad-method", ["--method"]),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(app, files, tmp_path, case, words):
     _, _, p = files
     torch.save({"x": [1, 2]}, tmp_path / "list_batch.pt")
@@ -137,14 +164,29 @@ def test_transformers_class_built_from_its_config(app, tmp_path):
 
     from resdoctor.cli.attribute import build
 
-    config = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 50, "n_positions": 8,
-              "bos_token_id": 0, "eos_token_id": 0}
+    config = {
+        "n_layer": 1,
+        "n_embd": 16,
+        "n_head": 2,
+        "vocab_size": 50,
+        "n_positions": 8,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
     model = build("transformers:GPT2LMHeadModel", config)
     assert isinstance(model, GPT2LMHeadModel) and model.config.n_layer == 1
     torch.save(model.state_dict(), tmp_path / "gpt2.pt")
     torch.save({"input_ids": torch.randint(0, 50, (2, 8))}, tmp_path / "ids.pt")
-    result = invoke(app, tmp_path / "gpt2.pt", tmp_path / "ids.pt", "--model",
-                    "transformers:GPT2LMHeadModel", "--kwargs", json.dumps(config), "--json")
+    result = invoke(
+        app,
+        tmp_path / "gpt2.pt",
+        tmp_path / "ids.pt",
+        "--model",
+        "transformers:GPT2LMHeadModel",
+        "--kwargs",
+        json.dumps(config),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert [s["name"] for s in doc["sites"]] == ["transformer.h.0#0", "transformer.h.0#1"]

@@ -16,8 +16,9 @@ from resdoctor.cli import main as cli
 from resdoctor.rules.testing import diverging_run, quiet_run
 from resdoctor.runfile import io as runfile
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "resdoctor/schemas/report.schema.json")
-                    .read_text())
+SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "resdoctor/schemas/report.schema.json").read_text()
+)
 runner = CliRunner()
 
 
@@ -38,8 +39,17 @@ def test_rich_output_has_verdict_findings_evidence_and_fixes(files):
     res = _invoke("analyze", files[0])
     assert res.exit_code == 0
     out = res.stdout
-    for text in ("CRITICAL", "nonfinite", "exploding-gradients", "b1.branch", "evidence",
-                 "lead_steps", "fix 1:", "clip_grad_norm_", "timeline:"):
+    for text in (
+        "CRITICAL",
+        "nonfinite",
+        "exploding-gradients",
+        "b1.branch",
+        "evidence",
+        "lead_steps",
+        "fix 1:",
+        "clip_grad_norm_",
+        "timeline:",
+    ):
         assert text in out, text
 
 
@@ -63,8 +73,10 @@ def test_several_runs_print_what_changed(files):
     assert "nonfinite" in data["comparison"]["resolved"]
 
 
-@pytest.mark.parametrize("which, fail_on, code", [
-    (0, "critical", 1), (0, "warning", 1), (1, "warning", 0), (0, "never", 0)])
+@pytest.mark.parametrize(
+    "which, fail_on, code",
+    [(0, "critical", 1), (0, "warning", 1), (1, "warning", 0), (0, "never", 0)],
+)
 def test_fail_on_exit_codes(files, which, fail_on, code):
     assert _invoke("analyze", files[which], "--fail-on", fail_on, "--json").exit_code == code
 
@@ -99,8 +111,15 @@ def _bad_inputs(tmp_path: Path, files) -> dict[str, Path]:
     _evil(evil, tmp_path / "pwned")
     evil_zip = tmp_path / "evil_zip.pt"
     torch.save({"x": _Evil(tmp_path / "pwned_zip")}, evil_zip)
-    return {"missing": tmp_path / "nope.pt", "truncated": truncated, "other": other,
-            "text": text, "evil": evil, "evil_zip": evil_zip, "dir": tmp_path}
+    return {
+        "missing": tmp_path / "nope.pt",
+        "truncated": truncated,
+        "other": other,
+        "text": text,
+        "evil": evil,
+        "evil_zip": evil_zip,
+        "dir": tmp_path,
+    }
 
 
 class _Evil:
@@ -121,8 +140,15 @@ def test_bad_inputs_get_one_line_and_exit_code_2(files, tmp_path):
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned_zip").exists()
 
 
-@pytest.mark.parametrize("args", [["--set", "nope.x=1"], ["--set", "dead-branch.ratio=abc"],
-                                  ["--set", "garbage"], ["--config", "/no/such.toml"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "nope.x=1"],
+        ["--set", "dead-branch.ratio=abc"],
+        ["--set", "garbage"],
+        ["--config", "/no/such.toml"],
+    ],
+)
 def test_bad_settings_exit_2(files, args):
     res = _invoke("analyze", files[0], *args)
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
@@ -162,9 +188,23 @@ def test_wandb_flag_attaches_offline(files, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     # a real process: wandb's in-process singleton would keep an earlier test's directory
-    proc = subprocess.run([sys.executable, "-m", "resdoctor.cli.main", "analyze", str(files[1]),
-                           "--json", "--wandb", "--wandb-project", "rd-test"],
-                          capture_output=True, text=True, timeout=240, env=dict(os.environ))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resdoctor.cli.main",
+            "analyze",
+            str(files[1]),
+            "--json",
+            "--wandb",
+            "--wandb-project",
+            "rd-test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ),
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["verdict"]  # --json output stays clean
     assert list((tmp_path / "wandb").glob("offline-run-*"))
@@ -173,12 +213,14 @@ def test_wandb_flag_attaches_offline(files, tmp_path, monkeypatch):
 
 
 def test_optional_command_modules(tmp_path, monkeypatch):
-    (tmp_path / "rd_extra_ok.py").write_text(textwrap.dedent("""
+    (tmp_path / "rd_extra_ok.py").write_text(
+        textwrap.dedent("""
         def register(app):
             @app.command("hello-extra")
             def hello():
                 print("hi from extra")
-    """))
+    """)
+    )
     (tmp_path / "rd_extra_broken.py").write_text("import rd_no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     app = typer.Typer()

@@ -8,8 +8,9 @@ from resdoctor.report.analysis import Report, analyze
 from resdoctor.report.compare import compare, metrics
 from resdoctor.rules.testing import diverging_run, quiet_run
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "resdoctor/schemas/report.schema.json")
-                    .read_text())
+SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "resdoctor/schemas/report.schema.json").read_text()
+)
 
 
 def _report(run, *findings):

@@ -30,21 +30,23 @@ def test_healthy_control_is_healthy(tmp_path):
 def test_fixed_run_applies_the_top_fix_and_improves(sick_path, tmp_path):
     fix = demo.top_fix(sick_path)
     assert fix is not None and fix.code in ("lower-lr", "clip-gradients", "residual-scaling")
-    after = demo.record_demo(str(tmp_path / "fixed.pt"), steps=20, fixed=True,
-                             from_run=sick_path)
+    after = demo.record_demo(str(tmp_path / "fixed.pt"), steps=20, fixed=True, from_run=sick_path)
     rep = resdoctor.analyze(after)
     assert "nonfinite" not in rep.codes and rep.verdict != "critical"
 
 
-@pytest.mark.parametrize("fix, field, value", [
-    (Fix("lower-lr", "", "", params={"new_lr": 0.0005}), "lr", 0.0005),
-    (Fix("lower-lr", "", "", params={"factor": 0.5}), "lr", 0.005),
-    (Fix("clip-gradients", "", "", params={"max_norm": 89.0}), "clip", 89.0),
-    (Fix("lr-warmup", "", "", params={"warmup_steps": 20}), "warmup", 20),
-    (Fix("residual-scaling", "", "", params={"scale": 0.289}), "scale", 0.289),
-    (Fix("add-normalization", "", "", params={}), "norm", True),
-    (Fix("reduce-depth", "", "", params={"depth": 6}), "depth", 6),
-])
+@pytest.mark.parametrize(
+    "fix, field, value",
+    [
+        (Fix("lower-lr", "", "", params={"new_lr": 0.0005}), "lr", 0.0005),
+        (Fix("lower-lr", "", "", params={"factor": 0.5}), "lr", 0.005),
+        (Fix("clip-gradients", "", "", params={"max_norm": 89.0}), "clip", 89.0),
+        (Fix("lr-warmup", "", "", params={"warmup_steps": 20}), "warmup", 20),
+        (Fix("residual-scaling", "", "", params={"scale": 0.289}), "scale", 0.289),
+        (Fix("add-normalization", "", "", params={}), "norm", True),
+        (Fix("reduce-depth", "", "", params={"depth": 6}), "depth", 6),
+    ],
+)
 def test_apply_fix_edits_the_recipe(fix, field, value):
     assert getattr(demo.apply_fix(demo.SICK, fix), field) == value
 

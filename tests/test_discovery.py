@@ -16,8 +16,14 @@ def names(sites):
 def test_torchvision_basicblock_resnet_with_projections_and_inplace_add():
     sites = discover(ResNet((2, 2, 2)), torch.randn(2, 3, 16, 16))
     assert names(sites) == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
-    assert [s.kind for s in sites] == ["identity", "identity", "projection", "identity",
-                                       "projection", "identity"]
+    assert [s.kind for s in sites] == [
+        "identity",
+        "identity",
+        "projection",
+        "identity",
+        "projection",
+        "identity",
+    ]
     assert {s.module for s in sites} == {"BasicBlock"}
     proj = sites[2]
     assert proj.skip.module == "layer2.0.downsample.1" and proj.branch.module == "layer2.0.bn2"
@@ -115,11 +121,14 @@ class TwoEqualBranches(nn.Module):
         return self.a(x) + self.b(x)  # two parallel branches, no skip
 
 
-@pytest.mark.parametrize("model,inputs", [
-    (EmbedPlusPosition(), (torch.randint(0, 50, (2, 6)),)),
-    (TwoInputs(), (torch.randn(2, 4), torch.randn(2, 4))),
-    (TwoEqualBranches(), (torch.randn(2, 4),)),
-])
+@pytest.mark.parametrize(
+    "model,inputs",
+    [
+        (EmbedPlusPosition(), (torch.randint(0, 50, (2, 6)),)),
+        (TwoInputs(), (torch.randn(2, 4), torch.randn(2, 4))),
+        (TwoEqualBranches(), (torch.randn(2, 4),)),
+    ],
+)
 def test_non_residual_additions_are_not_sites(model, inputs):
     assert discover(model, *inputs) == []
 

@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "resdoctor"
-STAGES = ("recording", "runfile", "fixes", "rules", "report", "cli", "app", "integrations",
-          "attribution")
+STAGES = (
+    "recording",
+    "runfile",
+    "fixes",
+    "rules",
+    "report",
+    "cli",
+    "app",
+    "integrations",
+    "attribution",
+)
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -43,8 +52,11 @@ def _imports(module: str, tree: ast.AST) -> tuple[list[str], dict[str, str]]:
             target = node.module or ""
             pairs = [(f"{target}.{a.name}", a.asname or a.name, a.name) for a in node.names]
         elif isinstance(node, ast.Import):
-            pairs = [(a.name, a.asname or a.name.split(".")[0], "") for a in node.names
-                     if a.name.startswith("resdoctor")]
+            pairs = [
+                (a.name, a.asname or a.name.split(".")[0], "")
+                for a in node.names
+                if a.name.startswith("resdoctor")
+            ]
             target = ""
         else:
             continue
@@ -63,9 +75,13 @@ def _violations(module: str, source: str) -> list[str]:
     tree = ast.parse(source)
     found, imported = _imports(module, tree)
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
-                and not node.attr.startswith("__") and isinstance(node.value, ast.Name)
-                and node.value.id in imported):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in imported
+        ):
             found.append(f"{module}:{node.lineno} touches {node.value.id}.{node.attr}")
     return found
 
@@ -76,9 +92,11 @@ def test_no_module_touches_a_private_name_of_another_package():
 
 
 def test_the_private_name_check_catches_what_it_should():
-    bad = ("from resdoctor.fixes._x import y\n"
-           "from resdoctor.recording import recorder\n"
-           "recorder._guard\n")
+    bad = (
+        "from resdoctor.fixes._x import y\n"
+        "from resdoctor.recording import recorder\n"
+        "recorder._guard\n"
+    )
     assert len(_violations("resdoctor.rules.z", bad)) == 2
     assert _violations("resdoctor.fixes.z", "from resdoctor.fixes._x import y\n") == []
 

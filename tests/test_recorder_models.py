@@ -24,12 +24,18 @@ CASES = {
     "bert": (lambda: _models.bert(layers=2), _hidden_loss, 4),
     "vit": (lambda: _models.vit(layers=2), _hidden_loss, 4),
     "hf-resnet": (lambda: _models.hf_resnet(), _hidden_loss, 3),
-    "resgcn": (lambda: (_models.ResGCN(), dict(zip(("x", "edge_index"), _models.graph()))),
-               _hidden_loss, 3),
+    "resgcn": (
+        lambda: (_models.ResGCN(), dict(zip(("x", "edge_index"), _models.graph()))),
+        _hidden_loss,
+        3,
+    ),
     "resnet": (lambda: (ResNet((1, 1)), {"x": torch.randn(4, 3, 8, 8)}), _hidden_loss, 2),
     "preact": (lambda: (PreActResNet((1, 1)), {"x": torch.randn(4, 3, 8, 8)}), _hidden_loss, 2),
-    "post-ln": (lambda: (TinyTransformer(depth=2, norm="post"),
-                         {"ids": torch.randint(0, 64, (2, 8))}), _hidden_loss, 4),
+    "post-ln": (
+        lambda: (TinyTransformer(depth=2, norm="post"), {"ids": torch.randint(0, 64, (2, 8))}),
+        _hidden_loss,
+        4,
+    ),
 }
 
 
@@ -39,8 +45,9 @@ def test_every_site_is_measured(tmp_path, name):
     model, inputs = make()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    with resdoctor.watch(model, opt, tmp_path / "r.pt", smoothing_every=1,
-                         grad_share_every=1) as doctor:
+    with resdoctor.watch(
+        model, opt, tmp_path / "r.pt", smoothing_every=1, grad_share_every=1
+    ) as doctor:
         for _ in range(3):
             opt.zero_grad()
             loss = loss_fn(model(**inputs))
@@ -62,8 +69,12 @@ def test_example_inputs_give_site_signals_from_step_zero(tmp_path):
     model = TinyTransformer(depth=2)
     ids = torch.randint(0, 64, (2, 8))
     with resdoctor.watch(model, path=tmp_path / "r.pt", example_inputs=(ids,)) as doctor:
-        assert [s.name for s in doctor.sites] == ["blocks.0#0", "blocks.0#1", "blocks.1#0",
-                                                  "blocks.1#1"]
+        assert [s.name for s in doctor.sites] == [
+            "blocks.0#0",
+            "blocks.0#1",
+            "blocks.1#0",
+            "blocks.1#1",
+        ]
         model(ids).pow(2).mean().backward()
         doctor.log()
     assert resdoctor.load(tmp_path / "r.pt").series("branch_ratio").index.tolist() == [0]

@@ -15,8 +15,10 @@ def test_report_dict_has_the_design_keys_and_is_strict_json():
     d = rep.to_dict()
     assert list(d)[:6] == ["resdoctor", "run", "steps", "verdict", "sites", "findings"]
     assert d["verdict"] == "critical" and d["steps"] == 30
-    assert d["sites"] == [{"name": "b0", "kind": "identity", "module": "Block"},
-                          {"name": "b1", "kind": "identity", "module": "Block"}]
+    assert d["sites"] == [
+        {"name": "b0", "kind": "identity", "module": "Block"},
+        {"name": "b1", "kind": "identity", "module": "Block"},
+    ]
     assert d["counts"]["critical"] == len(rep.by_severity("critical")) >= 1
     json.loads(rep.to_json())  # allow_nan=False: raises on NaN / inf
 
@@ -36,8 +38,14 @@ def test_verdict_and_fail_on():
 
 
 def test_plain_makes_numpy_and_nan_json_safe():
-    got = plain({"a": np.float32(1.5), "b": float("nan"), "c": (np.int64(3), np.inf),
-                 "d": {"e": np.bool_(True)}})
+    got = plain(
+        {
+            "a": np.float32(1.5),
+            "b": float("nan"),
+            "c": (np.int64(3), np.inf),
+            "d": {"e": np.bool_(True)},
+        }
+    )
     assert got == {"a": 1.5, "b": None, "c": [3, None], "d": {"e": True}}
 
 
@@ -46,8 +54,10 @@ def test_analyze_accepts_a_path_and_thresholds(tmp_path):
     runfile.write(diverging_run().state, path)
     by_path = resdoctor.analyze(str(path))
     assert by_path.to_dict()["run"] == str(path)
-    tuned = resdoctor.analyze(str(path), **{"exploding-gradients.surge_factor": 1e9,
-                                            "exploding-gradients.growth_factor": 1e12})
+    tuned = resdoctor.analyze(
+        str(path),
+        **{"exploding-gradients.surge_factor": 1e9, "exploding-gradients.growth_factor": 1e12},
+    )
     assert "exploding-gradients" in by_path.codes
     assert "exploding-gradients" not in tuned.codes
 

@@ -35,11 +35,14 @@ class Evil:
         return (os.system, ("touch /tmp/resdoctor_pwned",))
 
 
-@pytest.mark.parametrize("content,needle", [
-    (None, "no such file"),
-    (b"", "not a readable run file"),
-    (b"not a zip at all", "not a readable run file"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "no such file"),
+        (b"", "not a readable run file"),
+        (b"not a zip at all", "not a readable run file"),
+    ],
+)
 def test_bad_files_raise_one_clear_error(tmp_path, content, needle):
     path = tmp_path / "bad.pt"
     if content is not None:
@@ -51,8 +54,18 @@ def test_bad_files_raise_one_clear_error(tmp_path, content, needle):
 
 def test_truncated_and_foreign_and_malicious_files(tmp_path):
     good = tmp_path / "good.pt"
-    runfile.write({"format": "resdoctor-run", "schema_version": 1, "steps": 0, "modules": [],
-                   "sites": [], "series": {}, "events": []}, good)
+    runfile.write(
+        {
+            "format": "resdoctor-run",
+            "schema_version": 1,
+            "steps": 0,
+            "modules": [],
+            "sites": [],
+            "series": {},
+            "events": [],
+        },
+        good,
+    )
     assert resdoctor.load(good).steps == 0
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(good.read_bytes()[:200])
@@ -63,8 +76,18 @@ def test_truncated_and_foreign_and_malicious_files(tmp_path):
     with pytest.raises(RunFileError, match="not a resdoctor run"):
         resdoctor.load(foreign)
     newer = tmp_path / "newer.pt"
-    torch.save({"format": "resdoctor-run", "schema_version": 99, "steps": 0, "modules": [],
-                "sites": [], "series": {}, "events": []}, newer)
+    torch.save(
+        {
+            "format": "resdoctor-run",
+            "schema_version": 99,
+            "steps": 0,
+            "modules": [],
+            "sites": [],
+            "series": {},
+            "events": [],
+        },
+        newer,
+    )
     with pytest.raises(RunFileError, match="newer"):
         resdoctor.load(newer)
     evil = tmp_path / "evil.pt"
@@ -84,8 +107,15 @@ def test_truncated_and_foreign_and_malicious_files(tmp_path):
 
 def test_writes_are_atomic(tmp_path):
     path = tmp_path / "a.pt"
-    state = {"format": "resdoctor-run", "schema_version": 1, "steps": 1, "modules": [],
-             "sites": [], "series": {}, "events": []}
+    state = {
+        "format": "resdoctor-run",
+        "schema_version": 1,
+        "steps": 1,
+        "modules": [],
+        "sites": [],
+        "series": {},
+        "events": [],
+    }
     runfile.write(state, path)
     runfile.write({**state, "steps": 2}, path)
     assert resdoctor.load(path).steps == 2
@@ -112,8 +142,9 @@ KILLED_RUN = textwrap.dedent("""
 
 def test_a_killed_run_keeps_what_was_flushed(tmp_path):
     path = tmp_path / "killed.pt"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.2)

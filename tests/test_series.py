@@ -54,14 +54,18 @@ def test_a_long_run_stays_small_and_keeps_events_exact(tmp_path):
         grads = rng.random(30)
         if step == 12_345:
             grads[7] = np.nan
-        blocks = {"vec": {"grad_norm": grads}, "scalar": {},
-                  "site": (np.arange(10), rng.random((10, 3)))}
+        blocks = {
+            "vec": {"grad_norm": grads},
+            "scalar": {},
+            "site": (np.arange(10), rng.random((10, 3))),
+        }
         j.consume(SegmentMeta(1, 1, True, {"loss": 1.0}, True), blocks)
     state = j.state({})
     assert j.steps == 20_000
     assert all(len(s["steps"]) <= 64 for s in state["series"].values())
     assert [(e["step"], e["module"], e["phase"]) for e in state["events"]] == [
-        (12_345, "m7", "backward")]
+        (12_345, "m7", "backward")
+    ]
     path = tmp_path / "long.pt"
     torch.save(state, path)
     assert path.stat().st_size < 200_000

@@ -13,8 +13,13 @@ from tests._faults import BackwardNaN, ForwardNaN, LogBlock
 
 
 def hooks_left(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
 
 
 def mlp_step(model, opt, x, y):
@@ -64,26 +69,34 @@ def train(model, opt, batches, doctor=None):
             doctor.log(loss=loss)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: (ResNet((1, 1)), [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))] * 4),
-    lambda: (TinyTransformer(depth=2, norm="post"),
-             [(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))] * 4),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (ResNet((1, 1)), [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))] * 4),
+        lambda: (
+            TinyTransformer(depth=2, norm="post"),
+            [(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))] * 4,
+        ),
+    ],
+)
 def test_watched_training_is_bit_identical(tmp_path, make):
     torch.manual_seed(1)
     model, batches = make()
     if isinstance(model, TinyTransformer):
         model.blocks[0].attn.dropout = 0.1  # random ops must consume the same RNG stream
+
         def loss_fn(out, y):
             return F.cross_entropy(out.flatten(0, 1), y.flatten())
+
     twin = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     opt2 = torch.optim.Adam(twin.parameters(), 1e-3)
     torch.manual_seed(2)
     _train_any(twin, opt2, batches)
     torch.manual_seed(2)
-    with resdoctor.watch(model, opt, tmp_path / "r.pt", smoothing_every=1, update_every=1,
-                         grad_share_every=1) as doctor:
+    with resdoctor.watch(
+        model, opt, tmp_path / "r.pt", smoothing_every=1, update_every=1, grad_share_every=1
+    ) as doctor:
         _train_any(model, opt, batches, doctor)
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
         assert torch.equal(a, b), name
@@ -192,8 +205,9 @@ def test_gradscaler_skipped_steps_are_recorded_as_skipped(tmp_path):
     model = ResidualMLP(depth=2)
     opt = torch.optim.SGD(model.parameters(), 0.01)
     # 2**127 x gradients of ~1e3 overflow float32; each skip divides the scale by 2**10
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000,
-                                  backoff_factor=2.0**-10)
+    scaler = torch.amp.GradScaler(
+        "cpu", init_scale=2.0**127, growth_interval=1000, backoff_factor=2.0**-10
+    )
     x, y = data()
     truth = []  # the scaler lowers its scale exactly when it skipped the step
     with resdoctor.watch(model, opt, tmp_path / "amp.pt", scaler=scaler) as doctor:
@@ -223,8 +237,10 @@ def test_errors_inside_resdoctor_are_recorded_not_raised(tmp_path):
     opt = torch.optim.SGD(model.parameters(), 0.01)
     x, y = data()
     with resdoctor.watch(model, opt, tmp_path / "e.pt", smoothing_every=1) as doctor:
+
         def broken(_x):
             raise RuntimeError("sensor bug")
+
         doctor.recorder.smoothing = broken
         for _ in range(4):
             doctor.log(loss=mlp_step(model, opt, x, y))
@@ -391,10 +407,12 @@ def test_regression_rules_rule_works_after_a_plain_import():
     import subprocess
     import sys
 
-    code = ("import resdoctor\n"
-            "@resdoctor.rules.rule('my-check', requires=('grad_norm',))\n"
-            "def my_check(run):\n    return []\n"
-            "print('ok')\n")
+    code = (
+        "import resdoctor\n"
+        "@resdoctor.rules.rule('my-check', requires=('grad_norm',))\n"
+        "def my_check(run):\n    return []\n"
+        "print('ok')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
 
@@ -415,8 +433,9 @@ def test_regression_watcher_takes_what_watch_takes(tmp_path):
         resdoctor.Watcher(model, None, tmp_path / "w.pt", attribute_every=2)
     assert hooks_left(model) == 0
     pytest.importorskip("captum")
-    with resdoctor.Watcher(model, None, tmp_path / "w.pt", attribute_every=1,
-                           attribute_inputs=x) as doc:
+    with resdoctor.Watcher(
+        model, None, tmp_path / "w.pt", attribute_every=1, attribute_inputs=x
+    ) as doc:
         assert len(doc.integrations) == 1
         model(x).sum().backward()
         doc.log()

@@ -15,8 +15,13 @@ from resdoctor.models import PreActResNet, ResNet
 
 FIXES = frozenset({"pre-activation", "add-normalization", "residual-scaling", "reduce-depth"})
 
-DEFAULTS: dict[str, Any] = {"layers": (1, 1, 1), "widths": (8, 16, 16), "norm": True,
-                            "preact": False, "residual_scale": 1.0}
+DEFAULTS: dict[str, Any] = {
+    "layers": (1, 1, 1),
+    "widths": (8, 16, 16),
+    "norm": True,
+    "preact": False,
+    "residual_scale": 1.0,
+}
 
 
 def build(r: Recipe) -> Setup:
@@ -27,8 +32,13 @@ def build(r: Recipe) -> Setup:
     if a.get("preact"):
         model: nn.Module = PreActResNet(layers, a["widths"][: len(layers)])
     else:
-        model = ResNet(layers, "basic", a["widths"][: len(layers)], norm=bool(a["norm"]),
-                       zero_init_residual=bool(a.get("zero_init")))
+        model = ResNet(
+            layers,
+            "basic",
+            a["widths"][: len(layers)],
+            norm=bool(a["norm"]),
+            zero_init_residual=bool(a.get("zero_init")),
+        )
         if a.get("init") == "kaiming":
             for m in model.modules():
                 if isinstance(m, nn.Conv2d):
@@ -43,8 +53,9 @@ def build(r: Recipe) -> Setup:
         for _, block in blocks:
             last = cast(nn.Module, block.conv2 if a.get("preact") else block.bn2)
             last.register_forward_hook(lambda m, i, o, s=scale: o * s)
-    return Setup(model, data.images(seed=r.seed), data.cross_entropy,
-                 taps(model, bool(a.get("preact"))))
+    return Setup(
+        model, data.images(seed=r.seed), data.cross_entropy, taps(model, bool(a.get("preact")))
+    )
 
 
 def _spread(depth: int, stages: int) -> tuple[int, ...]:

@@ -12,12 +12,27 @@ from probes.measure import At, SiteTap
 from probes.recipe import FixNotApplicable, Recipe
 from probes.train import Setup
 
-FIXES = frozenset({"pairnorm", "initial-residual", "add-residual", "add-normalization",
-                   "residual-scaling", "reduce-depth"})
+FIXES = frozenset(
+    {
+        "pairnorm",
+        "initial-residual",
+        "add-residual",
+        "add-normalization",
+        "residual-scaling",
+        "reduce-depth",
+    }
+)
 
-DEFAULTS: dict[str, Any] = {"kind": "plain", "depth": 8, "dim": 32, "block": "res+",
-                            "norm": False, "pairnorm": False, "initial_residual": 0.0,
-                            "residual_scale": 1.0}
+DEFAULTS: dict[str, Any] = {
+    "kind": "plain",
+    "depth": 8,
+    "dim": 32,
+    "block": "res+",
+    "norm": False,
+    "pairnorm": False,
+    "initial_residual": 0.0,
+    "residual_scale": 1.0,
+}
 
 
 def _norm(kind: str, dim: int) -> nn.Module:
@@ -31,16 +46,20 @@ class PlainGCN(nn.Module):
     mixes ``alpha x0`` into every layer; ``norm`` ("pair" = PairNorm, Zhao & Akoglu 2020, or
     "layer") follows each conv."""
 
-    def __init__(self, depth: int, dim: int, classes: int, initial_residual: float = 0.0,
-                 norm: str = "none") -> None:
+    def __init__(
+        self, depth: int, dim: int, classes: int, initial_residual: float = 0.0, norm: str = "none"
+    ) -> None:
         super().__init__()
         from torch_geometric.nn import GCN2Conv, GCNConv
 
         self.inp = nn.Linear(16, dim)
         self.alpha = initial_residual
         self.convs = nn.ModuleList(
-            GCN2Conv(dim, initial_residual, theta=0.5, layer=i + 1) if initial_residual
-            else GCNConv(dim, dim) for i in range(depth))
+            GCN2Conv(dim, initial_residual, theta=0.5, layer=i + 1)
+            if initial_residual
+            else GCNConv(dim, dim)
+            for i in range(depth)
+        )
         self.norms = nn.ModuleList(_norm(norm, dim) for _ in range(depth))
         self.acts = nn.ModuleList(nn.ReLU() for _ in range(depth))
         self.out = nn.Linear(dim, classes)
@@ -58,8 +77,16 @@ class ResGCN(nn.Module):
     ``"res"`` conv-norm-act + skip. ``initial_residual`` feeds ``(1-a) x + a x0`` to each layer;
     ``scale`` multiplies each branch (residual scaling)."""
 
-    def __init__(self, depth: int, dim: int, classes: int, block: str = "res+",
-                 norm: str = "layer", initial_residual: float = 0.0, scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        depth: int,
+        dim: int,
+        classes: int,
+        block: str = "res+",
+        norm: str = "layer",
+        initial_residual: float = 0.0,
+        scale: float = 1.0,
+    ) -> None:
         super().__init__()
         from torch_geometric.nn import DeepGCNLayer, GCNConv
 
@@ -102,6 +129,8 @@ def build(r: Recipe) -> Setup:
         taps = [SiteTap(f"convs.{i}", branch=At(f"acts.{i}")) for i in range(a["depth"])]
     else:
         model = ResGCN(a["depth"], a["dim"], 4, a["block"], _norm_kind(a), alpha, scale)
-        taps = [SiteTap(f"layers.{i}", skip=At(f"layers.{i}", "in"), result=At(f"layers.{i}"))
-                for i in range(a["depth"])]
+        taps = [
+            SiteTap(f"layers.{i}", skip=At(f"layers.{i}", "in"), result=At(f"layers.{i}"))
+            for i in range(a["depth"])
+        ]
     return Setup(model, data.graph(seed=r.seed), data.cross_entropy, taps)

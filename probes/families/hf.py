@@ -14,8 +14,13 @@ from probes.train import Setup
 
 FIXES = frozenset({"residual-scaling", "reduce-depth"})
 
-DEFAULTS: dict[str, Any] = {"depth": 3, "dim": 32, "heads": 4, "init_range": 0.02,
-                            "residual_scale": 1.0}
+DEFAULTS: dict[str, Any] = {
+    "depth": 3,
+    "dim": 32,
+    "heads": 4,
+    "init_range": 0.02,
+    "residual_scale": 1.0,
+}
 
 
 def _scale_branches(model: nn.Module, outputs: list[str], scale: float) -> None:
@@ -31,9 +36,19 @@ def gpt2(r: Recipe) -> Setup:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     a: dict[str, Any] = {**DEFAULTS, **r.arch}
-    cfg = GPT2Config(n_layer=a["depth"], n_embd=a["dim"], n_head=a["heads"], vocab_size=64,
-                     n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     initializer_range=a["init_range"], bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        n_layer=a["depth"],
+        n_embd=a["dim"],
+        n_head=a["heads"],
+        vocab_size=64,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=a["init_range"],
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPT2LMHeadModel(cfg)
     model.config.use_cache = False
     gate = a.get("where_gate")
@@ -43,14 +58,20 @@ def gpt2(r: Recipe) -> Setup:
     mlp = "mlp.inner" if gate is not None else "mlp"
     h = [f"transformer.h.{i}" for i in range(a["depth"])]
     if a.get("residual_scale", 1.0) != 1.0:
-        _scale_branches(model, [f"{b}.attn.c_proj" for b in h]
-                        + [f"{b}.{mlp}.c_proj" for b in h], float(a["residual_scale"]))
+        _scale_branches(
+            model,
+            [f"{b}.attn.c_proj" for b in h] + [f"{b}.{mlp}.c_proj" for b in h],
+            float(a["residual_scale"]),
+        )
     taps = []
     for b in h:
-        taps += [SiteTap(f"{b}#0", skip=At(b, "in"), result=At(f"{b}.ln_2", "in")),
-                 SiteTap(f"{b}#1", skip=At(f"{b}.ln_2", "in"), result=At(b))]
-    return Setup(model, data.tokens(seed=r.seed), data.cross_entropy, taps,
-                 l1=float(a.get("l1", 0.0)))
+        taps += [
+            SiteTap(f"{b}#0", skip=At(b, "in"), result=At(f"{b}.ln_2", "in")),
+            SiteTap(f"{b}#1", skip=At(f"{b}.ln_2", "in"), result=At(b)),
+        ]
+    return Setup(
+        model, data.tokens(seed=r.seed), data.cross_entropy, taps, l1=float(a.get("l1", 0.0))
+    )
 
 
 def bert(r: Recipe) -> Setup:
@@ -59,11 +80,18 @@ def bert(r: Recipe) -> Setup:
     from transformers import BertConfig, BertForTokenClassification
 
     a: dict[str, Any] = {**DEFAULTS, **r.arch}
-    cfg = BertConfig(num_hidden_layers=a["depth"], hidden_size=a["dim"],
-                     num_attention_heads=a["heads"], intermediate_size=4 * a["dim"],
-                     vocab_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, initializer_range=a["init_range"],
-                     classifier_dropout=0.0)
+    cfg = BertConfig(
+        num_hidden_layers=a["depth"],
+        hidden_size=a["dim"],
+        num_attention_heads=a["heads"],
+        intermediate_size=4 * a["dim"],
+        vocab_size=64,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=a["init_range"],
+        classifier_dropout=0.0,
+    )
     cfg.num_labels = 64
     model = BertForTokenClassification(cfg)
     layers = [f"bert.encoder.layer.{i}" for i in range(a["depth"])]

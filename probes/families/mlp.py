@@ -13,12 +13,24 @@ from probes.recipe import FixNotApplicable, Recipe
 from probes.train import Setup
 from resdoctor.models import ResidualMLP
 
-FIXES = frozenset({"residual-scaling", "add-normalization", "pre-layernorm", "reduce-depth",
-                   "add-residual"})
-DEFAULTS: dict[str, Any] = {"depth": 8, "dim": 32, "norm": False, "residual": True,
-                            "activation": "relu", "residual_scale": 1.0, "task": "teacher"}
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh,
-                                           "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+FIXES = frozenset(
+    {"residual-scaling", "add-normalization", "pre-layernorm", "reduce-depth", "add-residual"}
+)
+DEFAULTS: dict[str, Any] = {
+    "depth": 8,
+    "dim": 32,
+    "norm": False,
+    "residual": True,
+    "activation": "relu",
+    "residual_scale": 1.0,
+    "task": "teacher",
+}
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
 
 
 def _dead_branches(model: ResidualMLP, bias: float, norm: bool) -> None:
@@ -39,9 +51,16 @@ def build(r: Recipe) -> Setup:
     if not a["residual"] and float(a["residual_scale"]) != 1.0:
         raise FixNotApplicable("residual-scaling: this MLP has no residual connections")
     dead = a.get("dead_bias")
-    model = ResidualMLP(16, a["dim"], a["depth"], 1, norm=bool(a["norm"]) and dead is None,
-                        residual=bool(a["residual"]), activation=ACTIVATIONS[a["activation"]],
-                        scale=float(a["residual_scale"]))
+    model = ResidualMLP(
+        16,
+        a["dim"],
+        a["depth"],
+        1,
+        norm=bool(a["norm"]) and dead is None,
+        residual=bool(a["residual"]),
+        activation=ACTIVATIONS[a["activation"]],
+        scale=float(a["residual_scale"]),
+    )
     if a.get("init") == "kaiming":  # He init on every branch layer, no residual scaling
         for block in model.blocks:
             for layer in cast(nn.Sequential, block.branch):
@@ -52,14 +71,20 @@ def build(r: Recipe) -> Setup:
     gate = a.get("gate")
     if gate is not None and gate[0] < a["depth"]:
         cast(nn.Sequential, model.blocks[gate[0]].branch).append(Gate(gate[1], a.get("guard_eps")))
-    batch = data.linear_regression(seed=r.seed) if a["task"] == "linear" \
+    batch = (
+        data.linear_regression(seed=r.seed)
+        if a["task"] == "linear"
         else data.regression(seed=r.seed)
-    return Setup(model, batch, data.mse, taps(a["depth"], bool(a["residual"])),
-                 l1=float(a.get("l1", 0.0)))
+    )
+    return Setup(
+        model, batch, data.mse, taps(a["depth"], bool(a["residual"])), l1=float(a.get("l1", 0.0))
+    )
 
 
 def taps(depth: int, residual: bool) -> list[SiteTap]:
     if not residual:
         return [SiteTap(f"blocks.{i}", branch=At(f"blocks.{i}")) for i in range(depth)]
-    return [SiteTap(f"blocks.{i}", skip=At(f"blocks.{i}", "in"), result=At(f"blocks.{i}"))
-            for i in range(depth)]
+    return [
+        SiteTap(f"blocks.{i}", skip=At(f"blocks.{i}", "in"), result=At(f"blocks.{i}"))
+        for i in range(depth)
+    ]

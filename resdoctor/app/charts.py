@@ -41,38 +41,66 @@ def onset_rule(step: int | None, label: str = "first NaN/Inf") -> alt.Chart | No
     base = alt.Chart(df).encode(x=alt.X("step:Q"))
     rule = base.mark_rule(color=ONSET_COLOR, strokeDash=[6, 3], strokeWidth=2)
     text = base.mark_text(align="left", dx=4, dy=-6, color=ONSET_COLOR, fontWeight="bold").encode(
-        y=alt.value(0), text="label:N")
+        y=alt.value(0), text="label:N"
+    )
     return rule + text
 
 
-def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
-            onset: int | None = None, scheme: str = "viridis",
-            domain: tuple[float, float] | None = None) -> alt.LayerChart:
+def heatmap(
+    cells: pd.DataFrame,
+    *,
+    value_title: str,
+    log: bool = True,
+    onset: int | None = None,
+    scheme: str = "viridis",
+    domain: tuple[float, float] | None = None,
+) -> alt.LayerChart:
     """Name x step heatmap; non-finite cells in magenta; the NaN onset as a dashed rule.
 
     One mark layer with a conditional colour (no filter transforms: streamlit evaluates
     expressions with an interpreter, once per datum), drawn on a canvas.
     """
     order = cells.drop_duplicates("name").sort_values("depth")["name"].tolist()
-    shown = pd.Series(_log10(cells["value"]) if log else cells["value"].to_numpy(),
-                      index=cells.index)
+    shown = pd.Series(
+        _log10(cells["value"]) if log else cells["value"].to_numpy(), index=cells.index
+    )
     # vega-lite drops marks whose colour field is NaN; NaN/Inf cells get their colour elsewhere
     shown = shown.fillna(shown.min() if shown.notna().any() else 0.0)
     data = cells.drop(columns="depth").assign(shown=shown)
     title = f"log10 {value_title}" if log else value_title
     scale = alt.Scale(scheme=cast(Any, scheme), domain=list(domain) if domain else alt.Undefined)
-    color = alt.condition("datum.nonfinite", alt.value(NONFINITE_COLOR), alt.Color(
-        "shown:Q", title=title, scale=scale, legend=alt.Legend(orient="right",
-                                                                 gradientLength=160)))
-    cells_chart = alt.Chart(data).mark_rect(strokeWidth=0).encode(
-        x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(nice=False)), x2="step_end:Q",
-        y=alt.Y("name:N", sort=order, title=None,
-                axis=alt.Axis(labelLimit=220, labelOverlap="greedy", labelFontSize=11)),
-        color=color,
-        tooltip=[alt.Tooltip("name:N"), alt.Tooltip("step:Q", title="from step"),
-                 alt.Tooltip("step_end:Q", title="to step (excl.)"),
-                 alt.Tooltip("value:Q", title=value_title, format=".3~g"),
-                 alt.Tooltip("nonfinite:N", title="NaN/Inf seen")])
+    color = alt.condition(
+        "datum.nonfinite",
+        alt.value(NONFINITE_COLOR),
+        alt.Color(
+            "shown:Q",
+            title=title,
+            scale=scale,
+            legend=alt.Legend(orient="right", gradientLength=160),
+        ),
+    )
+    cells_chart = (
+        alt.Chart(data)
+        .mark_rect(strokeWidth=0)
+        .encode(
+            x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(nice=False)),
+            x2="step_end:Q",
+            y=alt.Y(
+                "name:N",
+                sort=order,
+                title=None,
+                axis=alt.Axis(labelLimit=220, labelOverlap="greedy", labelFontSize=11),
+            ),
+            color=color,
+            tooltip=[
+                alt.Tooltip("name:N"),
+                alt.Tooltip("step:Q", title="from step"),
+                alt.Tooltip("step_end:Q", title="to step (excl.)"),
+                alt.Tooltip("value:Q", title=value_title, format=".3~g"),
+                alt.Tooltip("nonfinite:N", title="NaN/Inf seen"),
+            ],
+        )
+    )
     layers: list[alt.Chart] = [cells_chart]
     rule = onset_rule(onset)
     if rule is not None:
@@ -81,8 +109,16 @@ def heatmap(cells: pd.DataFrame, *, value_title: str, log: bool = True,
     return alt.layer(*layers).properties(height=height, usermeta=CANVAS)
 
 
-def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | None = None,
-          color_title: str = "", height: int = 280, steps: int | None = None) -> alt.LayerChart:
+def lines(
+    frame: pd.DataFrame,
+    *,
+    y_title: str,
+    log: bool = False,
+    onset: int | None = None,
+    color_title: str = "",
+    height: int = 280,
+    steps: int | None = None,
+) -> alt.LayerChart:
     """One line per name over steps (x from 0 to ``steps`` when given, so panels line up);
     click the legend to highlight, drag to zoom on steps."""
     pick = alt.selection_point(fields=["name"], bind="legend")
@@ -91,13 +127,24 @@ def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | 
     mark = alt.Chart(_shown(frame, log)).mark_line(point=len(frame) <= 60)
     chart = mark.encode(
         x=alt.X("step:Q", axis=STEP_AXIS, scale=x_scale),
-        y=alt.Y("shown:Q", title=y_title, scale=y_scale,
-                axis=alt.Axis(format="~g") if log else alt.Undefined),
-        color=alt.Color("name:N", title=color_title or None, sort=None,
-                        legend=alt.Legend() if frame["name"].nunique() > 1 else None),
+        y=alt.Y(
+            "shown:Q",
+            title=y_title,
+            scale=y_scale,
+            axis=alt.Axis(format="~g") if log else alt.Undefined,
+        ),
+        color=alt.Color(
+            "name:N",
+            title=color_title or None,
+            sort=None,
+            legend=alt.Legend() if frame["name"].nunique() > 1 else None,
+        ),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
-        tooltip=[alt.Tooltip("name:N"), alt.Tooltip("step:Q"),
-                 alt.Tooltip("value:Q", format=".4~g")],
+        tooltip=[
+            alt.Tooltip("name:N"),
+            alt.Tooltip("step:Q"),
+            alt.Tooltip("value:Q", format=".4~g"),
+        ],
     ).add_params(pick)
     chart = chart.add_params(alt.selection_interval(bind="scales", encodings=["x"]))
     rule = onset_rule(onset)
@@ -105,20 +152,42 @@ def lines(frame: pd.DataFrame, *, y_title: str, log: bool = False, onset: int | 
     return alt.layer(*layers).properties(height=height)
 
 
-def profile(frame: pd.DataFrame, *, y_title: str, log: bool = False, color: str = "step",
-            height: int = 280, reference: float | None = None) -> alt.LayerChart:
+def profile(
+    frame: pd.DataFrame,
+    *,
+    y_title: str,
+    log: bool = False,
+    color: str = "step",
+    height: int = 280,
+    reference: float | None = None,
+) -> alt.LayerChart:
     """Value by depth (x = site or module in forward order), one line per ``color`` value."""
     order = frame.drop_duplicates("name").sort_values("depth")["name"].tolist()
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-    color_enc = (alt.Color("step:O", title="step", scale=alt.Scale(scheme="blues"))
-                 if color == "step" else alt.Color(f"{color}:N", title=None))
-    chart = alt.Chart(_shown(frame, log)).mark_line(point=True).encode(
-        x=alt.X("name:N", sort=order, title="depth (forward order)",
-                axis=alt.Axis(labelAngle=-40, labelLimit=140)),
-        y=alt.Y("shown:Q", title=y_title, scale=y_scale),
-        color=color_enc,
-        tooltip=[alt.Tooltip("name:N"), alt.Tooltip("depth:Q"), alt.Tooltip(f"{color}:N"),
-                 alt.Tooltip("value:Q", format=".4~g")],
+    color_enc = (
+        alt.Color("step:O", title="step", scale=alt.Scale(scheme="blues"))
+        if color == "step"
+        else alt.Color(f"{color}:N", title=None)
+    )
+    chart = (
+        alt.Chart(_shown(frame, log))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(
+                "name:N",
+                sort=order,
+                title="depth (forward order)",
+                axis=alt.Axis(labelAngle=-40, labelLimit=140),
+            ),
+            y=alt.Y("shown:Q", title=y_title, scale=y_scale),
+            color=color_enc,
+            tooltip=[
+                alt.Tooltip("name:N"),
+                alt.Tooltip("depth:Q"),
+                alt.Tooltip(f"{color}:N"),
+                alt.Tooltip("value:Q", format=".4~g"),
+            ],
+        )
     )
     layers: list[alt.Chart] = [chart]
     if reference is not None:
@@ -127,13 +196,22 @@ def profile(frame: pd.DataFrame, *, y_title: str, log: bool = False, color: str 
     return alt.layer(*layers).properties(height=height)
 
 
-def event_bars(marks: pd.DataFrame, *, title: str, steps: int, color: str = "#ff7f0e",
-               height: int = 120) -> alt.Chart:
+def event_bars(
+    marks: pd.DataFrame, *, title: str, steps: int, color: str = "#ff7f0e", height: int = 120
+) -> alt.Chart:
     """Event steps as bars over ``[0, steps)`` (one per event, or a count per step bucket)."""
-    return alt.Chart(marks).mark_bar(color=color, minBandSize=1).encode(
-        x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(domain=[0, steps], nice=False)),
-        x2="step_end:Q",
-        y=alt.Y("count:Q", title=title),
-        tooltip=[alt.Tooltip("step:Q", title="from step"),
-                 alt.Tooltip("step_end:Q", title="to step (excl.)"), alt.Tooltip("count:Q")],
-    ).properties(height=height)
+    return (
+        alt.Chart(marks)
+        .mark_bar(color=color, minBandSize=1)
+        .encode(
+            x=alt.X("step:Q", axis=STEP_AXIS, scale=alt.Scale(domain=[0, steps], nice=False)),
+            x2="step_end:Q",
+            y=alt.Y("count:Q", title=title),
+            tooltip=[
+                alt.Tooltip("step:Q", title="from step"),
+                alt.Tooltip("step_end:Q", title="to step (excl.)"),
+                alt.Tooltip("count:Q"),
+            ],
+        )
+        .properties(height=height)
+    )

@@ -104,8 +104,18 @@ def record_demo(fixed: bool) -> tuple[str, str | None]:
     suggests for it; return their paths."""
     folder = Path(tempfile.mkdtemp(prefix="resdoctor-demo-"))
     sick = folder / "demo.pt"
-    cmd = [sys.executable, "-m", "resdoctor.cli.main", "demo", "--out", str(sick), "--seed", "0",
-           "--json", *(["--fixed"] if fixed else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resdoctor.cli.main",
+        "demo",
+        "--out",
+        str(sick),
+        "--seed",
+        "0",
+        "--json",
+        *(["--fixed"] if fixed else []),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         lines = (done.stderr or "").strip().splitlines()

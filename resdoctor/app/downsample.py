@@ -38,20 +38,25 @@ def bucket_rows(df: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     groups = bucket_edges(len(df), max_rows)
     finite = df.where(np.isfinite(df.to_numpy(dtype=np.float64)))
     out = finite.groupby(groups).mean()
-    out.index = pd.Index(df.index.to_numpy()[np.r_[0, np.flatnonzero(np.diff(groups)) + 1]],
-                         name=df.index.name)
+    out.index = pd.Index(
+        df.index.to_numpy()[np.r_[0, np.flatnonzero(np.diff(groups)) + 1]], name=df.index.name
+    )
     return out
 
 
-def line_frame(df: pd.DataFrame, *, max_points: int = MAX_CHART_POINTS,
-               per_line: int = MAX_LINE_POINTS) -> pd.DataFrame:
+def line_frame(
+    df: pd.DataFrame, *, max_points: int = MAX_CHART_POINTS, per_line: int = MAX_LINE_POINTS
+) -> pd.DataFrame:
     """Long frame (step, name, value) of the finite values, at most ``max_points`` rows in all."""
     if df.empty or not len(df.columns):
         return pd.DataFrame(columns=["step", "name", "value"])
     rows = max(2, min(per_line, max_points // len(df.columns)))
     small = bucket_rows(df, rows)
-    long = small.rename_axis("step").reset_index().melt(id_vars="step", var_name="name",
-                                                         value_name="value")
+    long = (
+        small.rename_axis("step")
+        .reset_index()
+        .melt(id_vars="step", var_name="name", value_name="value")
+    )
     long = long[np.isfinite(long["value"].to_numpy(dtype=np.float64))]
     return long.reset_index(drop=True)
 
@@ -67,9 +72,15 @@ def _merge_names(names: list[str], max_rows: int) -> tuple[np.ndarray, list[str]
     return groups, labels
 
 
-def heatmap_frame(df: pd.DataFrame, *, last_step: int, present: np.ndarray | None = None,
-                  max_cols: int = MAX_HEATMAP_COLS, max_rows: int = MAX_HEATMAP_ROWS,
-                  max_cells: int = MAX_HEATMAP_CELLS) -> pd.DataFrame:
+def heatmap_frame(
+    df: pd.DataFrame,
+    *,
+    last_step: int,
+    present: np.ndarray | None = None,
+    max_cols: int = MAX_HEATMAP_COLS,
+    max_rows: int = MAX_HEATMAP_ROWS,
+    max_cells: int = MAX_HEATMAP_CELLS,
+) -> pd.DataFrame:
     """Long frame of cells (step, step_end, name, depth, value, nonfinite) for a step x name table.
 
     Columns of ``df`` must be in depth order. ``present`` marks measured cells (default: the
@@ -94,16 +105,23 @@ def heatmap_frame(df: pd.DataFrame, *, last_step: int, present: np.ndarray | Non
         value = pd.DataFrame(value).groupby(rows).mean().to_numpy()
     bad = pd.DataFrame(bad).groupby(rows).any().to_numpy()
     ng, k = len(labels), len(starts)
-    out = pd.DataFrame({
-        "step": np.repeat(steps[starts], ng), "step_end": np.repeat(ends, ng),
-        "name": np.tile(np.array(labels, dtype=object), k), "depth": np.tile(np.arange(ng), k),
-        "value": value.reshape(-1), "nonfinite": bad.reshape(-1),
-    }, columns=cols)
+    out = pd.DataFrame(
+        {
+            "step": np.repeat(steps[starts], ng),
+            "step_end": np.repeat(ends, ng),
+            "name": np.tile(np.array(labels, dtype=object), k),
+            "depth": np.tile(np.arange(ng), k),
+            "value": value.reshape(-1),
+            "nonfinite": bad.reshape(-1),
+        },
+        columns=cols,
+    )
     return out[out["nonfinite"] | out["value"].notna()].reset_index(drop=True)
 
 
-def _merge_columns(values: np.ndarray, measured: np.ndarray, groups: np.ndarray,
-                   n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+def _merge_columns(
+    values: np.ndarray, measured: np.ndarray, groups: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per group of adjacent columns: mean of the finite values and "any measured non-finite"."""
     finite = np.where(np.isfinite(values), values, np.nan)
     bad = ~np.isfinite(values) & measured
@@ -124,8 +142,9 @@ def profile_at(df: pd.DataFrame, step: int) -> tuple[int, pd.DataFrame]:
     steps = df.index.to_numpy()
     i = max(0, int(np.searchsorted(steps, step, side="right")) - 1)
     row = df.iloc[i].to_numpy(dtype=np.float64)
-    frame = pd.DataFrame({"depth": np.arange(len(row)), "name": [str(c) for c in df.columns],
-                          "value": row})
+    frame = pd.DataFrame(
+        {"depth": np.arange(len(row)), "name": [str(c) for c in df.columns], "value": row}
+    )
     return int(steps[i]), frame[np.isfinite(frame["value"])].reset_index(drop=True)
 
 
@@ -144,8 +163,9 @@ def snapshots(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def event_marks(steps: np.ndarray, *, total_steps: int,
-                max_marks: int = MAX_EVENT_MARKS) -> pd.DataFrame:
+def event_marks(
+    steps: np.ndarray, *, total_steps: int, max_marks: int = MAX_EVENT_MARKS
+) -> pd.DataFrame:
     """Event steps as (step, step_end, count): one row per event when few, else per bucket."""
     steps = np.sort(np.asarray(steps, dtype=np.int64))
     if len(steps) <= max_marks:

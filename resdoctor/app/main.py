@@ -82,12 +82,16 @@ def _live(path: str, shown: data.FileKey | None, every: float) -> None:
 
 def _welcome() -> None:
     st.title("resdoctor")
-    st.markdown("Open a run file written by `resdoctor.watch(model, optimizer, path=\"run.pt\")`: "
-                "type its path or upload it in the sidebar, start the app with "
-                "`streamlit run app/main.py -- run.pt [fixed.pt]`, or share a link with "
-                "`?run=/path/run.pt&compare=/path/fixed.pt`.")
-    st.markdown("No run at hand? Record the demo: a small residual network trained for a few "
-                "seconds on CPU with a learning rate that makes it blow up.")
+    st.markdown(
+        'Open a run file written by `resdoctor.watch(model, optimizer, path="run.pt")`: '
+        "type its path or upload it in the sidebar, start the app with "
+        "`streamlit run app/main.py -- run.pt [fixed.pt]`, or share a link with "
+        "`?run=/path/run.pt&compare=/path/fixed.pt`."
+    )
+    st.markdown(
+        "No run at hand? Record the demo: a small residual network trained for a few "
+        "seconds on CPU with a learning rate that makes it blow up."
+    )
     source.demo_buttons()
 
 

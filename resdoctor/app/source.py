@@ -32,22 +32,39 @@ def choose() -> Choice:
     _init_state()
     with st.sidebar:
         st.header("Run")
-        st.text_input("Run file", key="run_path", placeholder="path/to/run.pt",
-                      help="A run file written by resdoctor.watch(...).")
+        st.text_input(
+            "Run file",
+            key="run_path",
+            placeholder="path/to/run.pt",
+            help="A run file written by resdoctor.watch(...).",
+        )
         st.text_input("Folder", key="folder", help="Where the pickers look for *.pt files.")
         _picker("run_path", "pick_run", "Or pick one in the folder")
-        st.file_uploader("Or upload a run file", type=["pt"], key="upload_run",
-                         on_change=_uploaded, args=("upload_run", "run_path"))
+        st.file_uploader(
+            "Or upload a run file",
+            type=["pt"],
+            key="upload_run",
+            on_change=_uploaded,
+            args=("upload_run", "run_path"),
+        )
         with st.expander("Compare with another run", expanded=bool(st.session_state.cmp_path)):
             st.text_input("Second run file", key="cmp_path", placeholder="path/to/fixed.pt")
             _picker("cmp_path", "pick_cmp", "Or pick one in the folder")
-            st.file_uploader("Or upload it", type=["pt"], key="upload_cmp",
-                             on_change=_uploaded, args=("upload_cmp", "cmp_path"))
+            st.file_uploader(
+                "Or upload it",
+                type=["pt"],
+                key="upload_cmp",
+                on_change=_uploaded,
+                args=("upload_cmp", "cmp_path"),
+            )
         st.header("Refresh")
-        st.button("Reload now", help="Re-read the file if it changed on disk.",
-                  width="stretch")
-        every = st.selectbox("Auto-refresh while the run is written", list(REFRESH),
-                             key="refresh", bind="query-params")
+        st.button("Reload now", help="Re-read the file if it changed on disk.", width="stretch")
+        every = st.selectbox(
+            "Auto-refresh while the run is written",
+            list(REFRESH),
+            key="refresh",
+            bind="query-params",
+        )
     run, cmp = st.session_state.run_path.strip(), st.session_state.cmp_path.strip()
     _sync_query(run, cmp)
     return Choice(run, cmp, REFRESH.get(every or "off"), st.session_state.get("problem"))
@@ -71,10 +88,17 @@ def _picker(target: str, key: str, label: str) -> None:
     if not files:
         st.caption(f"No *.pt files in {folder}")
         return
-    st.selectbox(label, files, index=None, key=key, format_func=os.path.basename,
-                 placeholder=f"{len(files)} run file{'s' if len(files) > 1 else ''} in "
-                             f"{os.path.basename(folder) or folder}",
-                 on_change=_picked, args=(key, target))
+    st.selectbox(
+        label,
+        files,
+        index=None,
+        key=key,
+        format_func=os.path.basename,
+        placeholder=f"{len(files)} run file{'s' if len(files) > 1 else ''} in "
+        f"{os.path.basename(folder) or folder}",
+        on_change=_picked,
+        args=(key, target),
+    )
 
 
 def _picked(key: str, target: str) -> None:

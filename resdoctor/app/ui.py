@@ -41,8 +41,9 @@ def signal_choice(view: View, signals: tuple[str, ...], key: str) -> str | None:
         return None
     if len(present) == 1:
         return present[0]
-    return st.radio("Signal", present, format_func=lambda s: LABELS.get(s, s), horizontal=True,
-                    key=key)
+    return st.radio(
+        "Signal", present, format_func=lambda s: LABELS.get(s, s), horizontal=True, key=key
+    )
 
 
 def step_slider(view: View, signal: str, key: str, label: str = "Step") -> int | None:
@@ -60,8 +61,10 @@ def bucket_note(view: View, signal: str, cells: int | None = None) -> None:
     """Caption saying what the chart was drawn from and how much was drawn."""
     stride = view.run.stride(signal)
     rows = len(view.table(signal))
-    text = (f"Drawn from {rows:,} recorded rows over {view.run.steps:,} steps (each row averages "
-            f"{stride:,} step{'s' if stride > 1 else ''})")
+    text = (
+        f"Drawn from {rows:,} recorded rows over {view.run.steps:,} steps (each row averages "
+        f"{stride:,} step{'s' if stride > 1 else ''})"
+    )
     if cells is not None:
         text += f"; {cells:,} cells"
     st.caption(text + ".")

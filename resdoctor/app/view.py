@@ -43,9 +43,11 @@ class View:
 
     def table(self, signal: str) -> pd.DataFrame:
         """Step x name of ``signal`` (bucket means), columns in depth order; empty if absent."""
+
         def make() -> pd.DataFrame:
             df = self.run.series(signal)
             return df[self.depth_order(signal)] if not df.empty else df
+
         return self._cached(("table", signal), make)
 
     def present(self, signal: str) -> np.ndarray | None:
@@ -61,14 +63,20 @@ class View:
     # -- chart frames --------------------------------------------------------------------------
     def heatmap(self, signal: str) -> pd.DataFrame:
         """Cells (step, step_end, name, depth, value, nonfinite), bounded (see downsample)."""
-        return self._cached(("heatmap", signal), lambda: downsample.heatmap_frame(
-            self.table(signal), last_step=self.run.steps, present=self.present(signal)))
+        return self._cached(
+            ("heatmap", signal),
+            lambda: downsample.heatmap_frame(
+                self.table(signal), last_step=self.run.steps, present=self.present(signal)
+            ),
+        )
 
     def lines(self, signal: str, names: tuple[str, ...]) -> pd.DataFrame:
         """(step, name, value) of the chosen columns, bounded in points."""
+
         def make() -> pd.DataFrame:
             df = self.table(signal)
             return downsample.line_frame(df[[n for n in names if n in df.columns]])
+
         return self._cached(("lines", signal, names), make)
 
     def profile(self, signal: str, step: int) -> tuple[int, pd.DataFrame]:
@@ -77,8 +85,9 @@ class View:
 
     def snapshots(self, signal: str, k: int = 5) -> pd.DataFrame:
         """Depth profiles at ``k`` steps spread over the run."""
-        return self._cached(("snap", signal, k),
-                            lambda: downsample.snapshots(self.table(signal), k))
+        return self._cached(
+            ("snap", signal, k), lambda: downsample.snapshots(self.table(signal), k)
+        )
 
     def steps_of(self, signal: str) -> np.ndarray:
         """Row steps of ``signal`` that hold at least one finite value."""
@@ -98,10 +107,12 @@ class View:
     # -- scalars and events --------------------------------------------------------------------
     def scalars(self) -> pd.DataFrame:
         """(step, name, value) of every logged scalar, bounded per scalar."""
+
         def make() -> pd.DataFrame:
             df = self.run.scalars()
             budget = downsample.MAX_LINE_POINTS * max(1, len(df.columns))
             return downsample.line_frame(df, max_points=budget)
+
         return self._cached(("scalars",), make)
 
     def onsets(self) -> pd.DataFrame:
@@ -115,5 +126,7 @@ class View:
 
     def skipped(self) -> pd.DataFrame:
         """Skipped AMP steps as marks (step, step_end, count), bounded."""
-        return self._cached(("skipped",), lambda: downsample.event_marks(
-            self.run.skipped_steps, total_steps=self.run.steps))
+        return self._cached(
+            ("skipped",),
+            lambda: downsample.event_marks(self.run.skipped_steps, total_steps=self.run.steps),
+        )

@@ -33,11 +33,14 @@ class Batch:
         elif isinstance(inputs, (tuple, list)):
             batch = cls(tuple(inputs))
         else:
-            raise TypeError("inputs must be a tensor, a tuple/list of positional inputs or a "
-                            f"dict of keyword inputs, not {type(inputs).__name__}")
+            raise TypeError(
+                "inputs must be a tensor, a tuple/list of positional inputs or a "
+                f"dict of keyword inputs, not {type(inputs).__name__}"
+            )
         if not batch.tensors():
-            raise ValueError("inputs hold no batched tensor (a tensor with a leading batch "
-                             "dimension)")
+            raise ValueError(
+                "inputs hold no batched tensor (a tensor with a leading batch dimension)"
+            )
         return batch
 
     def _all(self) -> list[tuple[int | str, torch.Tensor]]:
@@ -83,8 +86,9 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         """Every tensor input on ``device``."""
         args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in self.args)
-        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                  for k, v in self.kwargs.items()}
+        kwargs = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()
+        }
         return Batch(args, kwargs)
 
 
@@ -145,8 +149,10 @@ class Objective:
             elif isinstance(target, int):
                 index = torch.full((b, t, 1), target, device=flat.device, dtype=torch.long)
             else:
-                raise TypeError("target must be None, an int, a tensor of classes or a callable, "
-                                f"not {type(target).__name__}")
+                raise TypeError(
+                    "target must be None, an int, a tensor of classes or a callable, "
+                    f"not {type(target).__name__}"
+                )
             self._index = index
         return self._index
 

@@ -36,8 +36,9 @@ def captum_attr() -> Any:
     return captum.attr
 
 
-def gradient(model: nn.Module, batch: Batch, objective: Objective, sites: list[Site],
-             routed: list[int]) -> Totals:
+def gradient(
+    model: nn.Module, batch: Batch, objective: Objective, sites: list[Site], routed: list[int]
+) -> Totals:
     """First-order attribution ``g * operand`` at every routed site, one captum pass."""
     taps = [(OperandTap(), OperandTap()) for _ in routed]
     router = OperandRouter(model, sites, routed, lambda k, a, b: (taps[k][0](a), taps[k][1](b)))
@@ -46,15 +47,13 @@ def gradient(model: nn.Module, batch: Batch, objective: Objective, sites: list[S
     slots = list(range(len(routed)))
     with _attached(router):
         try:
-            result = method(forward, [t for k in slots for t in taps[k]]).attribute(
-                batch.tensors())
+            result = method(forward, [t for k in slots for t in taps[k]]).attribute(batch.tensors())
         except Exception:
             slots = [k for k in slots if routed[k] in router.matched]
             if not slots or len(slots) == len(routed):
                 raise
             # an addition that did not run this time (control flow): attribute the others
-            result = method(forward, [t for k in slots for t in taps[k]]).attribute(
-                batch.tensors())
+            result = method(forward, [t for k in slots for t in taps[k]]).attribute(batch.tensors())
     per_sample = torch.stack([_per_sample(a) for a in result]).cpu()  # [2 * sites, B]
     totals: Totals = {}
     for j, k in enumerate(slots):
@@ -65,8 +64,14 @@ def gradient(model: nn.Module, batch: Batch, objective: Objective, sites: list[S
     return totals
 
 
-def ablation(model: nn.Module, batch: Batch, objective: Objective, sites: list[Site],
-             routed: list[int], stack: bool = True) -> Totals:
+def ablation(
+    model: nn.Module,
+    batch: Batch,
+    objective: Objective,
+    sites: list[Site],
+    routed: list[int],
+    stack: bool = True,
+) -> Totals:
     """Exact change of the output when one operand is zeroed, per operand, through captum.
 
     ``stack=False`` runs one perturbation per forward (needed in train mode, where BatchNorm
@@ -78,8 +83,10 @@ def ablation(model: nn.Module, batch: Batch, objective: Objective, sites: list[S
         if a.dim() == 0 or a.shape[0] != gates.shape[0]:
             return None  # no batch dimension to gate per perturbation
         shape = (-1,) + (1,) * (a.dim() - 1)
-        return (a * gates[:, 2 * k].view(shape).to(a.dtype),
-                b * gates[:, 2 * k + 1].view(shape).to(b.dtype))
+        return (
+            a * gates[:, 2 * k].view(shape).to(a.dtype),
+            b * gates[:, 2 * k + 1].view(shape).to(b.dtype),
+        )
 
     router = OperandRouter(model, sites, routed, route)  # type: ignore[arg-type]
     inner = _forward(model, batch, objective, router)
@@ -92,21 +99,27 @@ def ablation(model: nn.Module, batch: Batch, objective: Objective, sites: list[S
     gates = torch.ones(batch.size, 2 * len(routed), device=tensors[0].device)
     per_eval = max(1, min(2 * len(routed), ABLATION_BATCH // max(batch.size, 1))) if stack else 1
     with _attached(router), torch.no_grad():
-        attr = captum_attr().FeatureAblation(forward).attribute(
-            gates, additional_forward_args=tensors, perturbations_per_eval=per_eval)
+        attr = (
+            captum_attr()
+            .FeatureAblation(forward)
+            .attribute(gates, additional_forward_args=tensors, perturbations_per_eval=per_eval)
+        )
     delta = attr.detach().double().abs().sum(0).cpu()  # [2 * sites]
-    return {i: (float(delta[2 * k + 1]), float(delta[2 * k]), float("nan"))
-            for k, i in enumerate(routed) if i in router.matched}
+    return {
+        i: (float(delta[2 * k + 1]), float(delta[2 * k]), float("nan"))
+        for k, i in enumerate(routed)
+        if i in router.matched
+    }
 
 
-def _forward(model: nn.Module, batch: Batch, objective: Objective,
-             router: OperandRouter) -> Any:
+def _forward(model: nn.Module, batch: Batch, objective: Objective, router: OperandRouter) -> Any:
     def forward(*tensors: torch.Tensor) -> torch.Tensor:
         args, kwargs = batch.rebuild(tensors)
         router.reset()
         with router:
             output = model(*args, **kwargs)
         return objective(output)
+
     return forward
 
 

@@ -35,15 +35,24 @@ class AttributionMonitor:
         target, method, mode: as in ``resdoctor.attribute``.
     """
 
-    def __init__(self, inputs: Any, every: int, samples: int = 4, target: Target = None,
-                 method: Method = "gradient", mode: Mode = "eval") -> None:
+    def __init__(
+        self,
+        inputs: Any,
+        every: int,
+        samples: int = 4,
+        target: Target = None,
+        method: Method = "gradient",
+        mode: Mode = "eval",
+    ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"attribute_every must be a positive int, not {every!r}")
         if inputs is None:
             raise ValueError("attribute_every needs attribute_inputs= (a sample batch)")
         if method not in METHODS or mode not in ("eval", "train"):
-            raise ValueError(f"attribute_method must be one of {', '.join(METHODS)} and "
-                             f"attribute_mode 'eval' or 'train'")
+            raise ValueError(
+                f"attribute_method must be one of {', '.join(METHODS)} and "
+                f"attribute_mode 'eval' or 'train'"
+            )
         methods.captum_attr()  # fail at watch(), with the install hint, not in the loop
         self.batch = Batch.of(inputs).take(samples)
         self.every, self.target, self.method, self.mode = every, target, method, mode
@@ -57,15 +66,22 @@ class AttributionMonitor:
         known = {"every", "inputs", "samples", "target", "method", "mode"}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise TypeError("unknown watch() option(s): "
-                            + ", ".join(f"attribute_{k}" for k in unknown))
+            raise TypeError(
+                "unknown watch() option(s): " + ", ".join(f"attribute_{k}" for k in unknown)
+            )
         kwargs = dict(options)
         return cls(kwargs.pop("inputs", None), **kwargs)
 
     def options(self) -> dict[str, Any]:
         """The parameters of every row, for the run file (plain containers)."""
-        return {"every": self.every, "samples": self.batch.size, "method": self.method,
-                "mode": self.mode, "target": describe(self.target), "series": SERIES}
+        return {
+            "every": self.every,
+            "samples": self.batch.size,
+            "method": self.method,
+            "mode": self.mode,
+            "target": describe(self.target),
+            "series": SERIES,
+        }
 
     def on_step(self, ctx: Context) -> None:
         step = ctx.step - 1  # log() has just ended this step
@@ -80,8 +96,14 @@ class AttributionMonitor:
         try:
             model, sites = _unwrapped(ctx.model, sites)
             with ctx.paused():  # the hooks stay, but ignore the attribution pass
-                result = attribute(model, self._inputs(model), self.target, sites,
-                                   method=self.method, mode=self.mode)
+                result = attribute(
+                    model,
+                    self._inputs(model),
+                    self.target,
+                    sites,
+                    method=self.method,
+                    mode=self.mode,
+                )
         except Exception as e:  # noqa: BLE001 - never raise into the training loop
             self._failures += 1
             ctx.record_error("attribution", e)
@@ -111,10 +133,16 @@ def _unwrapped(model: nn.Module, sites: list[Site]) -> tuple[nn.Module, list[Sit
     def strip(tap: Tap | None) -> Tap | None:
         if tap is None:
             return None
-        name = tap.module[len("module."):] if tap.module.startswith("module.") else ""
+        name = tap.module[len("module.") :] if tap.module.startswith("module.") else ""
         return dataclasses.replace(tap, module=name)
 
-    return model.module, [dataclasses.replace(s, skip=strip(s.skip), branch=strip(s.branch),
-                                              result=strip(s.result), source=strip(s.source))
-                          for s in sites]
-
+    return model.module, [
+        dataclasses.replace(
+            s,
+            skip=strip(s.skip),
+            branch=strip(s.branch),
+            result=strip(s.result),
+            source=strip(s.source),
+        )
+        for s in sites
+    ]

@@ -47,8 +47,9 @@ class OperandRouter(TorchFunctionMode):
     unchanged.
     """
 
-    def __init__(self, model: nn.Module, sites: list[Site], routed: list[int],
-                 route: Route) -> None:
+    def __init__(
+        self, model: nn.Module, sites: list[Site], routed: list[int], route: Route
+    ) -> None:
         super().__init__()
         self.model = model
         self.sites = sites
@@ -70,8 +71,9 @@ class OperandRouter(TorchFunctionMode):
             module = modules.get(name)
             if module is None:
                 continue
-            self._hooks.forward_pre(module, self._pre(name, [x for x in items
-                                                            if x[1].where == "input"]))
+            self._hooks.forward_pre(
+                module, self._pre(name, [x for x in items if x[1].where == "input"])
+            )
             outs = [x for x in items if x[1].where == "output"]
             if outs:
                 self._hooks.forward(module, self._post(name, outs))
@@ -93,11 +95,13 @@ class OperandRouter(TorchFunctionMode):
             self._calls[name] = call
             if items:
                 self._capture(items, call_inputs(args, kwargs), call)
+
         return hook
 
     def _post(self, name: str, items: list[tuple[int, Tap]]) -> Any:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             self._capture(items, output, self._calls.get(name, 0))
+
         return hook
 
     def _capture(self, items: list[tuple[int, Tap]], container: Any, call: int) -> None:
@@ -152,7 +156,11 @@ def _same(t: torch.Tensor, ref: torch.Tensor) -> bool:
     if t is ref:
         return True
     try:
-        return (t.data_ptr() == ref.data_ptr() and t.shape == ref.shape
-                and t.stride() == ref.stride() and t.dtype == ref.dtype)
+        return (
+            t.data_ptr() == ref.data_ptr()
+            and t.shape == ref.shape
+            and t.stride() == ref.stride()
+            and t.dtype == ref.dtype
+        )
     except (RuntimeError, NotImplementedError):  # tensors without storage (meta, functional)
         return False

@@ -71,9 +71,14 @@ class SiteAttribution:
         return self.branch / total if total > 0 else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "branch": _plain(self.branch),
-                "skip": _plain(self.skip), "share": _plain(self.share),
-                "coherence": _plain(self.coherence)}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "branch": _plain(self.branch),
+            "skip": _plain(self.skip),
+            "share": _plain(self.share),
+            "coherence": _plain(self.coherence),
+        }
 
 
 @dataclass(frozen=True)
@@ -103,22 +108,43 @@ class Attribution:
         return iter(self.sites)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "target": self.target, "samples": self.samples,
-                "mode": self.mode, "sites": [s.to_dict() for s in self.sites]}
+        return {
+            "method": self.method,
+            "target": self.target,
+            "samples": self.samples,
+            "mode": self.mode,
+            "sites": [s.to_dict() for s in self.sites],
+        }
 
     def to_frame(self) -> pd.DataFrame:
         """One row per site: name, kind, branch, skip, share, coherence (NaN where unknown)."""
         import pandas as pd
 
         cols = ["name", "kind", "branch", "skip", "share", "coherence"]
-        rows = [{"name": s.name, "kind": s.kind, "branch": s.branch, "skip": s.skip,
-                 "share": s.share, "coherence": s.coherence} for s in self.sites]
+        rows = [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "branch": s.branch,
+                "skip": s.skip,
+                "share": s.share,
+                "coherence": s.coherence,
+            }
+            for s in self.sites
+        ]
         return pd.DataFrame(rows, columns=cols)
 
 
-def attribute(model: nn.Module, inputs: Any, target: Target = None,
-              sites: Sequence[Site | str] | None = None, *, method: Method = "gradient",
-              samples: int | None = None, mode: Mode = "eval") -> Attribution:
+def attribute(
+    model: nn.Module,
+    inputs: Any,
+    target: Target = None,
+    sites: Sequence[Site | str] | None = None,
+    *,
+    method: Method = "gradient",
+    samples: int | None = None,
+    mode: Mode = "eval",
+) -> Attribution:
     """Share of the output attribution that flows through each residual branch vs its skip.
 
     Args:
@@ -153,11 +179,13 @@ def attribute(model: nn.Module, inputs: Any, target: Target = None,
         if routed and method == "gradient":
             totals = methods.gradient(model, batch, Objective(target), found, routed)
         elif routed:
-            totals = methods.ablation(model, batch, Objective(target), found, routed,
-                                      stack=mode == "eval")
+            totals = methods.ablation(
+                model, batch, Objective(target), found, routed, stack=mode == "eval"
+            )
     nan = (math.nan, math.nan, math.nan)
-    result = tuple(SiteAttribution(s.name, s.kind, *totals.get(position.get(s.index, -1), nan))
-                   for s in chosen)
+    result = tuple(
+        SiteAttribution(s.name, s.kind, *totals.get(position.get(s.index, -1), nan)) for s in chosen
+    )
     return Attribution(result, method, describe(target), batch.size, mode)
 
 
@@ -167,8 +195,10 @@ def _choose(found: list[Site], wanted: Sequence[Site | str] | None) -> list[Site
     names = {s.name: s for s in found}
     missing = [w for w in wanted if isinstance(w, str) and w not in names]
     if missing:
-        raise UnknownSiteError(f"no residual site named {', '.join(map(repr, missing))}; "
-                         f"sites: {', '.join(names) or 'none'}")
+        raise UnknownSiteError(
+            f"no residual site named {', '.join(map(repr, missing))}; "
+            f"sites: {', '.join(names) or 'none'}"
+        )
     return [names[w] if isinstance(w, str) else w for w in wanted]
 
 

@@ -35,45 +35,79 @@ class AttributeInputError(ResdoctorError, ValueError):
 def register(app: typer.Typer) -> None:
     """Add the ``attribute`` command to the ``resdoctor`` CLI."""
     app.command("attribute", no_args_is_help=True)(
-        one_line_errors("resdoctor attribute: error")(attribute_command))
+        one_line_errors("resdoctor attribute: error")(attribute_command)
+    )
 
 
 def attribute_command(
-    checkpoint: Path = typer.Argument(..., help="torch.save'd state_dict, or a dict with "
-                                      "'state_dict' and optionally 'model' and 'kwargs'."),
-    batch: Path = typer.Argument(..., help="torch.save'd sample batch: a tensor, a list of "
-                                 "positional tensors or a dict of keyword tensors."),
-    model: str | None = typer.Option(None, "--model", help="The network class, module:Class "
-                              "(e.g. resdoctor.models:ResNet, transformers:GPT2LMHeadModel)."),
-    kwargs: str | None = typer.Option(None, "--kwargs", help="JSON keyword arguments of the class "
-                               "(for a transformers model: of its config)."),
-    method: str = typer.Option("gradient", "--method", help="gradient (one forward+backward) "
-                               "or ablation (exact, one batched forward)."),
-    target: int | None = typer.Option(None, "--target", help="Class to attribute (default: the "
-                               "predicted class of each sample)."),
+    checkpoint: Path = typer.Argument(
+        ...,
+        help="torch.save'd state_dict, or a dict with "
+        "'state_dict' and optionally 'model' and 'kwargs'.",
+    ),
+    batch: Path = typer.Argument(
+        ...,
+        help="torch.save'd sample batch: a tensor, a list of "
+        "positional tensors or a dict of keyword tensors.",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="The network class, module:Class "
+        "(e.g. resdoctor.models:ResNet, transformers:GPT2LMHeadModel).",
+    ),
+    kwargs: str | None = typer.Option(
+        None,
+        "--kwargs",
+        help="JSON keyword arguments of the class (for a transformers model: of its config).",
+    ),
+    method: str = typer.Option(
+        "gradient",
+        "--method",
+        help="gradient (one forward+backward) or ablation (exact, one batched forward).",
+    ),
+    target: int | None = typer.Option(
+        None, "--target", help="Class to attribute (default: the predicted class of each sample)."
+    ),
     samples: int | None = typer.Option(None, "--samples", min=1, help="Use the first N samples."),
-    sites: str | None = typer.Option(None, "--sites",
-                                     help="Comma-separated site names (default all)."),
+    sites: str | None = typer.Option(
+        None, "--sites", help="Comma-separated site names (default all)."
+    ),
     mode: str = typer.Option("eval", "--mode", help="eval or train (BatchNorm, dropout)."),
     device: str = typer.Option("cpu", "--device", help="Device to run on, e.g. cpu, cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Per residual site, the share of the output attribution through the branch vs the skip."""
-    result, spec = _run(checkpoint, batch, model, kwargs, method, target, samples, sites, mode,
-                        device)
+    result, spec = _run(
+        checkpoint, batch, model, kwargs, method, target, samples, sites, mode, device
+    )
     if as_json:
         from resdoctor import __version__
 
-        doc = {"resdoctor": __version__, "checkpoint": str(checkpoint), "batch": str(batch),
-               "model": spec, **result.to_dict()}
+        doc = {
+            "resdoctor": __version__,
+            "checkpoint": str(checkpoint),
+            "batch": str(batch),
+            "model": spec,
+            **result.to_dict(),
+        }
         typer.echo(json.dumps(doc, allow_nan=False))
     else:
         _table(result, spec)
 
 
-def _run(checkpoint: Path, batch: Path, model: str | None, kwargs: str | None, method: str,
-         target: int | None, samples: int | None, sites: str | None, mode: str,
-         device: str) -> tuple[Any, str]:
+def _run(
+    checkpoint: Path,
+    batch: Path,
+    model: str | None,
+    kwargs: str | None,
+    method: str,
+    target: int | None,
+    samples: int | None,
+    sites: str | None,
+    mode: str,
+    device: str,
+) -> tuple[Any, str]:
     if method not in METHODS:
         raise AttributeInputError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     if mode not in ("eval", "train"):
@@ -88,22 +122,38 @@ def _run(checkpoint: Path, batch: Path, model: str | None, kwargs: str | None, m
     return _attribute(net, inputs, target, names, method, samples, mode, where), spec
 
 
-def _attribute(net: nn.Module, inputs: Any, target: int | None, names: list[str] | None,
-               method: str, samples: int | None, mode: str, device: torch.device) -> Any:
+def _attribute(
+    net: nn.Module,
+    inputs: Any,
+    target: int | None,
+    names: list[str] | None,
+    method: str,
+    samples: int | None,
+    mode: str,
+    device: torch.device,
+) -> Any:
     from resdoctor.attribution.inputs import Batch
     from resdoctor.attribution.shares import UnknownSiteError, attribute
 
     try:
         batch = Batch.of(inputs).to(device)
-        return attribute(net.to(device), batch, target=target, sites=names,
-                         method=method, samples=samples, mode=mode)  # type: ignore[arg-type]
+        return attribute(
+            net.to(device),
+            batch,
+            target=target,
+            sites=names,
+            method=method,  # type: ignore[arg-type]  # checked against METHODS
+            samples=samples,
+            mode=mode,  # type: ignore[arg-type]  # checked: eval or train
+        )
     except ImportError as e:
         raise AttributeInputError(first_line(e)) from None
     except UnknownSiteError as e:
         raise AttributeInputError(f"--sites: {first_line(e)}") from None
     except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as e:
-        raise AttributeInputError(f"the model could not be attributed on this batch: "
-                                  f"{first_line(e)}") from None
+        raise AttributeInputError(
+            f"the model could not be attributed on this batch: {first_line(e)}"
+        ) from None
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -115,23 +165,36 @@ def _load(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise AttributeInputError(f"{path}: refused to load (not plain tensors and containers: "
-                                  f"{first_line(e)})") from None
+        raise AttributeInputError(
+            f"{path}: refused to load (not plain tensors and containers: {first_line(e)})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise AttributeInputError(
-            f"{path}: not a readable torch.save file ({first_line(e)})") from None
+            f"{path}: not a readable torch.save file ({first_line(e)})"
+        ) from None
 
 
 def load_batch(path: Path) -> Any:
     """A tensor, a tuple/list of tensors or a dict of name -> tensor, from ``path``."""
     data = _load(path, "batch")
-    ok = isinstance(data, torch.Tensor) or (
-        isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
-    ) or (isinstance(data, dict) and data and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()))
+    ok = (
+        isinstance(data, torch.Tensor)
+        or (
+            isinstance(data, (tuple, list))
+            and data
+            and all(isinstance(t, torch.Tensor) for t in data)
+        )
+        or (
+            isinstance(data, dict)
+            and data
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+        )
+    )
     if not ok:
-        raise AttributeInputError(f"{path}: a batch must be a tensor, a list of tensors or a "
-                                  f"dict of name -> tensor, not {type(data).__name__}")
+        raise AttributeInputError(
+            f"{path}: a batch must be a tensor, a list of tensors or a "
+            f"dict of name -> tensor, not {type(data).__name__}"
+        )
     return data
 
 
@@ -141,24 +204,30 @@ def load_model(path: Path, model: str | None, kwargs: str | None) -> tuple[nn.Mo
     state, saved_spec, saved_kwargs = _unpack(path, data)
     spec = model or saved_spec
     if spec is None:
-        raise AttributeInputError(f"{path} holds weights only: pass the class with --model "
-                                  "module:Class (and --kwargs)")
+        raise AttributeInputError(
+            f"{path} holds weights only: pass the class with --model module:Class (and --kwargs)"
+        )
     if model is None and not spec.startswith(TRUSTED):
-        raise AttributeInputError(f"{path} names the class {spec!r}; pass --model {spec} to "
-                                  "trust it")
+        raise AttributeInputError(
+            f"{path} names the class {spec!r}; pass --model {spec} to trust it"
+        )
     options = _kwargs(kwargs) if kwargs is not None else saved_kwargs
     net = build(spec, options)
     try:
         keys = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise AttributeInputError(f"{path}: the weights do not fit {spec} (check --kwargs): "
-                                  f"{first_line(e, whole=True)}") from None
-    wrong = [f"{len(ks)} {what} key(s) ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})"
-             for what, ks in (("missing", keys.missing_keys),
-                              ("unexpected", keys.unexpected_keys)) if ks]
+        raise AttributeInputError(
+            f"{path}: the weights do not fit {spec} (check --kwargs): {first_line(e, whole=True)}"
+        ) from None
+    wrong = [
+        f"{len(ks)} {what} key(s) ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})"
+        for what, ks in (("missing", keys.missing_keys), ("unexpected", keys.unexpected_keys))
+        if ks
+    ]
     if wrong:
-        raise AttributeInputError(f"{path}: the weights do not fit {spec} (check --kwargs): "
-                                  + "; ".join(wrong))
+        raise AttributeInputError(
+            f"{path}: the weights do not fit {spec} (check --kwargs): " + "; ".join(wrong)
+        )
     return net, spec
 
 
@@ -166,13 +235,17 @@ def _unpack(path: Path, data: Any) -> tuple[dict[str, torch.Tensor], str | None,
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         spec, options = data.get("model"), data.get("kwargs", {})
         if (spec is not None and not isinstance(spec, str)) or not isinstance(options, dict):
-            raise AttributeInputError(f"{path}: 'model' must be a 'module:Class' string and "
-                                      "'kwargs' a dict")
+            raise AttributeInputError(
+                f"{path}: 'model' must be a 'module:Class' string and 'kwargs' a dict"
+            )
         data = data["state_dict"]
     else:
         spec, options = None, {}
-    if not (isinstance(data, dict) and data and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())):
+    if not (
+        isinstance(data, dict)
+        and data
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+    ):
         raise AttributeInputError(f"{path}: not a state_dict (a dict of name -> tensor)")
     return data, spec, options
 
@@ -225,9 +298,11 @@ def _table(result: Any, spec: str) -> None:
         table.add_row(*row)
     console = Console()
     console.print(table)
-    console.print(f"method {result.method}, target {result.target}, {result.samples} samples, "
-                  f"{result.mode} mode. share = |branch| / (|branch| + |skip|): 0 = the output "
-                  "ignores the branch, 1 = it ignores the skip.")
+    console.print(
+        f"method {result.method}, target {result.target}, {result.samples} samples, "
+        f"{result.mode} mode. share = |branch| / (|branch| + |skip|): 0 = the output "
+        "ignores the branch, 1 = it ignores the skip."
+    )
 
 
 def _num(x: float, digits: int | None = None) -> str:

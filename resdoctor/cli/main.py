@@ -18,8 +18,11 @@ import typer
 
 from resdoctor.cli.errors import fail, one_line_errors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="resdoctor: a training-health doctor for residual networks.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="resdoctor: a training-health doctor for residual networks.",
+)
 OPTIONAL_COMMANDS = ("probes.cli", "resdoctor.cli.attribute")
 
 
@@ -41,10 +44,15 @@ def _console() -> Any:
 def analyze(
     runs: list[Path] = typer.Argument(..., help="Run file(s); two or more: what changed."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (DESIGN.md 6)."),
-    fail_on: FailOn = typer.Option(FailOn.never, "--fail-on",
-                                   help="Exit 1 when a finding is at or above this severity."),
-    settings: list[str] = typer.Option([], "--set", metavar="RULE.PARAM=VALUE",
-                                       help="Tune a threshold, e.g. oversmoothing.similarity=0.95"),
+    fail_on: FailOn = typer.Option(
+        FailOn.never, "--fail-on", help="Exit 1 when a finding is at or above this severity."
+    ),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="RULE.PARAM=VALUE",
+        help="Tune a threshold, e.g. oversmoothing.similarity=0.95",
+    ),
     config: Path | None = typer.Option(None, "--config", help="TOML or JSON thresholds file."),
     snippets: bool = typer.Option(True, "--snippets/--no-snippets", help="Show fix code."),
     wandb: bool = typer.Option(False, "--wandb", help="Attach the report to a W&B run."),
@@ -81,8 +89,12 @@ def _json(reports: list[Any]) -> dict[str, Any]:
     from resdoctor.version import __version__
 
     pairs = [compare(a, b).to_dict() for a, b in zip(reports, reports[1:], strict=False)]
-    return {"resdoctor": __version__, "reports": [r.to_dict() for r in reports],
-            "comparison": compare(reports[0], reports[-1]).to_dict(), "comparisons": pairs}
+    return {
+        "resdoctor": __version__,
+        "reports": [r.to_dict() for r in reports],
+        "comparison": compare(reports[0], reports[-1]).to_dict(),
+        "comparisons": pairs,
+    }
 
 
 def _render_all(reports: list[Any], snippets: bool) -> None:
@@ -114,8 +126,9 @@ def demo(
     steps: int = typer.Option(80, min=10, help="Training steps."),
     seed: int = typer.Option(0, help="Seed of the model and the data."),
     healthy: bool = typer.Option(False, "--healthy", help="Record the healthy control instead."),
-    fixed: bool = typer.Option(False, "--fixed",
-                               help="Also re-run with the top suggested fix and compare."),
+    fixed: bool = typer.Option(
+        False, "--fixed", help="Also re-run with the top suggested fix and compare."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     snippets: bool = typer.Option(True, "--snippets/--no-snippets"),
 ) -> None:
@@ -130,8 +143,11 @@ def demo(
     if fixed and not healthy:
         after = out.with_name(out.stem + "-fixed" + out.suffix)
         fix = _demo.top_fix(str(out))
-        typer.echo(f"resdoctor demo: re-running with fix {fix.code if fix else '(none)'} "
-                   f"{fix.params if fix else ''}...", err=True)
+        typer.echo(
+            f"resdoctor demo: re-running with fix {fix.code if fix else '(none)'} "
+            f"{fix.params if fix else ''}...",
+            err=True,
+        )
         _demo.record_demo(str(after), steps=steps, seed=seed, fixed=True, from_run=str(out))
         reports.append(_analyze(str(after)))
     if as_json:
@@ -160,8 +176,9 @@ def list_rules() -> None:
 @one_line_errors()
 def app_command(
     runs: list[Path] = typer.Argument(None, help="Run file, and optionally a second to compare."),
-    port: int | None = typer.Option(None, "--port", help="Port to serve on (streamlit's default "
-                                    "8501)."),
+    port: int | None = typer.Option(
+        None, "--port", help="Port to serve on (streamlit's default 8501)."
+    ),
     headless: bool = typer.Option(False, "--headless", help="Do not open a browser."),
 ) -> None:
     """Open the visual report (Streamlit) on one run, or two to compare."""
@@ -184,8 +201,11 @@ def app_command(
 @app.command()
 @one_line_errors()
 def merge(
-    run: Path = typer.Argument(..., help="The merged run to write; its per-rank files "
-                               "(run.rank0.pt, run.rank1.pt, ...) are read."),
+    run: Path = typer.Argument(
+        ...,
+        help="The merged run to write; its per-rank files "
+        "(run.rank0.pt, run.rank1.pt, ...) are read.",
+    ),
 ) -> None:
     """Merge the per-rank files of a distributed run (e.g. after a crash) into one run file."""
     from resdoctor.integrations.distributed import main as merge_ranks
@@ -198,7 +218,7 @@ def _register_optional(name: str) -> None:
     try:
         mod = importlib.import_module(name)
     except ModuleNotFoundError as e:
-        parents = {name[: i] for i in range(len(name)) if name[i] == "."}
+        parents = {name[:i] for i in range(len(name)) if name[i] == "."}
         if e.name == name or e.name in parents:
             return
         raise

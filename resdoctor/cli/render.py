@@ -22,9 +22,11 @@ def report(console: Console, rep: Report, snippets: bool = True) -> None:
     """Verdict, then findings by severity with evidence, location, step and fixes."""
     color = COLORS[rep.verdict]
     run = rep.run
-    head = Text.assemble((f" {rep.verdict.upper()} ", f"bold white on {color}"),
-                         f"  {run.path or '<run>'}  ·  {run.steps} steps  ·  "
-                         f"{len(run.sites)} residual sites  ·  {len(run.modules)} modules")
+    head = Text.assemble(
+        (f" {rep.verdict.upper()} ", f"bold white on {color}"),
+        f"  {run.path or '<run>'}  ·  {run.steps} steps  ·  "
+        f"{len(run.sites)} residual sites  ·  {len(run.modules)} modules",
+    )
     console.print(head)
     if not rep.findings:
         console.print(Text("No findings: training looks healthy.", style="green"))
@@ -39,20 +41,37 @@ def report(console: Console, rep: Report, snippets: bool = True) -> None:
 def _finding(f: Finding, snippets: bool) -> Panel:
     color = COLORS[f.severity]
     where = Table.grid(padding=(0, 2))
-    where.add_row("step", str(f.step) if f.step is not None else "-",
-                  "location", f.location or "-", "phase", f.phase or "-")
+    where.add_row(
+        "step",
+        str(f.step) if f.step is not None else "-",
+        "location",
+        f.location or "-",
+        "phase",
+        f.phase or "-",
+    )
     parts: list[Any] = [where, Text(f.message)]
     if f.evidence:
         parts.append(_evidence(f.evidence))
     for i, fix in enumerate(f.fixes):
         parts.append(_fix(i + 1, fix, snippets and i == 0))  # the JSON has every snippet
-    return Panel(Group(*parts), title=Text(f"{f.severity} · {f.code}", style=f"bold {color}"),
-                 subtitle=Text(f.title), title_align="left", border_style=color)
+    return Panel(
+        Group(*parts),
+        title=Text(f"{f.severity} · {f.code}", style=f"bold {color}"),
+        subtitle=Text(f.title),
+        title_align="left",
+        border_style=color,
+    )
 
 
 def _evidence(evidence: dict[str, Any]) -> Table:
-    table = Table(show_header=False, box=None, padding=(0, 1), title="evidence",
-                  title_justify="left", title_style="bold")
+    table = Table(
+        show_header=False,
+        box=None,
+        padding=(0, 1),
+        title="evidence",
+        title_justify="left",
+        title_style="bold",
+    )
     table.add_column(style="cyan", no_wrap=True)
     table.add_column()
     for key, value in evidence.items():
@@ -68,21 +87,32 @@ def _short(value: Any, limit: int = 160) -> str:
 
 
 def _fix(n: int, fix: Fix, snippet: bool) -> Group:
-    lines: list[Any] = [Text.assemble((f"fix {n}: ", "bold"), (fix.code, "bold magenta"),
-                                      f"  {fix.title}"),
-                        Padding(Text(fix.detail, style="dim"), (0, 0, 0, 2))]
+    lines: list[Any] = [
+        Text.assemble((f"fix {n}: ", "bold"), (fix.code, "bold magenta"), f"  {fix.title}"),
+        Padding(Text(fix.detail, style="dim"), (0, 0, 0, 2)),
+    ]
     if snippet and fix.snippet:
-        lines.append(Padding(Syntax(fix.snippet.rstrip(), "python", theme="ansi_dark",
-                                    word_wrap=True), (0, 0, 0, 2)))
+        lines.append(
+            Padding(
+                Syntax(fix.snippet.rstrip(), "python", theme="ansi_dark", word_wrap=True),
+                (0, 0, 0, 2),
+            )
+        )
     return Group(*lines)
 
 
 def comparison(console: Console, cmp: Comparison) -> None:
     """What changed between two runs: verdicts, finding codes and key metrics."""
     va, vb = cmp.a.verdict, cmp.b.verdict
-    console.print(Text.assemble(("CHANGES  ", "bold"), (va, COLORS[va]), " -> ",
-                                (vb, COLORS[vb]), "  " + ("improved" if cmp.improved else
-                                                          "not improved")))
+    console.print(
+        Text.assemble(
+            ("CHANGES  ", "bold"),
+            (va, COLORS[va]),
+            " -> ",
+            (vb, COLORS[vb]),
+            "  " + ("improved" if cmp.improved else "not improved"),
+        )
+    )
     codes = Table(show_header=True, box=None, padding=(0, 2))
     codes.add_column("finding")
     codes.add_column("before")

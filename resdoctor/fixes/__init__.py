@@ -22,9 +22,19 @@ from resdoctor.fixes.graph import initial_residual, pairnorm
 from resdoctor.fixes.optim import clip_gradients, lower_lr, lr_warmup, mixed_precision
 
 FIX_CODES = (
-    "clip-gradients", "lower-lr", "lr-warmup", "pre-activation", "pre-layernorm",
-    "add-normalization", "residual-scaling", "guard-op", "mixed-precision", "reduce-depth",
-    "initial-residual", "pairnorm", "add-residual",
+    "clip-gradients",
+    "lower-lr",
+    "lr-warmup",
+    "pre-activation",
+    "pre-layernorm",
+    "add-normalization",
+    "residual-scaling",
+    "guard-op",
+    "mixed-precision",
+    "reduce-depth",
+    "initial-residual",
+    "pairnorm",
+    "add-residual",
 )
 
 __all__ = [

@@ -10,8 +10,17 @@ from typing import Any
 from resdoctor.findings import Fix
 from resdoctor.fixes.snippets import REPLACE_MODULE, branch_taps, names_literal, short_list, sig
 
-NORM_TYPES = ("LayerNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "RMSNorm",
-              "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+NORM_TYPES = (
+    "LayerNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "RMSNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+)
 
 WRAPPER = '''
 class BranchWrapper(nn.Module):
@@ -48,7 +57,7 @@ class Scale(nn.Module):
 
 ADD_NEW_PARAMS = (
     "if new_params:  # the wrappers' parameters are new: give them to the optimizer\n"
-    "    optimizer.add_param_group({\"params\": new_params})\n"
+    '    optimizer.add_param_group({"params": new_params})\n'
 )
 
 
@@ -56,9 +65,15 @@ def _header() -> str:
     return "import torch\nfrom torch import nn\n\n\n" + WRAPPER + "\n\n\n" + REPLACE_MODULE
 
 
-def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: bool = False,
-                     reason: str = "", *, branch_ratio: float | None = None,
-                     growth: float | None = None) -> Fix:
+def residual_scaling(
+    sites: Sequence[dict[str, Any]],
+    depth: int,
+    post_norm: bool = False,
+    reason: str = "",
+    *,
+    branch_ratio: float | None = None,
+    growth: float | None = None,
+) -> Fix:
     """Scale each residual branch by alpha: 1/sqrt(N) (DeepNorm's 1/alpha for post-LN), or a
     value derived from the measured ``branch_ratio`` (median ||F(x)||/||x|| of the worst site)
     or per-block stream RMS ``growth``."""
@@ -71,28 +86,41 @@ def residual_scaling(sites: Sequence[dict[str, Any]], depth: int, post_norm: boo
     if taps:
         snippet = _header() + head + _wrap_branches(taps, deep_beta if post_norm else None)
     else:  # no module output carries the branch: edit the blocks' forward by hand
-        snippet = ("import torch\nfrom torch import nn" + head
-                   + f"BLOCKS = {names_literal(blocks)}\n"
-                   "# in each block: self.scale = Scale(ALPHA) in __init__, and in forward\n"
-                   "#     x = x + self.scale(branch(x))     instead of x + branch(x)\n")
+        snippet = (
+            "import torch\nfrom torch import nn" + head + f"BLOCKS = {names_literal(blocks)}\n"
+            "# in each block: self.scale = Scale(ALPHA) in __init__, and in forward\n"
+            "#     x = x + self.scale(branch(x))     instead of x + branch(x)\n"
+        )
     return Fix(
         code="residual-scaling",
         title=f"Scale the {len(taps) or len(sites)} residual branches by alpha={alpha}",
-        detail=(f"{reason} Multiply each branch by a learnable alpha initialised at {formula} "
-                f"(N = {n}); 1/sqrt(N) keeps the stream's variance O(1) with depth (Hayou et al. "
-                "2021). Alternatives: SkipInit / ReZero alpha = 0 (De & Smith 2020; Bachlechner "
-                f"et al. 2020); DeepNorm alpha = (2N)^(1/4) = {deep_alpha}, beta = (8N)^(-1/4) = "
-                f"{deep_beta} for post-LN (Wang et al. 2022).").strip(),
+        detail=(
+            f"{reason} Multiply each branch by a learnable alpha initialised at {formula} "
+            f"(N = {n}); 1/sqrt(N) keeps the stream's variance O(1) with depth (Hayou et al. "
+            "2021). Alternatives: SkipInit / ReZero alpha = 0 (De & Smith 2020; Bachlechner "
+            f"et al. 2020); DeepNorm alpha = (2N)^(1/4) = {deep_alpha}, beta = (8N)^(-1/4) = "
+            f"{deep_beta} for post-LN (Wang et al. 2022)."
+        ).strip(),
         snippet=snippet,
-        params={"scale": alpha, "formula": formula, "N": n, "branches": [m for m, _ in taps],
-                "blocks": blocks, "rezero_alpha": 0.0, "deepnorm_alpha": deep_alpha,
-                "deepnorm_beta": deep_beta, "post_norm": bool(post_norm),
-                "measured_branch_ratio": branch_ratio, "measured_growth": growth},
+        params={
+            "scale": alpha,
+            "formula": formula,
+            "N": n,
+            "branches": [m for m, _ in taps],
+            "blocks": blocks,
+            "rezero_alpha": 0.0,
+            "deepnorm_alpha": deep_alpha,
+            "deepnorm_beta": deep_beta,
+            "post_norm": bool(post_norm),
+            "measured_branch_ratio": branch_ratio,
+            "measured_growth": growth,
+        },
     )
 
 
-def _alpha(n: int, deep_alpha: float, post_norm: bool, branch_ratio: float | None,
-           growth: float | None) -> tuple[float, str]:
+def _alpha(
+    n: int, deep_alpha: float, post_norm: bool, branch_ratio: float | None, growth: float | None
+) -> tuple[float, str]:
     """The branch scale and the formula that gave it (see ``residual_scaling``)."""
     if post_norm:  # LN(alpha*x + F(x)) == LN(x + F(x)/alpha): DeepNorm as a branch scale
         alpha, formula = 1.0 / deep_alpha, f"DeepNorm: 1/alpha, alpha=(2N)^(1/4)={deep_alpha}"
@@ -103,38 +131,50 @@ def _alpha(n: int, deep_alpha: float, post_norm: bool, branch_ratio: float | Non
         # what a healthy pre-activation ResNet's stream does (He et al. 2016)
         target = n ** (1.0 / (n - 1)) - 1.0
         alpha = min(1.0, math.sqrt(target / (growth * growth - 1.0)))
-        formula = (f"sqrt((N^(1/(N-1)) - 1) / (g^2 - 1)) with the measured per-block growth "
-                   f"g = {sig(growth, 3)}: the stream then grows like sqrt(N), not g^N")
+        formula = (
+            f"sqrt((N^(1/(N-1)) - 1) / (g^2 - 1)) with the measured per-block growth "
+            f"g = {sig(growth, 3)}: the stream then grows like sqrt(N), not g^N"
+        )
     if branch_ratio is not None and branch_ratio > 0 and 1.0 / branch_ratio < alpha:
         # bring the measured branch back to the skip's size: alpha * ||F(x)||/||x|| ~ 1
         alpha = 1.0 / branch_ratio
-        formula = (f"1/r with the measured branch/skip ratio r = {sig(branch_ratio, 3)} "
-                   "(alpha * r ~ 1: the branch no larger than the skip)")
+        formula = (
+            f"1/r with the measured branch/skip ratio r = {sig(branch_ratio, 3)} "
+            "(alpha * r ~ 1: the branch no larger than the skip)"
+        )
     return sig(alpha, 3), formula
 
 
 def _wrap_branches(taps: list[tuple[str, int | None]], beta: float | None) -> str:
     """Snippet lines wrapping each branch module in ``BranchWrapper(..., Scale(ALPHA))``."""
     entries = [m if i is None else f"{m}|{i}" for m, i in taps]
-    beta_line = "" if beta is None else (
-        "    for p in model.get_submodule(name).parameters():  # DeepNorm init\n"
-        f"        if p.dim() > 1:\n            p.data.mul_({beta})\n")
-    return (f"BRANCHES = {names_literal(entries)}\n"
-            "new_params = []\n"
-            "for entry in BRANCHES:\n"
-            "    name, _, index = entry.partition(\"|\")\n"
-            f"{beta_line}"
-            "    wrapped = BranchWrapper(model.get_submodule(name), Scale(ALPHA),\n"
-            "                            int(index) if index else None)\n"
-            "    new_params += list(wrapped.post.parameters())\n"
-            "    replace_module(model, name, wrapped)\n" + ADD_NEW_PARAMS)
+    beta_line = (
+        ""
+        if beta is None
+        else (
+            "    for p in model.get_submodule(name).parameters():  # DeepNorm init\n"
+            f"        if p.dim() > 1:\n            p.data.mul_({beta})\n"
+        )
+    )
+    return (
+        f"BRANCHES = {names_literal(entries)}\n"
+        "new_params = []\n"
+        "for entry in BRANCHES:\n"
+        '    name, _, index = entry.partition("|")\n'
+        f"{beta_line}"
+        "    wrapped = BranchWrapper(model.get_submodule(name), Scale(ALPHA),\n"
+        "                            int(index) if index else None)\n"
+        "    new_params += list(wrapped.post.parameters())\n"
+        "    replace_module(model, name, wrapped)\n" + ADD_NEW_PARAMS
+    )
 
 
 ACTIVATIONS = "(nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid)"
 
 
-def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "",
-                      before_activation: bool = False) -> Fix:
+def add_normalization(
+    sites: Sequence[dict[str, Any]], reason: str = "", before_activation: bool = False
+) -> Fix:
     """Normalise each branch output (LayerNorm over features; BatchNorm2d for feature maps), or
     with ``before_activation`` the input of each branch's last activation."""
     entries, names = [], []
@@ -148,30 +188,42 @@ def add_normalization(sites: Sequence[dict[str, Any]], reason: str = "",
             continue
         entries.append(f"    ({module!r}, {index!r}, {norm}),\n")
         names.append(module)
-    body = ("\n\n\nnew_params = []\nfor name, index, norm in [\n" + "".join(entries) + "]:\n"
-            + (_BEFORE_ACTIVATION if before_activation else _AFTER_BRANCH) + ADD_NEW_PARAMS)
-    where = ("before the last activation of each branch, so its pre-activations are re-centred "
-             "and the units fire again (Ioffe & Szegedy 2015; Lu et al. 2019)"
-             if before_activation else "at the end of each branch")
+    body = (
+        "\n\n\nnew_params = []\nfor name, index, norm in [\n"
+        + "".join(entries)
+        + "]:\n"
+        + (_BEFORE_ACTIVATION if before_activation else _AFTER_BRANCH)
+        + ADD_NEW_PARAMS
+    )
+    where = (
+        "before the last activation of each branch, so its pre-activations are re-centred "
+        "and the units fire again (Ioffe & Szegedy 2015; Lu et al. 2019)"
+        if before_activation
+        else "at the end of each branch"
+    )
     return Fix(
         code="add-normalization",
         title=f"Normalise {len(names)} residual branches",
-        detail=(f"{reason} Add a normalisation {where}; it bounds what the branch adds to the "
-                "stream (res-post-norm: Liu et al. 2022, Swin V2; BatchNorm in ResNet branches: "
-                f"He et al. 2016). Branches: {short_list(names)}.").strip(),
+        detail=(
+            f"{reason} Add a normalisation {where}; it bounds what the branch adds to the "
+            "stream (res-post-norm: Liu et al. 2022, Swin V2; BatchNorm in ResNet branches: "
+            f"He et al. 2016). Branches: {short_list(names)}."
+        ).strip(),
         snippet=_header() + body,
         params={"branches": names, "before_activation": bool(before_activation)},
     )
 
 
-_AFTER_BRANCH = ("    wrapped = BranchWrapper(model.get_submodule(name), norm, index)\n"
-                 "    new_params += list(norm.parameters())\n"
-                 "    replace_module(model, name, wrapped)\n")
+_AFTER_BRANCH = (
+    "    wrapped = BranchWrapper(model.get_submodule(name), norm, index)\n"
+    "    new_params += list(norm.parameters())\n"
+    "    replace_module(model, name, wrapped)\n"
+)
 
 _BEFORE_ACTIVATION = (
     "    branch = model.get_submodule(name)\n"
-    "    if not isinstance(branch, nn.Sequential) and \".\" in name:  # a layer of the branch\n"
-    "        name = name.rpartition(\".\")[0]\n"
+    '    if not isinstance(branch, nn.Sequential) and "." in name:  # a layer of the branch\n'
+    '        name = name.rpartition(".")[0]\n'
     "        branch = model.get_submodule(name)\n"
     "    if not isinstance(branch, nn.Sequential):\n"
     "        continue  # not a Sequential: add the norm to its forward by hand\n"
@@ -180,7 +232,8 @@ _BEFORE_ACTIVATION = (
     "        layers = list(branch)\n"
     "        layers.insert(acts[-1], norm)\n"
     "        new_params += list(norm.parameters())\n"
-    "        replace_module(model, name, nn.Sequential(*layers))\n")
+    "        replace_module(model, name, nn.Sequential(*layers))\n"
+)
 
 
 def pre_activation(blocks: Sequence[str], block_type: str) -> Fix:
@@ -188,7 +241,7 @@ def pre_activation(blocks: Sequence[str], block_type: str) -> Fix:
     snippet = (
         "from torch import nn\n\n\n"
         f"class PreAct{block_type}(nn.Module):\n"
-        "    \"\"\"x + conv(relu(bn(conv(relu(bn(x)))))): nothing after the addition.\"\"\"\n\n"
+        '    """x + conv(relu(bn(conv(relu(bn(x)))))): nothing after the addition."""\n\n'
         "    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:\n"
         "        super().__init__()\n"
         "        self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)\n"
@@ -206,10 +259,13 @@ def pre_activation(blocks: Sequence[str], block_type: str) -> Fix:
     return Fix(
         code="pre-activation",
         title=f"Use pre-activation blocks for {short_list(blocks, 3)}",
-        detail=("Move BatchNorm and ReLU before the convolutions and leave the addition "
-                "unobstructed (He et al. 2016, 'Identity mappings in deep residual networks'); "
-                "add a final BN-ReLU before the head."),
-        snippet=snippet, params={"blocks": list(blocks), "block_type": block_type},
+        detail=(
+            "Move BatchNorm and ReLU before the convolutions and leave the addition "
+            "unobstructed (He et al. 2016, 'Identity mappings in deep residual networks'); "
+            "add a final BN-ReLU before the head."
+        ),
+        snippet=snippet,
+        params={"blocks": list(blocks), "block_type": block_type},
     )
 
 
@@ -219,7 +275,7 @@ def pre_layernorm(blocks: Sequence[str], dim: int | None) -> Fix:
     snippet = (
         "from torch import nn\n\n\n"
         "class PreLNBlock(nn.Module):\n"
-        "    \"\"\"x + attn(LN(x)), then x + mlp(LN(x)): the stream is never normalised.\"\"\"\n\n"
+        '    """x + attn(LN(x)), then x + mlp(LN(x)): the stream is never normalised."""\n\n'
         f"    def __init__(self, dim: int = {d}, heads: int = 4) -> None:\n"
         "        super().__init__()\n"
         "        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)\n"
@@ -235,28 +291,34 @@ def pre_layernorm(blocks: Sequence[str], dim: int | None) -> Fix:
     return Fix(
         code="pre-layernorm",
         title=f"Use pre-LayerNorm for {short_list(blocks, 3)}",
-        detail=("Post-LN blocks amplify updates through the normalised stream and need warm-up "
-                "(Xiong et al. 2020; Liu et al. 2020): normalise the branch input instead, and "
-                "add one LayerNorm before the head."),
-        snippet=snippet, params={"blocks": list(blocks), "dim": d},
+        detail=(
+            "Post-LN blocks amplify updates through the normalised stream and need warm-up "
+            "(Xiong et al. 2020; Liu et al. 2020): normalise the branch input instead, and "
+            "add one LayerNorm before the head."
+        ),
+        snippet=snippet,
+        params={"blocks": list(blocks), "dim": d},
     )
 
 
-def guard_op(module: str, module_type: str, phase: str,
-             input_absmax: float | None = None) -> Fix:
+def guard_op(module: str, module_type: str, phase: str, input_absmax: float | None = None) -> Fix:
     """Keep one module from producing (or passing on) a non-finite value."""
     if module_type in NORM_TYPES:
         snippet = f"model.get_submodule({module!r}).eps = 1e-3  # default 1e-5\n"
         eps = 1e-3
         how = f"raise {module_type}.eps to 1e-3 so a near-constant input cannot divide by ~0"
     elif phase == "backward":
-        snippet = (f"for p in model.get_submodule({module!r}).parameters():\n"
-                   "    p.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, "
-                   "neginf=0.0))\n")
+        snippet = (
+            f"for p in model.get_submodule({module!r}).parameters():\n"
+            "    p.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, "
+            "neginf=0.0))\n"
+        )
         eps = 1e-6
-        how = ("clamp the operand of sqrt / log / division with eps=1e-6 (a finite forward can "
-               "still have an infinite derivative, e.g. sqrt at 0); meanwhile zero non-finite "
-               "gradients of its parameters")
+        how = (
+            "clamp the operand of sqrt / log / division with eps=1e-6 (a finite forward can "
+            "still have an infinite derivative, e.g. sqrt at 0); meanwhile zero non-finite "
+            "gradients of its parameters"
+        )
     else:
         limit = sig(min(max(10.0 * (input_absmax or 0.0), 1e4), 1e6), 2)
         snippet = (
@@ -268,13 +330,18 @@ def guard_op(module: str, module_type: str, phase: str,
             "    return torch.nan_to_num(output, nan=0.0, posinf=LIMIT, neginf=-LIMIT)\n\n\n"
             f"handle = model.get_submodule({module!r}).register_forward_hook(guard)\n"
         )
-        eps, how = 1e-6, (f"clamp the operands of sqrt / log / division inside it with eps=1e-6, "
-                          f"and bound its output at {limit:g} meanwhile")
+        eps, how = (
+            1e-6,
+            (
+                f"clamp the operands of sqrt / log / division inside it with eps=1e-6, "
+                f"and bound its output at {limit:g} meanwhile"
+            ),
+        )
     return Fix(
         code="guard-op",
         title=f"Guard {module or 'the model'} ({module_type}) against non-finite values",
         detail=f"The first non-finite value came out of {module or 'the model'} in the {phase} "
-               f"pass while its inputs were finite: {how}.",
+        f"pass while its inputs were finite: {how}.",
         snippet="import torch\n\n" + snippet,
         params={"module": module, "module_type": module_type, "phase": phase, "eps": eps},
     )
@@ -319,14 +386,17 @@ def add_normalization_layers(layers: Sequence[str], types: Sequence[str]) -> Fix
         "    norm = norm_for(layer)\n"
         "    new_params += list(norm.parameters())\n"
         "    replace_module(model, name, nn.Sequential(layer, norm))\n"
-        "optimizer.add_param_group({\"params\": new_params})\n"
+        'optimizer.add_param_group({"params": new_params})\n'
     )
     return Fix(
         code="add-normalization",
         title=f"Normalise the outputs of {short_list(usable, 3) or 'the early layers'}",
-        detail=("Normalisation keeps each layer's output at unit scale so the backward signal "
-                "is not shrunk layer after layer (Ioffe & Szegedy 2015; Ba et al. 2016)."),
-        snippet=snippet, params={"layers": usable},
+        detail=(
+            "Normalisation keeps each layer's output at unit scale so the backward signal "
+            "is not shrunk layer after layer (Ioffe & Szegedy 2015; Ba et al. 2016)."
+        ),
+        snippet=snippet,
+        params={"layers": usable},
     )
 
 
@@ -335,7 +405,7 @@ def add_residual(layers: Sequence[str]) -> Fix:
     snippet = (
         "from torch import nn\n\n\n" + REPLACE_MODULE + "\n\n\n"
         "class Residual(nn.Module):\n"
-        "    \"\"\"x + inner(x): an identity path for the gradient.\"\"\"\n\n"
+        '    """x + inner(x): an identity path for the gradient."""\n\n'
         "    def __init__(self, inner: nn.Module) -> None:\n"
         "        super().__init__()\n"
         "        self.inner = inner\n\n"
@@ -353,7 +423,10 @@ def add_residual(layers: Sequence[str]) -> Fix:
     return Fix(
         code="add-residual",
         title=f"Add skip connections around {short_list(layers, 3)}",
-        detail=("An identity path carries the gradient to early layers undiminished (He et al. "
-                "2016); wrap the shape-preserving layers or blocks as x + F(x)."),
-        snippet=snippet, params={"layers": list(layers)},
+        detail=(
+            "An identity path carries the gradient to early layers undiminished (He et al. "
+            "2016); wrap the shape-preserving layers or blocks as x + F(x)."
+        ),
+        snippet=snippet,
+        params={"layers": list(layers)},
     )

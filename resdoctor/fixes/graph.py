@@ -13,7 +13,7 @@ def initial_residual(layers: Sequence[str], alpha: float = 0.1) -> Fix:
     snippet = (
         "from torch import nn\n\n\n"
         "class InitialResidual(nn.Module):\n"
-        "    \"\"\"layer((1 - alpha) * x + alpha * x0): each layer keeps part of x0.\"\"\"\n\n"
+        '    """layer((1 - alpha) * x + alpha * x0): each layer keeps part of x0."""\n\n'
         f"    def __init__(self, layer: nn.Module, alpha: float = {alpha}) -> None:\n"
         "        super().__init__()\n"
         "        self.layer, self.alpha = layer, alpha\n\n"
@@ -23,10 +23,13 @@ def initial_residual(layers: Sequence[str], alpha: float = 0.1) -> Fix:
     return Fix(
         code="initial-residual",
         title=f"Add an initial residual (alpha={alpha}) to the deep layers",
-        detail=("Feed alpha of the first representation x0 into every layer so no depth can "
-                "erase it (GCNII: Chen et al. 2020, alpha = 0.1). Deep layers: "
-                f"{short_list(layers)}."),
-        snippet=snippet, params={"alpha": alpha, "layers": list(layers)},
+        detail=(
+            "Feed alpha of the first representation x0 into every layer so no depth can "
+            "erase it (GCNII: Chen et al. 2020, alpha = 0.1). Deep layers: "
+            f"{short_list(layers)}."
+        ),
+        snippet=snippet,
+        params={"alpha": alpha, "layers": list(layers)},
     )
 
 
@@ -35,8 +38,8 @@ def pairnorm(layers: Sequence[str], scale: float = 1.0) -> Fix:
     snippet = (
         "import torch\nfrom torch import nn\n\n\n"
         "class PairNorm(nn.Module):\n"
-        "    \"\"\"Keeps the total pairwise distance of the rows constant (torch_geometric.nn."
-        "PairNorm too).\"\"\"\n\n"
+        '    """Keeps the total pairwise distance of the rows constant (torch_geometric.nn.'
+        'PairNorm too)."""\n\n'
         f"    def __init__(self, scale: float = {scale}, eps: float = 1e-5) -> None:\n"
         "        super().__init__()\n"
         "        self.scale, self.eps = scale, eps\n\n"
@@ -47,7 +50,10 @@ def pairnorm(layers: Sequence[str], scale: float = 1.0) -> Fix:
     return Fix(
         code="pairnorm",
         title=f"Insert PairNorm (s={scale}) after the layers that smooth",
-        detail=("PairNorm keeps node / token representations apart so repeated averaging cannot "
-                f"collapse them (Zhao & Akoglu 2020). Layers: {short_list(layers)}."),
-        snippet=snippet, params={"scale": scale, "layers": list(layers)},
+        detail=(
+            "PairNorm keeps node / token representations apart so repeated averaging cannot "
+            f"collapse them (Zhao & Akoglu 2020). Layers: {short_list(layers)}."
+        ),
+        snippet=snippet,
+        params={"scale": scale, "layers": list(layers)},
     )

@@ -29,25 +29,30 @@ def clip_gradients(grad_norms: np.ndarray, first: int, last: int) -> Fix:
     return Fix(
         code="clip-gradients",
         title=f"Clip the global gradient norm at {max_norm:g}",
-        detail=(f"max_norm = median of grad_norm_total over steps {first}-{last}, before the "
-                f"surge (p90 = {p90:g}; Pascanu et al. 2013). Clipping bounds each update "
-                "while the cause is fixed."),
+        detail=(
+            f"max_norm = median of grad_norm_total over steps {first}-{last}, before the "
+            f"surge (p90 = {p90:g}; Pascanu et al. 2013). Clipping bounds each update "
+            "while the cause is fixed."
+        ),
         snippet=snippet,
-        params={"max_norm": max_norm, "p50": p50, "p90": p90, "steps": [int(first), int(last)],
-                "samples": int(g.size)},
+        params={
+            "max_norm": max_norm,
+            "p50": p50,
+            "p90": p90,
+            "steps": [int(first), int(last)],
+            "samples": int(g.size),
+        },
     )
 
 
-def lower_lr(factor: float, basis: str, current_lr: float | None = None,
-             update_ratio: float | None = None) -> Fix:
+def lower_lr(
+    factor: float, basis: str, current_lr: float | None = None, update_ratio: float | None = None
+) -> Fix:
     """Multiply every learning rate by ``factor`` (< 1); ``basis`` says where it came from."""
     factor = sig(min(max(factor, 0.01), 0.5), 2)
     new_lr = sig(current_lr * factor, 2) if current_lr else None
     change = f"  # {current_lr:g} -> {new_lr:g}" if current_lr and new_lr else ""
-    snippet = (
-        "for group in optimizer.param_groups:\n"
-        f"    group[\"lr\"] *= {factor!r}{change}\n"
-    )
+    snippet = f'for group in optimizer.param_groups:\n    group["lr"] *= {factor!r}{change}\n'
     params: dict[str, object] = {"factor": factor, "basis": basis}
     if current_lr:
         params.update(current_lr=sig(current_lr, 3), new_lr=new_lr)
@@ -74,18 +79,24 @@ def lr_warmup(onset: int, peak_lr: float | None = None) -> Fix:
     return Fix(
         code="lr-warmup",
         title=f"Warm the learning rate up over {steps} steps{peak}",
-        detail=(f"The trouble began at step {onset}, while the early updates are least "
-                "reliable (adaptive optimisers' second moments are still noisy: Liu et al. 2020); "
-                f"a linear warm-up of {steps} steps (about twice that) lets the network "
-                "settle first (Goyal et al. 2017)."),
+        detail=(
+            f"The trouble began at step {onset}, while the early updates are least "
+            "reliable (adaptive optimisers' second moments are still noisy: Liu et al. 2020); "
+            f"a linear warm-up of {steps} steps (about twice that) lets the network "
+            "settle first (Goyal et al. 2017)."
+        ),
         snippet=snippet,
-        params={"warmup_steps": steps, "onset": int(onset),
-                **({"peak_lr": sig(peak_lr, 3)} if peak_lr else {})},
+        params={
+            "warmup_steps": steps,
+            "onset": int(onset),
+            **({"peak_lr": sig(peak_lr, 3)} if peak_lr else {}),
+        },
     )
 
 
-def mixed_precision(reason: str, skipped_fraction: float | None = None,
-                    max_finite: float | None = None) -> Fix:
+def mixed_precision(
+    reason: str, skipped_fraction: float | None = None, max_finite: float | None = None
+) -> Fix:
     """bfloat16 autocast (float32's range) instead of float16, or a gentler GradScaler."""
     snippet = (
         "device_type = next(model.parameters()).device.type\n"
@@ -96,11 +107,19 @@ def mixed_precision(reason: str, skipped_fraction: float | None = None,
         "# or keep float16 with a scaler that starts lower and grows more slowly:\n"
         "scaler = torch.amp.GradScaler(device_type, init_scale=2.0**10, growth_interval=4000)\n"
     )
-    params: dict[str, object] = {"dtype": "bfloat16", "init_scale": 2.0**10,
-                                 "growth_interval": 4000}
+    params: dict[str, object] = {
+        "dtype": "bfloat16",
+        "init_scale": 2.0**10,
+        "growth_interval": 4000,
+    }
     if skipped_fraction is not None:
         params["skipped_fraction"] = sig(skipped_fraction)
     if max_finite is not None:
         params["max_finite"] = sig(max_finite)
-    return Fix(code="mixed-precision", title="Train in bfloat16 (or tame the GradScaler)",
-               detail=reason, snippet=snippet, params=params)
+    return Fix(
+        code="mixed-precision",
+        title="Train in bfloat16 (or tame the GradScaler)",
+        detail=reason,
+        snippet=snippet,
+        params=params,
+    )

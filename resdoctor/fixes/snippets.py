@@ -69,9 +69,12 @@ def _numbered(names: list[str]) -> str | None:
     numbers = [int(t[j]) for t in tokens]
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
         return None
-    head, tail = "".join(tokens[0][:j]), "".join(tokens[0][j + 1:])
+    head, tail = "".join(tokens[0][:j]), "".join(tokens[0][j + 1 :])
     if any(c in head + tail for c in '{}"\\'):
         return None
-    rng = f"range({numbers[-1] + 1})" if numbers[0] == 0 else \
-        f"range({numbers[0]}, {numbers[-1] + 1})"
+    rng = (
+        f"range({numbers[-1] + 1})"
+        if numbers[0] == 0
+        else f"range({numbers[0]}, {numbers[-1] + 1})"
+    )
     return f'[f"{head}{{i}}{tail}" for i in {rng}]'

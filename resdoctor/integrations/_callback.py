@@ -15,8 +15,13 @@ WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_ever
 
 def check_options(watch_options: dict[str, Any]) -> None:
     """Fail when the callback is built, not during training, on an unknown watch option."""
-    Options.from_kwargs(**{k: v for k, v in watch_options.items()
-                           if k not in WATCH_ONLY and not k.startswith("attribute_")})
+    Options.from_kwargs(
+        **{
+            k: v
+            for k, v in watch_options.items()
+            if k not in WATCH_ONLY and not k.startswith("attribute_")
+        }
+    )
 
 
 def safe_hook(framework: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

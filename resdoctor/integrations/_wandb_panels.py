@@ -14,11 +14,26 @@ import numpy as np
 from resdoctor.findings import Finding
 from resdoctor.runfile.signals import MODULE_SIGNALS
 
-DEFAULT_SIGNALS = ("grad_norm", "update_ratio", "branch_ratio", "stream_norm",
-                   "grad_branch_share", "smoothing")
+DEFAULT_SIGNALS = (
+    "grad_norm",
+    "update_ratio",
+    "branch_ratio",
+    "stream_norm",
+    "grad_branch_share",
+    "smoothing",
+)
 ROOT = "(root)"  # label of the root module, whose dotted path is ""
-FINDING_COLUMNS = ["severity", "code", "title", "step", "location", "phase", "message", "fix",
-                   "snippet"]
+FINDING_COLUMNS = [
+    "severity",
+    "code",
+    "title",
+    "step",
+    "location",
+    "phase",
+    "message",
+    "fix",
+    "snippet",
+]
 
 
 @dataclass(frozen=True)
@@ -42,8 +57,13 @@ def label(name: str) -> str:
     return name or ROOT
 
 
-def step_metrics(last: dict[str, Any], modules: Sequence[str], sites: Sequence[str],
-                 prefix: str, signals: Iterable[str] = DEFAULT_SIGNALS) -> dict[str, Any]:
+def step_metrics(
+    last: dict[str, Any],
+    modules: Sequence[str],
+    sites: Sequence[str],
+    prefix: str,
+    signals: Iterable[str] = DEFAULT_SIGNALS,
+) -> dict[str, Any]:
     """The W&B row of one step from ``Context.latest()``: ``{prefix}/step``, every scalar and, per
     module or site, each of ``signals`` under ``{prefix}/{signal}/{name}``."""
     out: dict[str, Any] = {f"{prefix}/step": int(last["step"])}
@@ -72,8 +92,9 @@ def depth_order(run: Any, names: Sequence[str]) -> list[str]:
     """``names`` (modules) sorted input to output by forward completion order."""
     order = dict(zip(run.modules["name"], run.modules["order"], strict=True))
     index = {n: i for i, n in enumerate(names)}
-    return sorted(names, key=lambda n: (order.get(n, -1) if order.get(n, -1) >= 0 else 1e9,
-                                        index[n]))
+    return sorted(
+        names, key=lambda n: (order.get(n, -1) if order.get(n, -1) >= 0 else 1e9, index[n])
+    )
 
 
 def _log10(v: float) -> float | None:
@@ -93,8 +114,9 @@ def gradient_flow(run: Any, max_rows: int = 20_000) -> TableData:
     for step, values in zip(df.index, df.to_numpy(), strict=True):
         for depth, (name, v) in enumerate(zip(names, values, strict=True)):
             finite = bool(math.isfinite(v))
-            rows.append([int(step), label(name), depth, float(v) if finite else None,
-                         _log10(v), not finite])
+            rows.append(
+                [int(step), label(name), depth, float(v) if finite else None, _log10(v), not finite]
+            )
     return TableData(columns, rows)
 
 
@@ -105,10 +127,12 @@ def site_table(run: Any, signal: str = "branch_ratio", max_rows: int = 20_000) -
     if df.empty:
         return TableData(columns, [])
     df = df.iloc[_subsample(len(df), max(1, max_rows // len(df.columns)))]
-    rows = [[int(step), name, depth, float(v)]
-            for step, values in zip(df.index, df.to_numpy(), strict=True)
-            for depth, (name, v) in enumerate(zip(df.columns, values, strict=True))
-            if math.isfinite(v)]
+    rows = [
+        [int(step), name, depth, float(v)]
+        for step, values in zip(df.index, df.to_numpy(), strict=True)
+        for depth, (name, v) in enumerate(zip(df.columns, values, strict=True))
+        if math.isfinite(v)
+    ]
     return TableData(columns, rows)
 
 
@@ -152,15 +176,28 @@ def findings_table(findings: Iterable[Finding]) -> TableData:
     rows = []
     for f in findings:
         fix = f.fixes[0] if f.fixes else None
-        rows.append([f.severity, f.code, f.title, f.step, f.location, f.phase, f.message,
-                     f"{fix.title}: {fix.detail}" if fix else "", fix.snippet if fix else ""])
+        rows.append(
+            [
+                f.severity,
+                f.code,
+                f.title,
+                f.step,
+                f.location,
+                f.phase,
+                f.message,
+                f"{fix.title}: {fix.detail}" if fix else "",
+                fix.snippet if fix else "",
+            ]
+        )
     return TableData(list(FINDING_COLUMNS), rows)
 
 
 def where(step: int | None, location: str | None, phase: str | None) -> str:
-    parts = [f"step {step}" if step is not None else "",
-             f"in {label(location)}" if location is not None else "",
-             f"({phase})" if phase else ""]
+    parts = [
+        f"step {step}" if step is not None else "",
+        f"in {label(location)}" if location is not None else "",
+        f"({phase})" if phase else "",
+    ]
     return " ".join(p for p in parts if p)
 
 
@@ -182,9 +219,11 @@ def alert_text(finding: Finding, run_path: str = "") -> tuple[str, str]:
 def event_alert(event: dict[str, Any], run_path: str = "") -> tuple[str, str]:
     """Alert for a raw non-finite onset when no rule produced a finding for it."""
     at = where(event.get("step"), event.get("module"), event.get("phase"))
-    lines = [f"NaN/Inf first appeared at {at}, while that module's inputs were finite.",
-             "Fix: guard the operation there (clamp, eps in divisions and logs), or clip "
-             "gradients and lower the learning rate if the values grew before."]
+    lines = [
+        f"NaN/Inf first appeared at {at}, while that module's inputs were finite.",
+        "Fix: guard the operation there (clamp, eps in divisions and logs), or clip "
+        "gradients and lower the learning rate if the values grew before.",
+    ]
     if run_path:
         lines.append(f"Full diagnosis: resdoctor analyze {run_path}")
     return _title("non-finite values (NaN/Inf)"), "\n".join(lines)

@@ -108,9 +108,11 @@ class RankMerger:
         """Gather every rank's state to rank 0 (one collective) and write the merged run."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
-            warnings.warn(f"resdoctor: the process group was destroyed before close(); the "
-                          f"per-rank files stay: resdoctor merge {self.path}",
-                          stacklevel=3)
+            warnings.warn(
+                f"resdoctor: the process group was destroyed before close(); the "
+                f"per-rank files stay: resdoctor merge {self.path}",
+                stacklevel=3,
+            )
             return
         state = None
         try:
@@ -120,8 +122,11 @@ class RankMerger:
         watching = _watching(self._key, self.world)
         if watching < self.world:  # some ranks do not watch: a gather would wait for them
             if self.rank == 0 and state is not None:
-                warnings.warn(f"resdoctor: {watching} of {self.world} ranks watch; {self.path} "
-                              "holds the ranks that do (watch on every rank)", stacklevel=3)
+                warnings.warn(
+                    f"resdoctor: {watching} of {self.world} ranks watch; {self.path} "
+                    "holds the ranks that do (watch on every rank)",
+                    stacklevel=3,
+                )
                 runfile.write(merge([state], path=self.path), self.path)
             return
         states: list[Any] | None = [None] * self.world if self.rank == 0 else None
@@ -157,8 +162,10 @@ def _watching(key: str | None, world: int) -> int:
 
 
 # -- merging -------------------------------------------------------------------------------
-def merge(sources: Iterable[str | os.PathLike[str] | Mapping[str, Any]],
-          path: str | os.PathLike[str] | None = None) -> RunState:
+def merge(
+    sources: Iterable[str | os.PathLike[str] | Mapping[str, Any]],
+    path: str | os.PathLike[str] | None = None,
+) -> RunState:
     """Merge per-rank run files (or states) into one run state; see the module docstring.
 
     Raises ``RunFileError`` for an unreadable file and ``ValueError`` when given nothing.
@@ -187,8 +194,11 @@ def merge(sources: Iterable[str | os.PathLike[str] | Mapping[str, Any]],
         "series": _merge_series(states, layout),
         "events": _merge_events(states, int(base.get("options", {}).get("max_events", 1000))),
         "skipped_steps": torch.tensor(skipped, dtype=torch.long),
-        "errors": [{**e, "rank": r} for r, s in zip(ranks, states, strict=True)
-                   for e in s.get("errors", [])],
+        "errors": [
+            {**e, "rank": r}
+            for r, s in zip(ranks, states, strict=True)
+            for e in s.get("errors", [])
+        ],
         "distributed": {"sharded": sorted(layout.sharded)},
     }
 
@@ -224,13 +234,21 @@ def _merge_events(states: list[Any], max_events: int) -> list[Any]:
         group.sort(key=lambda e: (int(e["step"]), e["rank"]))
         first = dict(group[0])
         order = first.pop("_order")
-        first["detail"] = {**(first.get("detail") or {}),
-                           "seen_by": [{"rank": e["rank"], "step": int(e["step"])} for e in group]}
+        first["detail"] = {
+            **(first.get("detail") or {}),
+            "seen_by": [{"rank": e["rank"], "step": int(e["step"])} for e in group],
+        }
         events.append((order, first))
     # the earliest step first; within one, forward before backward, then a rank's own order
     # (its innermost module first)
-    events.sort(key=lambda x: (int(x[1]["step"]), _PHASES.get(str(x[1].get("phase")), 3),
-                               x[1]["rank"], x[0]))
+    events.sort(
+        key=lambda x: (
+            int(x[1]["step"]),
+            _PHASES.get(str(x[1].get("phase")), 3),
+            x[1]["rank"],
+            x[0],
+        )
+    )
     return [e for _, e in events[:max_events]]
 
 
@@ -266,8 +284,9 @@ def _merge_series(states: list[Any], layout: _Layout) -> dict[str, Any]:
     return out
 
 
-def _combine_series(name: str, st: _Stack, states: list[Any],
-                    layout: _Layout) -> tuple[np.ndarray, ...]:
+def _combine_series(
+    name: str, st: _Stack, states: list[Any], layout: _Layout
+) -> tuple[np.ndarray, ...]:
     rule = merge_rule(name)
     if rule in ("rms", "mean"):
         return _combine(st, rule)
@@ -286,8 +305,9 @@ def _combine_series(name: str, st: _Stack, states: list[Any],
     return tuple(np.where(sharded, s, f) for s, f in zip(shard, first, strict=True))
 
 
-def _combine(st: _Stack, how: Combine,
-             eligible: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+def _combine(
+    st: _Stack, how: Combine, eligible: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
     """``(mean, max, min, n)`` over ranks, each [U, C]."""
     w = st.present if eligible is None else st.present & eligible
     none = ~w.any(axis=0)
@@ -298,14 +318,18 @@ def _combine(st: _Stack, how: Combine,
         return (*[np.where(none, np.nan, a) for a in pick], n)
     with np.errstate(invalid="ignore", divide="ignore"):
         if how == "sumsq":
-            stats = [np.sqrt(np.where(w, a * a, 0.0).sum(axis=0))
-                     for a in (st.mean, st.max, st.min)]
+            stats = [
+                np.sqrt(np.where(w, a * a, 0.0).sum(axis=0)) for a in (st.mean, st.max, st.min)
+            ]
         else:
             k = w.sum(axis=0)
             sq = np.where(w, st.mean * st.mean, 0.0).sum(axis=0) / k
             mean = np.sqrt(sq) if how == "rms" else np.where(w, st.mean, 0.0).sum(axis=0) / k
-            stats = [mean, np.where(w, st.max, -np.inf).max(axis=0),
-                     np.where(w, st.min, np.inf).min(axis=0)]
+            stats = [
+                mean,
+                np.where(w, st.max, -np.inf).max(axis=0),
+                np.where(w, st.min, np.inf).min(axis=0),
+            ]
     return (*[np.where(none, np.nan, a) for a in stats], n)
 
 
@@ -313,15 +337,21 @@ def _ratio(st: _Stack, norms: _Stack, eligible: np.ndarray) -> tuple[np.ndarray,
     w = st.present & norms.present & eligible
     none = ~w.any(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        den = np.sqrt(np.where(w, norms.mean ** 2, 0.0).sum(axis=0))
-        stats = [np.sqrt(np.where(w, (a * norms.mean) ** 2, 0.0).sum(axis=0)) / den
-                 for a in (st.mean, st.max, st.min)]
+        den = np.sqrt(np.where(w, norms.mean**2, 0.0).sum(axis=0))
+        stats = [
+            np.sqrt(np.where(w, (a * norms.mean) ** 2, 0.0).sum(axis=0)) / den
+            for a in (st.mean, st.max, st.min)
+        ]
     n = np.where(w, st.n, 0).max(axis=0)
     return (*[np.where(none, np.nan, a) for a in stats], n)
 
 
-def _stack(parts: list[dict[str, Any] | None], stride: int, keys: np.ndarray | None = None,
-           columns: list[str] | None = None) -> _Stack:
+def _stack(
+    parts: list[dict[str, Any] | None],
+    stride: int,
+    keys: np.ndarray | None = None,
+    columns: list[str] | None = None,
+) -> _Stack:
     """Align ``parts`` (one series state per rank, None = absent) re-bucketed to ``stride``."""
     present = [p for p in parts if p is not None]
     buckets = [_rebucket(p, stride) if p is not None else None for p in parts]
@@ -371,8 +401,13 @@ def _rebucket(p: dict[str, Any], stride: int) -> tuple[np.ndarray, ...]:
         return steps, total, n, count, mx, mn
     keys, inv = np.unique(steps, return_inverse=True)
     shape = (len(keys), n.shape[1] if n.ndim == 2 else 0)
-    out = (np.zeros(shape), np.zeros(shape, np.int64), np.zeros(len(keys), np.int64),
-           np.full(shape, -np.inf), np.full(shape, np.inf))
+    out = (
+        np.zeros(shape),
+        np.zeros(shape, np.int64),
+        np.zeros(len(keys), np.int64),
+        np.full(shape, -np.inf),
+        np.full(shape, np.inf),
+    )
     with np.errstate(invalid="ignore"):
         np.add.at(out[0], inv, total)
     np.add.at(out[1], inv, n)
@@ -382,8 +417,9 @@ def _rebucket(p: dict[str, Any], stride: int) -> tuple[np.ndarray, ...]:
     return (keys, *out)
 
 
-def _to_state(st: _Stack, mean: np.ndarray, mx: np.ndarray, mn: np.ndarray,
-              n: np.ndarray) -> dict[str, Any]:
+def _to_state(
+    st: _Stack, mean: np.ndarray, mx: np.ndarray, mn: np.ndarray, n: np.ndarray
+) -> dict[str, Any]:
     keep = (n > 0).any(axis=1) if n.shape[1] else st.count.max(axis=0) > 0
     return {
         "columns": list(st.columns),

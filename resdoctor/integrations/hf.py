@@ -22,8 +22,9 @@ from resdoctor.recording.watcher import Watcher, watch
 try:
     from transformers import TrainerCallback
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("resdoctor.integrations.hf needs transformers: "
-                      "pip install resdoctor[hf]") from e
+    raise ImportError(
+        "resdoctor.integrations.hf needs transformers: pip install resdoctor[hf]"
+    ) from e
 
 from resdoctor.integrations._callback import check_options, safe_hook  # noqa: E402
 
@@ -43,13 +44,19 @@ class ResDoctorCallback(TrainerCallback):
         self._awaiting_log = False
 
     @_safe
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                       optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         options = dict(self.watch_options)
         options.setdefault("scaler", getattr(optimizer, "scaler", None))
         try:
-            self.watcher = watch(model, optimizer=_unwrap(optimizer), path=self.path,
-                                           **options)
+            self.watcher = watch(model, optimizer=_unwrap(optimizer), path=self.path, **options)
         except Exception as e:  # noqa: BLE001 - a resdoctor failure must not stop training
             warnings.warn(f"resdoctor: not recording this run: {e}", stacklevel=2)
 
@@ -63,8 +70,9 @@ class ResDoctorCallback(TrainerCallback):
             self.watcher.log()
 
     @_safe
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if self.watcher is None or not self._awaiting_log:
             return
         self._awaiting_log = False

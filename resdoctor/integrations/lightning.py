@@ -25,8 +25,9 @@ except ImportError:  # pragma: no cover - the standalone package
     try:
         from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]
     except ImportError as e:
-        raise ImportError("resdoctor.integrations.lightning needs Lightning: "
-                          "pip install resdoctor[lightning]") from e
+        raise ImportError(
+            "resdoctor.integrations.lightning needs Lightning: pip install resdoctor[lightning]"
+        ) from e
 
 from resdoctor.integrations._callback import check_options, safe_hook  # noqa: E402
 from resdoctor.recording.integration import Context  # noqa: E402
@@ -54,16 +55,21 @@ class ResDoctorCallback(Callback):
         options = dict(self.watch_options)
         options.setdefault("scaler", getattr(trainer.precision_plugin, "scaler", None))
         try:
-            self.watcher = watch(pl_module, optimizer=optimizers[0] if optimizers
-                                           else None, path=self.path, **options)
+            self.watcher = watch(
+                pl_module,
+                optimizer=optimizers[0] if optimizers else None,
+                path=self.path,
+                **options,
+            )
         except Exception as e:  # noqa: BLE001 - a resdoctor failure must not stop training
             warnings.warn(f"resdoctor: not recording this fit: {e}", stacklevel=2)
 
     # training_step need not call self(...): the callback opens the module's forward itself, so
     # the recorder sees every submodule call from the batch start to the loss
     @_safe
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._global_step = trainer.global_step
         ctx = self._context()
         if ctx is not None and not self._forward_open:
@@ -75,8 +81,9 @@ class ResDoctorCallback(Callback):
         self._close_forward(pl_module, loss)
 
     @_safe
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._close_forward(pl_module, None)
         if self.watcher is None:
             return

@@ -24,12 +24,19 @@ __all__ = ["CHART_FIELDS", "WandbLogger", "attach_report", "publish_report", "ve
 INSTALL_HINT = "resdoctor's W&B integration needs wandb: pip install resdoctor[wandb]"
 # fields of the shipped Vega-Lite specs (resdoctor/vega/<name>.json) -> table columns
 CHART_FIELDS: dict[str, dict[str, str]] = {
-    "gradient_flow": {"step": "step", "module": "module", "depth": "depth",
-                      "value": "log10_grad_norm", "nonfinite": "nonfinite"},
+    "gradient_flow": {
+        "step": "step",
+        "module": "module",
+        "depth": "depth",
+        "value": "log10_grad_norm",
+        "nonfinite": "nonfinite",
+    },
     "branch_ratio": {"step": "step", "site": "site", "depth": "depth", "value": "branch_ratio"},
 }
-_TITLES = {"gradient_flow": "resdoctor: gradient flow (log10 gradient norm)",
-           "branch_ratio": "resdoctor: branch ratio ‖F(x)‖/‖x‖ per site"}
+_TITLES = {
+    "gradient_flow": "resdoctor: gradient flow (log10 gradient norm)",
+    "branch_ratio": "resdoctor: branch ratio ‖F(x)‖/‖x‖ per site",
+}
 
 
 def _import_wandb() -> Any:
@@ -59,19 +66,29 @@ def _builtin_charts(wandb: Any, run: Any, prefix: str) -> dict[str, Any]:
     ratio = panels.site_lines(run, "branch_ratio")
     if ratio.keys:
         out[f"{prefix}/charts/branch_ratio"] = wandb.plot.line_series(
-            xs=ratio.xs, ys=ratio.ys, keys=ratio.keys, title=_TITLES["branch_ratio"],
-            xname="step")
+            xs=ratio.xs, ys=ratio.ys, keys=ratio.keys, title=_TITLES["branch_ratio"], xname="step"
+        )
     profile = panels.gradient_profile(run)
     if profile.keys:
         out[f"{prefix}/charts/gradient_profile"] = wandb.plot.line_series(
-            xs=profile.xs, ys=profile.ys, keys=profile.keys,
-            title="resdoctor: log10 gradient norm by depth (input → output)", xname="depth")
+            xs=profile.xs,
+            ys=profile.ys,
+            keys=profile.keys,
+            title="resdoctor: log10 gradient norm by depth (input → output)",
+            xname="depth",
+        )
     return out
 
 
-def publish_report(run: Any, report: Any, *, prefix: str = "resdoctor",
-                   charts: Mapping[str, str] | None = None, max_rows: int = 20_000,
-                   commit: bool = True) -> None:
+def publish_report(
+    run: Any,
+    report: Any,
+    *,
+    prefix: str = "resdoctor",
+    charts: Mapping[str, str] | None = None,
+    max_rows: int = 20_000,
+    commit: bool = True,
+) -> None:
     """Log ``report`` into the W&B ``run``: the findings table, the panel tables and charts, the
     HTML summary, and the verdict in the run summary.
 
@@ -84,23 +101,27 @@ def publish_report(run: Any, report: Any, *, prefix: str = "resdoctor",
     data: dict[str, Any] = {
         f"{prefix}/findings": _table(wandb, panels.findings_table(report.findings)),
         f"{prefix}/tables/gradient_flow": _table(wandb, flow),
-        f"{prefix}/tables/branch_ratio": _table(wandb, panels.site_table(report.run,
-                                                                         max_rows=max_rows)),
+        f"{prefix}/tables/branch_ratio": _table(
+            wandb, panels.site_table(report.run, max_rows=max_rows)
+        ),
         f"{prefix}/report": wandb.Html(report_html(report, flow), inject=False),
         **_builtin_charts(wandb, report.run, prefix),
     }
     for name, spec in (charts or {}).items():
         table = data[f"{prefix}/tables/{name}"]  # KeyError: not a resdoctor chart
         data[f"{prefix}/charts/{name}_custom"] = wandb.plot_table(
-            spec, table, dict(CHART_FIELDS[name]), {"title": _TITLES[name]})
+            spec, table, dict(CHART_FIELDS[name]), {"title": _TITLES[name]}
+        )
     if report.run.steps:
         data[f"{prefix}/step"] = report.run.steps - 1
     run.log(data, commit=commit)
-    run.summary.update({
-        f"{prefix}/verdict": report.verdict,
-        f"{prefix}/findings_count": len(report.findings),
-        f"{prefix}/critical_count": sum(f.severity == "critical" for f in report.findings),
-    })
+    run.summary.update(
+        {
+            f"{prefix}/verdict": report.verdict,
+            f"{prefix}/findings_count": len(report.findings),
+            f"{prefix}/critical_count": sum(f.severity == "critical" for f in report.findings),
+        }
+    )
 
 
 def _diagnose(ctx: Context, at_close: bool = False) -> Any:
@@ -138,10 +159,19 @@ class WandbLogger:
         max_rows: rows at most in each panel table.
     """
 
-    def __init__(self, run: Any = True, every: int = 10, *, prefix: str = "resdoctor",
-                 signals: Sequence[str] = panels.DEFAULT_SIGNALS, alerts: bool = True,
-                 charts: Mapping[str, str] | None = None, analyze_every: int = 0,
-                 commit: bool = True, max_rows: int = 20_000) -> None:
+    def __init__(
+        self,
+        run: Any = True,
+        every: int = 10,
+        *,
+        prefix: str = "resdoctor",
+        signals: Sequence[str] = panels.DEFAULT_SIGNALS,
+        alerts: bool = True,
+        charts: Mapping[str, str] | None = None,
+        analyze_every: int = 0,
+        commit: bool = True,
+        max_rows: int = 20_000,
+    ) -> None:
         if isinstance(run, Mapping):
             self.__init__(**{"every": every, **run})  # type: ignore[misc]
             return
@@ -167,11 +197,16 @@ class WandbLogger:
         if run is None or getattr(run, "_is_finished", False):
             if not self._warned and ctx.rank == 0:
                 self._warned = True
-                why = ("the wandb run has finished: close the watcher before wandb.finish()"
-                       if run is not None else
-                       "no wandb run is active: call wandb.init() before training")
-                warnings.warn(f"resdoctor: {why}. Nothing more is logged to W&B; the run file "
-                              "is still written.", stacklevel=3)
+                why = (
+                    "the wandb run has finished: close the watcher before wandb.finish()"
+                    if run is not None
+                    else "no wandb run is active: call wandb.init() before training"
+                )
+                warnings.warn(
+                    f"resdoctor: {why}. Nothing more is logged to W&B; the run file "
+                    "is still written.",
+                    stacklevel=3,
+                )
             return None
         if self._used is not run:
             run.define_metric(f"{self.prefix}/step")
@@ -218,9 +253,18 @@ class WandbLogger:
             self._safely(ctx, "log", self._log_step, run, ctx, latest)
         report = _diagnose(ctx, at_close=True)
         if report is not None:
-            self._safely(ctx, "report", lambda: publish_report(
-                run, report, prefix=self.prefix, charts=self.charts, max_rows=self.max_rows,
-                commit=self.commit))
+            self._safely(
+                ctx,
+                "report",
+                lambda: publish_report(
+                    run,
+                    report,
+                    prefix=self.prefix,
+                    charts=self.charts,
+                    max_rows=self.max_rows,
+                    commit=self.commit,
+                ),
+            )
         self._alert_findings(run, ctx, report, self._new_onsets(ctx))
 
     # -- parts ---------------------------------------------------------------------------------
@@ -234,16 +278,18 @@ class WandbLogger:
         """Non-finite onsets not seen yet; AMP-skipped overflows are normal and left out."""
         new = ctx.events(self._seen_events)
         self._seen_events += len(new)
-        return [e for e in new if e.get("kind") == "nonfinite"
-                and not (e.get("detail") or {}).get("amp_skipped")]
+        return [
+            e
+            for e in new
+            if e.get("kind") == "nonfinite" and not (e.get("detail") or {}).get("amp_skipped")
+        ]
 
     def _on_events(self, run: Any, ctx: Context) -> None:
         onsets = self._new_onsets(ctx)
         if onsets:
             self._check(run, ctx, onsets, log_table=True)
 
-    def _check(self, run: Any, ctx: Context, onsets: list[dict[str, Any]],
-               log_table: bool) -> None:
+    def _check(self, run: Any, ctx: Context, onsets: list[dict[str, Any]], log_table: bool) -> None:
         """Diagnose now; log the findings table and alert new critical findings."""
         report = _diagnose(ctx)
         fresh = self._alert_findings(run, ctx, report, onsets)
@@ -253,8 +299,9 @@ class WandbLogger:
             row = {f"{self.prefix}/findings": table, f"{self.prefix}/step": step}
             self._safely(ctx, "findings", lambda: run.log(row, commit=self.commit))
 
-    def _alert_findings(self, run: Any, ctx: Context, report: Any,
-                        onsets: list[dict[str, Any]]) -> int:
+    def _alert_findings(
+        self, run: Any, ctx: Context, report: Any, onsets: list[dict[str, Any]]
+    ) -> int:
         """Alert each critical finding once, or the raw onset when no rule reported it."""
         if not self.alerts_on:
             return 0
@@ -262,34 +309,57 @@ class WandbLogger:
         critical = [f for f in findings if f.severity == "critical"]
         sent = 0
         for f in critical:
-            sent += self._alert(run, ctx, (f.code, f.location), *panels.alert_text(
-                f, ctx.path), finding=f)
+            sent += self._alert(
+                run, ctx, (f.code, f.location), *panels.alert_text(f, ctx.path), finding=f
+            )
         if onsets and not any(f.code == "nonfinite" for f in critical):
             e = onsets[0]
             title, text = panels.event_alert(e, ctx.path)
-            sent += self._alert(run, ctx, ("nonfinite", None), title, text,
-                                step=e.get("step"), location=e.get("module"))
+            sent += self._alert(
+                run,
+                ctx,
+                ("nonfinite", None),
+                title,
+                text,
+                step=e.get("step"),
+                location=e.get("module"),
+            )
         return sent
 
-    def _alert(self, run: Any, ctx: Context, key: tuple[str, str | None], title: str,
-               text: str, finding: Finding | None = None, step: int | None = None,
-               location: str | None = None) -> int:
+    def _alert(
+        self,
+        run: Any,
+        ctx: Context,
+        key: tuple[str, str | None],
+        title: str,
+        text: str,
+        finding: Finding | None = None,
+        step: int | None = None,
+        location: str | None = None,
+    ) -> int:
         if key in self._alerted:
             return 0
         self._alerted.add(key)
-        record = {"title": title, "text": text, "level": "ERROR", "code": key[0],
-                  "step": finding.step if finding else step,
-                  "location": finding.location if finding else location}
+        record = {
+            "title": title,
+            "text": text,
+            "level": "ERROR",
+            "code": key[0],
+            "step": finding.step if finding else step,
+            "location": finding.location if finding else location,
+        }
         self.alerts.append(record)
         level = self._wandb.AlertLevel.ERROR
         self._safely(ctx, "alert", lambda: run.alert(title=title, text=text, level=level))
-        self._safely(ctx, "summary", run.summary.update,
-                     {f"{self.prefix}/alerts": list(self.alerts)})
+        self._safely(
+            ctx, "summary", run.summary.update, {f"{self.prefix}/alerts": list(self.alerts)}
+        )
         return 1
 
 
-def attach_report(report: Any, project: str | None = None, run_id: str | None = None,
-                  entity: str | None = None) -> str:
+def attach_report(
+    report: Any, project: str | None = None, run_id: str | None = None, entity: str | None = None
+) -> str:
     """Attach ``report`` (findings table, panels, HTML summary, verdict) to a W&B run.
 
     With ``run_id`` that run is resumed (it must exist); otherwise the active run is used, or a
@@ -308,15 +378,21 @@ def attach_report(report: Any, project: str | None = None, run_id: str | None = 
             run.finish()
 
 
-def _open_run(wandb: Any, report: Any, project: str | None, run_id: str | None,
-              entity: str | None) -> tuple[Any, bool]:
+def _open_run(
+    wandb: Any, report: Any, project: str | None, run_id: str | None, entity: str | None
+) -> tuple[Any, bool]:
     """The run to attach to, and whether it was opened here (then it is finished here)."""
     active = wandb.run
     if active is not None and run_id in (None, active.id):
         return active, False
     if run_id is not None:  # "create_new": an active run of the user's stays as it is
-        return wandb.init(project=project, entity=entity, id=run_id, resume="must",
-                          reinit="create_new"), True
+        return wandb.init(
+            project=project, entity=entity, id=run_id, resume="must", reinit="create_new"
+        ), True
     name = os.path.basename(str(report.run.path or "run"))
-    return wandb.init(project=project or "resdoctor", entity=entity,
-                      job_type="resdoctor-analyze", name=f"resdoctor {name}"), True
+    return wandb.init(
+        project=project or "resdoctor",
+        entity=entity,
+        job_type="resdoctor-analyze",
+        name=f"resdoctor {name}",
+    ), True

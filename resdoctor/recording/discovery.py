@@ -44,10 +44,19 @@ class Site:
         return self.skip is not None and (self.branch is not None or self.result is not None)
 
     def to_dict(self) -> dict[str, Any]:
-        taps = {k: (getattr(self, k).to_dict() if getattr(self, k) else None)
-                for k in ("skip", "branch", "result", "source")}
-        return {"name": self.name, "kind": self.kind, "module": self.module, "index": self.index,
-                "owner": self.owner, "shape": list(self.shape), **taps}
+        taps = {
+            k: (getattr(self, k).to_dict() if getattr(self, k) else None)
+            for k in ("skip", "branch", "result", "source")
+        }
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "module": self.module,
+            "index": self.index,
+            "owner": self.owner,
+            "shape": list(self.shape),
+            **taps,
+        }
 
 
 def discover(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -> list[Site]:

@@ -37,9 +37,7 @@ class HookSet:
         self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
 
     def forward(self, module: nn.Module, fn: Callable[..., Any], always: bool = False) -> None:
-        self._handles.append(
-            module.register_forward_hook(fn, with_kwargs=True, always_call=always)
-        )
+        self._handles.append(module.register_forward_hook(fn, with_kwargs=True, always_call=always))
 
     def step_pre(self, optimizer: torch.optim.Optimizer, fn: Callable[..., Any]) -> None:
         self._handles.append(optimizer.register_step_pre_hook(fn))

@@ -94,8 +94,7 @@ class Context:
         return self._recorder.state()
 
     # -- what an integration may add --------------------------------------------------------
-    def add_series(self, name: str, columns: Sequence[str], step: int,
-                   values: np.ndarray) -> None:
+    def add_series(self, name: str, columns: Sequence[str], step: int, values: np.ndarray) -> None:
         """Append one row of an extra per-column signal (created on first use) at ``step``."""
         self._recorder.journal.extra(name, list(columns), step, values)
 

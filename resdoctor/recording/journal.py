@@ -60,7 +60,7 @@ class _Accumulator:
             if kind not in blocks or not n:
                 continue
             idx, values = blocks[kind]
-            values = values ** 2 if combine == "rms" else values
+            values = values**2 if combine == "rms" else values
             for j in range(values.shape[1]):
                 self.sums[kind][:, j] += np.bincount(idx, values[:, j], minlength=n)
             self.counts[kind] += np.bincount(idx, minlength=n)
@@ -86,8 +86,14 @@ class _Accumulator:
 class Journal:
     """Host-side state; everything in it is bounded (series capacity, event cap)."""
 
-    def __init__(self, modules: list[dict[str, Any]], param_modules: list[str], capacity: int,
-                 max_events: int, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        modules: list[dict[str, Any]],
+        param_modules: list[str],
+        capacity: int,
+        max_events: int,
+        meta: dict[str, Any],
+    ) -> None:
         self.modules = modules
         self.param_modules = param_modules
         self.capacity = capacity
@@ -116,7 +122,7 @@ class Journal:
         return dict(self.last)
 
     def events_since(self, since: int = 0) -> list[dict[str, Any]]:
-        return [dict(e) for e in self.events[max(0, since):]]
+        return [dict(e) for e in self.events[max(0, since) :]]
 
     def set_meta(self, key: str, value: Any, *, replace: bool = True) -> None:
         if replace or key not in self.meta:
@@ -201,13 +207,23 @@ class Journal:
             s.append(step, row, present=np.array([c in scalars for c in s.columns]))
         if skipped:
             self.skipped.append(step)
-        self.last = {"step": step, "skipped": skipped, "scalars": scalars, **vectors,
-                     **{k: v[0] for k, v in rows.items()}}
+        self.last = {
+            "step": step,
+            "skipped": skipped,
+            "scalars": scalars,
+            **vectors,
+            **{k: v[0] for k, v in rows.items()},
+        }
         self.steps += 1
 
     # -- non-finite onsets ---------------------------------------------------------------------
-    def _onsets(self, blocks: dict[str, Any], vectors: dict[str, np.ndarray],
-                skipped: bool | None, rank: int) -> None:
+    def _onsets(
+        self,
+        blocks: dict[str, Any],
+        vectors: dict[str, np.ndarray],
+        skipped: bool | None,
+        rank: int,
+    ) -> None:
         amp = bool(skipped)
         names = self._names
         forward_bad = False
@@ -218,8 +234,13 @@ class Journal:
             bad = ~(finite[:, 2] & finite[:, 3])
             forward_bad = bool(bad.any())
             for k in np.flatnonzero(bad & finite[:, 0] & finite[:, 1]):
-                self._event(names[idx[k]], "forward", rank, amp,
-                            {"input_absmax": float(np.abs(v[k, :2]).max())})
+                self._event(
+                    names[idx[k]],
+                    "forward",
+                    rank,
+                    amp,
+                    {"input_absmax": float(np.abs(v[k, :2]).max())},
+                )
         grads_bad = _bad(vectors, "grad")
         if grads_bad.any() and not forward_bad:
             self._backward_onset(blocks, grads_bad, names, rank, amp)
@@ -228,15 +249,23 @@ class Journal:
             bad_idx = np.flatnonzero(params_bad)
             if len(bad_idx):
                 first = bad_idx[np.argmin(self._param_order[bad_idx])]
-                self._event(self.param_modules[first], "optimizer", rank, amp,
-                            {"modules_affected": int(len(bad_idx))})
+                self._event(
+                    self.param_modules[first],
+                    "optimizer",
+                    rank,
+                    amp,
+                    {"modules_affected": int(len(bad_idx))},
+                )
 
-    def _backward_onset(self, blocks: dict[str, Any], grads_bad: np.ndarray,
-                        names: list[str], rank: int, amp: bool) -> None:
+    def _backward_onset(
+        self, blocks: dict[str, Any], grads_bad: np.ndarray, names: list[str], rank: int, amp: bool
+    ) -> None:
         """Backward runs in reverse: the NaN was made by the latest module in forward order whose
         parameter gradients (or, for parameter-free ops, input gradient) went bad."""
-        bad = [(self._order.get(self.param_modules[i], -1), self.param_modules[i])
-               for i in np.flatnonzero(grads_bad)]
+        bad = [
+            (self._order.get(self.param_modules[i], -1), self.param_modules[i])
+            for i in np.flatnonzero(grads_bad)
+        ]
         if "bwd" in blocks:
             idx, v = blocks["bwd"]  # [n, (min, max)] of parameter-free ops' input gradients
             made = idx[~np.isfinite(v).all(axis=1)]
@@ -249,8 +278,16 @@ class Journal:
         if key in self._event_keys or len(self.events) >= self.max_events:
             return
         self._event_keys.add(key)
-        self.events.append({"kind": "nonfinite", "step": self.steps, "module": module,
-                            "phase": phase, "rank": rank, "detail": {**detail, "amp_skipped": amp}})
+        self.events.append(
+            {
+                "kind": "nonfinite",
+                "step": self.steps,
+                "module": module,
+                "phase": phase,
+                "rank": rank,
+                "detail": {**detail, "amp_skipped": amp},
+            }
+        )
 
     # -- run file --------------------------------------------------------------------------
     def state(self, options: dict[str, Any]) -> RunState:

@@ -41,9 +41,17 @@ from resdoctor.runfile.layout import RunState
 class Recorder:
     """Records one model (and optionally its optimizer) into a run file."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, path: str,
-                 options: Options, scaler: Any = None, sites: list[Site] | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        path: str,
+        options: Options,
+        scaler: Any = None,
+        sites: list[Site] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.model, self.optimizer, self.path, self.options = model, optimizer, path, options
         self.scaler, self.rank, self.world_size = scaler, rank, world_size
         self.hooks = HookSet()
@@ -64,15 +72,27 @@ class Recorder:
         self._due_smoothing = self.smoothing.needs.when
         self._due_grad_share = self.grad_share.needs.when
         self._due_update = self.updates.needs.when
-        modules = [{"name": n or "<root>", "type": type(m).__name__,
-                    "params": sum(p.numel() for p in m.parameters(recurse=False)), "order": -1}
-                   for n, m in named]
+        modules = [
+            {
+                "name": n or "<root>",
+                "type": type(m).__name__,
+                "params": sum(p.numel() for p in m.parameters(recurse=False)),
+                "order": -1,
+            }
+            for n, m in named
+        ]
         self.module_index = {n: i for i, (n, _) in enumerate(named)}
-        meta = {"model_class": type(model).__name__, "rank": rank, "world_size": world_size,
-                "created": time.time(), "path": str(path),
-                "device": str(next(model.parameters()).device) if groups else "cpu"}
-        self.journal = Journal(modules, [n or "<root>" for n, _ in groups], options.capacity,
-                               options.max_events, meta)
+        meta = {
+            "model_class": type(model).__name__,
+            "rank": rank,
+            "world_size": world_size,
+            "created": time.time(),
+            "path": str(path),
+            "device": str(next(model.parameters()).device) if groups else "cpu",
+        }
+        self.journal = Journal(
+            modules, [n or "<root>" for n, _ in groups], options.capacity, options.max_events, meta
+        )
         self.transfer = Transfer()
         self.seg = Segment()
         self.sites: list[Site] | None = None
@@ -100,6 +120,7 @@ class Recorder:
             except Exception as e:  # noqa: BLE001 - never raise into the training loop
                 self.record_error(where, e)
                 return None
+
         return wrapper
 
     def record_error(self, where: str, e: BaseException) -> None:
@@ -108,9 +129,15 @@ class Recorder:
                 err["count"] += 1
                 return
         if len(self.journal.errors) < 100:
-            self.journal.errors.append({"where": where, "type": type(e).__name__,
-                                        "message": str(e)[:500], "count": 1,
-                                        "first_step": self.journal.steps})
+            self.journal.errors.append(
+                {
+                    "where": where,
+                    "type": type(e).__name__,
+                    "message": str(e)[:500],
+                    "count": 1,
+                    "first_step": self.journal.steps,
+                }
+            )
 
     def _attach(self, named: list[tuple[str, nn.Module]]) -> None:
         root = self.model
@@ -169,7 +196,8 @@ class Recorder:
 
     def _recording(self) -> bool:
         return not (self.closed or self._paused) and (
-            torch.is_grad_enabled() or self.options.record_eval)
+            torch.is_grad_enabled() or self.options.record_eval
+        )
 
     def _training(self) -> bool:
         """A recorded forward that trains: only these feed the per-step site statistics
@@ -211,8 +239,9 @@ class Recorder:
                 self.record_error("discovery", tracer.failed)
                 self._set_sites([])
             else:
-                self.journal.set_order({n or "<root>": i
-                                        for i, n in enumerate(tracer.module_order)})
+                self.journal.set_order(
+                    {n or "<root>": i for i, n in enumerate(tracer.module_order)}
+                )
                 try:
                     sites = sites_from(tracer, self.model)
                 except Exception as e:  # noqa: BLE001 - record, and stop retrying every step
@@ -240,6 +269,7 @@ class Recorder:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
             if self._live(plan):
                 self._untraced(self._before, plan, args, kwargs)
+
         return hook
 
     def _post_hook(self, plan: _Plan) -> Callable[..., None]:
@@ -247,6 +277,7 @@ class Recorder:
             # the root's own hook runs after _end_forward: the forward id still matches
             if plan.forward_id == self._forward_id and self._recording():
                 self._untraced(self._after, plan, args, kwargs, output)
+
         return hook
 
     def _untraced(self, fn: Callable[..., None], *args: Any) -> None:
@@ -273,8 +304,9 @@ class Recorder:
         if plan.check and plan.inputs:
             self.nonfinite.outputs(self.seg, plan.index, plan.inputs.pop(), output)
             if plan.check[1] and torch.is_grad_enabled():
-                self.nonfinite.input_grads(self._segment, self._hooks_for("backward"),
-                                           plan.index, args, kwargs)
+                self.nonfinite.input_grads(
+                    self._segment, self._hooks_for("backward"), plan.index, args, kwargs
+                )
         for i, role, tap in plan.taps_out:
             if tap.call == plan.calls:
                 t = get_path(output, tap.path)
@@ -335,6 +367,7 @@ class Recorder:
             measured = self.smoothing(t)
             if measured is not None:
                 self.seg.add_row("lsmooth", i, tuple(map(self.seg.put, measured)))
+
         return hook
 
     def _site_value(self, i: int, role: str, t: torch.Tensor) -> None:
@@ -353,11 +386,15 @@ class Recorder:
         self.magnitude.row(self.seg, i, p)
         if self._due_smoothing(self._step):
             total = p.get("result")
-            measured = (self.smoothing(total) if total is not None
-                        else self.smoothing.of_sum(p["skip"], p["branch"]))
+            measured = (
+                self.smoothing(total)
+                if total is not None
+                else self.smoothing.of_sum(p["skip"], p["branch"])
+            )
             if measured is not None:
-                self.seg.add_row("smooth", i, (self.seg.put(measured[0]),
-                                               self.seg.put(measured[1])))
+                self.seg.add_row(
+                    "smooth", i, (self.seg.put(measured[0]), self.seg.put(measured[1]))
+                )
         if self._due_grad_share(self._step):
             self.grad_share(self._segment, self._hooks_for("backward"), i, site, p)
 
@@ -415,8 +452,9 @@ class Recorder:
             return
         with torch.no_grad():
             flat, layout = seg.pack()
-        meta = SegmentMeta(seg.forwards, seg.backwards, seg.stepped, dict(seg.scalars),
-                           self.optimizer is not None)
+        meta = SegmentMeta(
+            seg.forwards, seg.backwards, seg.stepped, dict(seg.scalars), self.optimizer is not None
+        )
         self.transfer.submit(meta, flat, layout)
         if seg.stepped or self.optimizer is None:
             self._step += 1
@@ -439,8 +477,9 @@ class Recorder:
             if f"{kind}_max" in raw:
                 out[f"{kind}_bad"] = grads.bad(raw[f"{kind}_max"])
         if "update_l2" in raw and "update_old_l2" in raw:
-            out["update_ratio"] = (grads.fold(raw["update_l2"])
-                                   / np.maximum(grads.fold(raw["update_old_l2"]), 1e-12))
+            out["update_ratio"] = grads.fold(raw["update_l2"]) / np.maximum(
+                grads.fold(raw["update_old_l2"]), 1e-12
+            )
         return out
 
     def _maybe_flush(self) -> None:
@@ -479,7 +518,7 @@ class _Plan:
     def __init__(self, index: int) -> None:
         self.index = index
         self.check: tuple[bool, bool] | tuple[()] = ()  # (check, also check input gradients)
-        self.taps_in: list[tuple[int, str, Any]] = []   # (site, role, tap)
+        self.taps_in: list[tuple[int, str, Any]] = []  # (site, role, tap)
         self.taps_out: list[tuple[int, str, Any]] = []
         self.forward_id = -1
         self.calls = -1  # calls of the module in this forward (taps name the call they read)

@@ -50,8 +50,16 @@ class Segment:
 
     @property
     def empty(self) -> bool:
-        return not (self.pool or self.rows or self.vectors or self.scalars
-                    or self.tensor_scalars or self.forwards or self.backwards or self.stepped)
+        return not (
+            self.pool
+            or self.rows
+            or self.vectors
+            or self.scalars
+            or self.tensor_scalars
+            or self.forwards
+            or self.backwards
+            or self.stepped
+        )
 
     def pack(self) -> tuple[torch.Tensor | None, Layout]:
         """One flat float32 tensor and the layout ``[(kind, index, width), ...]`` to split it."""
@@ -63,8 +71,13 @@ class Segment:
             parts.append(torch.stack(pool).float())  # stack promotes mixed dtypes
             layout.append(("pool", None, len(pool)))
         for kind, (idx, rows) in self.rows.items():  # gathered from the pool on the host
-            layout.append(("rows", (kind, np.asarray(idx, dtype=np.int64),
-                                    np.asarray(rows, dtype=np.int64)), 0))
+            layout.append(
+                (
+                    "rows",
+                    (kind, np.asarray(idx, dtype=np.int64), np.asarray(rows, dtype=np.int64)),
+                    0,
+                )
+            )
         for name, t in self.vectors.items():
             parts.append(t.reshape(-1).float())  # a float64 norm beyond float32 range is inf
             layout.append(("vec", name, parts[-1].numel()))
@@ -90,8 +103,9 @@ def const(value: int) -> int:
 Decoder = Callable[[np.ndarray], np.ndarray]
 
 
-def unpack(flat: np.ndarray | None, layout: Layout,
-           decode: Mapping[str, Decoder] | None = None) -> dict[str, Any]:
+def unpack(
+    flat: np.ndarray | None, layout: Layout, decode: Mapping[str, Decoder] | None = None
+) -> dict[str, Any]:
     """Split a transferred flat array: ``{kind: (index [n], values [n, width])}``,
     ``{"vec": {name: values}}`` and ``{"scalar": {name: value}}``. Pooled rows of a kind in
     ``decode`` are passed through it (raw sums in, recorded values out)."""
@@ -103,16 +117,15 @@ def unpack(flat: np.ndarray | None, layout: Layout,
         if kind == "rows":
             name, idx, slots = key
             gathered = pool[np.clip(slots, 0, None)] if len(pool) else np.zeros(slots.shape)
-            values = np.where(slots >= 0, gathered,
-                              np.where(slots == -1, 0.0, CONST_BASE - slots))
+            values = np.where(slots >= 0, gathered, np.where(slots == -1, 0.0, CONST_BASE - slots))
             out[name] = (idx, decode[name](values) if name in decode else values)
             continue
         assert flat is not None
         if kind == "pool":
-            pool = flat[offset: offset + width]
+            pool = flat[offset : offset + width]
             offset += width
         else:  # "vec" or "scalar"
-            chunk = flat[offset: offset + width]
+            chunk = flat[offset : offset + width]
             out[kind][key] = chunk if kind == "vec" else float(chunk[0])
             offset += width
     return out

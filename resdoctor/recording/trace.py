@@ -37,8 +37,12 @@ class Tap:
     call: int = 0  # which call of the module within one forward (modules can be reused)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"module": self.module, "where": self.where, "path": list(self.path),
-                "call": self.call}
+        return {
+            "module": self.module,
+            "where": self.where,
+            "path": list(self.path),
+            "call": self.call,
+        }
 
 
 @dataclass
@@ -121,6 +125,7 @@ class Tracer(TorchFunctionMode):
                     fn(*args)
                 except Exception as e:  # noqa: BLE001
                     self.failed = e
+
         return hook
 
     def _pre(self, name: str) -> Any:

@@ -22,13 +22,25 @@ class Watcher:
     ``Watcher(...)`` and ``watch(...)`` take the same arguments.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                 path: str | os.PathLike[str] = "run.pt", *, scaler: Any = None,
-                 example_inputs: tuple[Any, ...] | None = None,
-                 example_kwargs: dict[str, Any] | None = None, options: Options | None = None,
-                 wandb: Any = None, wandb_every: int = 10, **settings: Any) -> None:
-        attribution = {k[len("attribute_"):]: settings.pop(k) for k in list(settings)
-                       if k.startswith("attribute_")}
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        path: str | os.PathLike[str] = "run.pt",
+        *,
+        scaler: Any = None,
+        example_inputs: tuple[Any, ...] | None = None,
+        example_kwargs: dict[str, Any] | None = None,
+        options: Options | None = None,
+        wandb: Any = None,
+        wandb_every: int = 10,
+        **settings: Any,
+    ) -> None:
+        attribution = {
+            k[len("attribute_") :]: settings.pop(k)
+            for k in list(settings)
+            if k.startswith("attribute_")
+        }
         base = options.to_dict() if options is not None else {}
         self.options = Options.from_kwargs(**{**base, **settings})
         self.path = os.fspath(path)
@@ -40,16 +52,27 @@ class Watcher:
             try:
                 sites = discover(model, *(example_inputs or ()), **(example_kwargs or {}))
             except Exception as e:  # noqa: BLE001 - fall back to the first training forward
-                warnings.warn(f"resdoctor: discovery on example_inputs failed ({e}); sites "
-                              "will be found on the first forward pass", stacklevel=2)
+                warnings.warn(
+                    f"resdoctor: discovery on example_inputs failed ({e}); sites "
+                    "will be found on the first forward pass",
+                    stacklevel=2,
+                )
         rank, world = _dist_rank()
         record_to = self.path
         if world > 1:  # each rank records run.rank{r}.pt; rank 0 merges them into path at close
             from resdoctor.integrations import distributed
 
             record_to = distributed.rank_path(self.path, rank)
-        self.recorder = Recorder(model, optimizer, record_to, self.options, scaler=scaler,
-                                 sites=sites, rank=rank, world_size=world)
+        self.recorder = Recorder(
+            model,
+            optimizer,
+            record_to,
+            self.options,
+            scaler=scaler,
+            sites=sites,
+            rank=rank,
+            world_size=world,
+        )
         self.context = Context(self.recorder, self.path, self.options)
         try:
             if world > 1:
@@ -139,8 +162,12 @@ def _close_live_watchers() -> None:
         watcher.close()
 
 
-def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-          path: str | os.PathLike[str] = "run.pt", **options: Any) -> Watcher:
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    path: str | os.PathLike[str] = "run.pt",
+    **options: Any,
+) -> Watcher:
     """Watch ``model`` (and ``optimizer``) and record its training health into ``path``.
 
     Steps: with an optimizer a step is one ``optimizer.step()`` (gradient accumulation folds
@@ -156,8 +183,9 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
     return Watcher(model, optimizer, path, **options)
 
 
-def _optional_integrations(attribution: dict[str, Any], wandb: Any,
-                           wandb_every: int) -> list[Integration]:
+def _optional_integrations(
+    attribution: dict[str, Any], wandb: Any, wandb_every: int
+) -> list[Integration]:
     """The integrations asked for by ``watch()`` keywords, built before any hook is placed."""
     found: list[Integration] = []
     if attribution.get("every"):

@@ -44,17 +44,21 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """Exactly the JSON object of DESIGN.md section 6 (plus extra keys: notes, counts,
         each finding's rule and thresholds, each fix's params); JSON-safe (NaN -> null)."""
-        return plain({
-            "resdoctor": __version__,
-            "run": self.run.path or "",
-            "steps": self.run.steps,
-            "verdict": self.verdict,
-            "sites": [{"name": s["name"], "kind": s["kind"], "module": s["module"]}
-                      for s in self.run.site_records],
-            "findings": [f.to_dict() for f in self.findings],
-            "notes": list(self.notes),
-            "counts": {s: len(self.by_severity(s)) for s in ("critical", "warning", "info")},
-        })
+        return plain(
+            {
+                "resdoctor": __version__,
+                "run": self.run.path or "",
+                "steps": self.run.steps,
+                "verdict": self.verdict,
+                "sites": [
+                    {"name": s["name"], "kind": s["kind"], "module": s["module"]}
+                    for s in self.run.site_records
+                ],
+                "findings": [f.to_dict() for f in self.findings],
+                "notes": list(self.notes),
+                "counts": {s: len(self.by_severity(s)) for s in ("critical", "warning", "info")},
+            }
+        )
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)

@@ -48,29 +48,47 @@ class Comparison:
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return plain({
-            "before": {"run": self.a.run.path or "", "verdict": self.a.verdict,
-                       "codes": self.a.codes},
-            "after": {"run": self.b.run.path or "", "verdict": self.b.verdict,
-                      "codes": self.b.codes},
-            "improved": self.improved, "summary": self.summary,
-            "resolved": list(self.resolved), "new": list(self.new),
-            "persisting": list(self.persisting), "metrics": self.metrics,
-        })
+        return plain(
+            {
+                "before": {
+                    "run": self.a.run.path or "",
+                    "verdict": self.a.verdict,
+                    "codes": self.a.codes,
+                },
+                "after": {
+                    "run": self.b.run.path or "",
+                    "verdict": self.b.verdict,
+                    "codes": self.b.codes,
+                },
+                "improved": self.improved,
+                "summary": self.summary,
+                "resolved": list(self.resolved),
+                "new": list(self.new),
+                "persisting": list(self.persisting),
+                "metrics": self.metrics,
+            }
+        )
 
 
 def compare(a: Report, b: Report) -> Comparison:
     """Compare report ``a`` (before) with report ``b`` (after)."""
     ca, cb = a.codes, b.codes
     persisting = tuple(
-        {"code": c, "before": _worst(a, c), "after": _worst(b, c)} for c in ca if c in cb)
+        {"code": c, "before": _worst(a, c), "after": _worst(b, c)} for c in ca if c in cb
+    )
     ma, mb = metrics(a.run), metrics(b.run)
     table = {}
     for name in ma:
         before, after = ma[name], mb.get(name)
         table[name] = {"before": before, "after": after, "change": _change(before, after)}
-    return Comparison(a, b, tuple(c for c in ca if c not in cb),
-                      tuple(c for c in cb if c not in ca), persisting, table)
+    return Comparison(
+        a,
+        b,
+        tuple(c for c in ca if c not in cb),
+        tuple(c for c in cb if c not in ca),
+        persisting,
+        table,
+    )
 
 
 def _worst(report: Report, code: str) -> str:
@@ -103,7 +121,8 @@ def metrics(run: Run) -> dict[str, Any]:
         "max_grad_norm": _num(g.max()) if not g.empty else None,
         "median_grad_norm": _num(g.median()) if not g.empty else None,
         "max_branch_ratio": _num(np.nanmax(br.replace(np.inf, np.nan).to_numpy()))
-        if not br.empty and br.notna().to_numpy().any() else None,
+        if not br.empty and br.notna().to_numpy().any()
+        else None,
         "stream_growth": _stream_growth(sn),
         "skipped_steps": int(len(run.skipped_steps)),
     }

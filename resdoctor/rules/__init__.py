@@ -22,8 +22,16 @@ from resdoctor.rules._timeline import annotate, timeline
 from resdoctor.runfile.run import Run
 
 __all__ = [
-    "ConfigError", "Registry", "Rule", "parse_settings", "read_config", "registry", "rule",
-    "rules", "run_rules", "settings",
+    "ConfigError",
+    "Registry",
+    "Rule",
+    "parse_settings",
+    "read_config",
+    "registry",
+    "rule",
+    "rules",
+    "run_rules",
+    "settings",
 ]
 
 
@@ -48,8 +56,9 @@ def rules() -> list[Rule]:
     return list(registry)
 
 
-def settings(config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-             **kwargs: Any) -> dict[str, dict[str, Any]]:
+def settings(
+    config: str | os.PathLike[str] | Mapping[str, Any] | None = None, **kwargs: Any
+) -> dict[str, dict[str, Any]]:
     """Validated ``{rule code: {threshold: value}}`` from a config (file or mapping) and
     keyword arguments (later wins). Raises ``ConfigError``."""
     layers: list[Mapping[str, Mapping[str, Any]]] = []
@@ -63,8 +72,9 @@ def settings(config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     return merged
 
 
-def run_rules(run: Run, *, config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-              **kwargs: Any) -> tuple[list[Finding], list[str]]:
+def run_rules(
+    run: Run, *, config: str | os.PathLike[str] | Mapping[str, Any] | None = None, **kwargs: Any
+) -> tuple[list[Finding], list[str]]:
     """Run every enabled rule on ``run``: ``(findings, notes)``.
 
     A rule whose signals were not recorded is skipped with a note; a rule that fails is reported

@@ -72,8 +72,9 @@ def post_norm_sites(run: Run) -> list[str]:
 def has_norm(run: Run, owner: str) -> bool:
     """True when the module ``owner`` contains a normalisation layer."""
     prefix = owner + "." if owner else ""
-    return any(t in NORM_TYPES for n, t in module_types(run).items()
-               if n.startswith(prefix) or n == owner)
+    return any(
+        t in NORM_TYPES for n, t in module_types(run).items() if n.startswith(prefix) or n == owner
+    )
 
 
 def clip_fix(run: Run, tl: Timeline, onset: int | None) -> Fix | None:
@@ -103,24 +104,33 @@ def lr_fix(run: Run, tl: Timeline, onset: int | None) -> Fix:
     upd = median_update_ratio(run, tl, onset)
     if upd is not None and upd > TARGET_UPDATE_RATIO:
         factor = lr_factor_from_updates(upd)
-        basis = (f"The median update ratio ||dW||/||W|| before step {onset} was {upd:.2g} per "
-                 f"step; ~{TARGET_UPDATE_RATIO:g} is the usual healthy level (Karpathy, CS231n), "
-                 f"so scale the LR by {TARGET_UPDATE_RATIO:g}/{upd:.2g}.")
+        basis = (
+            f"The median update ratio ||dW||/||W|| before step {onset} was {upd:.2g} per "
+            f"step; ~{TARGET_UPDATE_RATIO:g} is the usual healthy level (Karpathy, CS231n), "
+            f"so scale the LR by {TARGET_UPDATE_RATIO:g}/{upd:.2g}."
+        )
         return fixes.lower_lr(factor, basis, current, upd)
     if current and not lr_before.empty and lr_before.nunique() > 1:
         loss = tl.healthy_series(run.scalar("loss"))
         loss = loss[loss.index < onset] if onset is not None else loss
         if not loss.empty:
             best_step = int(loss.idxmin())
-            lr_best = float(lr_before[lr_before.index <= best_step].iloc[-1]) \
-                if (lr_before.index <= best_step).any() else current
+            lr_best = (
+                float(lr_before[lr_before.index <= best_step].iloc[-1])
+                if (lr_before.index <= best_step).any()
+                else current
+            )
             if 0 < lr_best < current:
-                basis = (f"The loss was best at step {best_step} with lr {lr_best:.3g}; it "
-                         f"diverged after the LR reached {current:.3g}: cap the LR at "
-                         f"{sig(lr_best / 2):g}.")
+                basis = (
+                    f"The loss was best at step {best_step} with lr {lr_best:.3g}; it "
+                    f"diverged after the LR reached {current:.3g}: cap the LR at "
+                    f"{sig(lr_best / 2):g}."
+                )
                 return fixes.lower_lr(lr_best / 2 / current, basis, current, upd)
-    basis = ("No update ratio above the 1e-3 target was recorded before the onset "
-             "(watch with an optimizer to measure it): a conventional 10x cut.")
+    basis = (
+        "No update ratio above the 1e-3 target was recorded before the onset "
+        "(watch with an optimizer to measure it): a conventional 10x cut."
+    )
     return fixes.lower_lr(0.1, basis, current, upd)
 
 

@@ -66,8 +66,9 @@ def _toml(text: str) -> dict[str, Any]:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
-            raise ConfigError("reading TOML on Python 3.10 needs tomli: pip install tomli "
-                              "(or use a .json config)") from None
+            raise ConfigError(
+                "reading TOML on Python 3.10 needs tomli: pip install tomli (or use a .json config)"
+            ) from None
     return tomllib.loads(text)
 
 
@@ -90,8 +91,10 @@ def from_kwargs(kwargs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         elif isinstance(value, Mapping):
             out.setdefault(key.replace("_", "-"), {}).update(value)
         else:
-            raise ConfigError(f"unknown analyze() argument {key!r}: pass "
-                              f"{key}={{'param': value}} or 'rule.param'=value")
+            raise ConfigError(
+                f"unknown analyze() argument {key!r}: pass "
+                f"{key}={{'param': value}} or 'rule.param'=value"
+            )
     return out
 
 
@@ -109,8 +112,9 @@ def validate(settings: Mapping[str, Mapping[str, Any]], registry: Registry) -> N
                     raise ConfigError(f"{code}.enabled must be true or false")
                 continue
             if name not in defaults:
-                raise ConfigError(f"unknown threshold {code}.{name} "
-                                  f"(thresholds: {', '.join(defaults) or 'none'})")
+                raise ConfigError(
+                    f"unknown threshold {code}.{name} (thresholds: {', '.join(defaults) or 'none'})"
+                )
             _check_type(code, name, value, defaults[name])
 
 
@@ -119,5 +123,6 @@ def _check_type(code: str, name: str, value: Any, default: Any) -> None:
         return
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return
-    raise ConfigError(f"{code}.{name} must be {type(default).__name__} "
-                      f"(default {default!r}), got {value!r}")
+    raise ConfigError(
+        f"{code}.{name} must be {type(default).__name__} (default {default!r}), got {value!r}"
+    )

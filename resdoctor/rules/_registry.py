@@ -32,8 +32,11 @@ class Rule:
     def defaults(self) -> dict[str, Any]:
         """Keyword-only parameters and their defaults: the tunable thresholds."""
         params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params
-                if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        return {
+            p.name: p.default
+            for p in params
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+        }
 
     @property
     def summary(self) -> str:
@@ -42,8 +45,7 @@ class Rule:
 
     def missing(self, run: Run) -> list[str]:
         """The requirements ``run`` does not meet (empty: the rule can run)."""
-        return [req for req in self.requires
-                if not any(_has(run, alt) for alt in req.split("|"))]
+        return [req for req in self.requires if not any(_has(run, alt) for alt in req.split("|"))]
 
     def __call__(self, run: Run, **thresholds: Any) -> list[Finding]:
         out = self.fn(run, **thresholds)
@@ -68,8 +70,9 @@ class Registry:
 
     def add(self, rule: Rule, replace: bool = False) -> Rule:
         if rule.code in self._rules and not replace and self._rules[rule.code].fn is not rule.fn:
-            raise ValueError(f"a rule for {rule.code!r} is already registered "
-                             "(pass replace=True to override it)")
+            raise ValueError(
+                f"a rule for {rule.code!r} is already registered (pass replace=True to override it)"
+            )
         self._rules[rule.code] = rule
         return rule
 
@@ -109,8 +112,9 @@ class Registry:
 registry = Registry()
 
 
-def rule(code: str, *, requires: tuple[str, ...] | list[str] = (),
-         replace: bool = False) -> Callable[[RuleFn], RuleFn]:
+def rule(
+    code: str, *, requires: tuple[str, ...] | list[str] = (), replace: bool = False
+) -> Callable[[RuleFn], RuleFn]:
     """Register a rule function for finding code ``code``.
 
     Example::

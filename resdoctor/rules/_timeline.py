@@ -102,23 +102,36 @@ def annotate(findings: list[Finding], tl: Timeline) -> tuple[list[Finding], list
     out = []
     for f in findings:
         if id(f) in early:
-            f = replace(f, evidence={**f.evidence, "lead_steps": at - _step(f),
-                                     "precedes": fail.code})
+            f = replace(
+                f, evidence={**f.evidence, "lead_steps": at - _step(f), "precedes": fail.code}
+            )
         elif f is fail and before:
             first = before[0]
-            f = replace(f, evidence={
-                **f.evidence,
-                "first_warning": {"code": first.code, "step": first.step,
-                                  "location": first.location},
-                "lead_steps": at - _step(first),
-                "sequence": [{"code": g.code, "step": g.step, "location": g.location}
-                             for g in [*before, fail]]})
+            f = replace(
+                f,
+                evidence={
+                    **f.evidence,
+                    "first_warning": {
+                        "code": first.code,
+                        "step": first.step,
+                        "location": first.location,
+                    },
+                    "lead_steps": at - _step(first),
+                    "sequence": [
+                        {"code": g.code, "step": g.step, "location": g.location}
+                        for g in [*before, fail]
+                    ],
+                },
+            )
         out.append(f)
     if not before:
-        return out, [f"{fail.code} at step {at} had no earlier warning sign in the "
-                     "recorded signals"]
-    chain = " -> ".join(f"{g.code}@{g.step}" + (f" ({g.location})" if g.location else "")
-                        for g in [*before, fail])
+        return out, [
+            f"{fail.code} at step {at} had no earlier warning sign in the recorded signals"
+        ]
+    chain = " -> ".join(
+        f"{g.code}@{g.step}" + (f" ({g.location})" if g.location else "") for g in [*before, fail]
+    )
     lead = at - _step(before[0])
-    return out, [f"timeline: {chain}; first warning {lead} step{'s' * (lead != 1)} before "
-                 f"{fail.code}"]
+    return out, [
+        f"timeline: {chain}; first warning {lead} step{'s' * (lead != 1)} before {fail.code}"
+    ]

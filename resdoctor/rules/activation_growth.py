@@ -18,9 +18,15 @@ from resdoctor.runfile.run import Run
 
 
 @rule("activation-growth", requires=("stream_norm",))
-def activation_growth(run: Run, *, per_block: float = 1.15, total: float = 10.0,
-                      min_sites: int = 4, min_fraction: float = 0.5,
-                      critical_total: float = 1e4) -> list[Finding]:
+def activation_growth(
+    run: Run,
+    *,
+    per_block: float = 1.15,
+    total: float = 10.0,
+    min_sites: int = 4,
+    min_fraction: float = 0.5,
+    critical_total: float = 1e4,
+) -> list[Finding]:
     """Fit log(stream RMS) against site depth: exponential growth fires, power-law growth
     (a pre-activation ResNet's ~sqrt(depth)) does not.
 
@@ -55,26 +61,46 @@ def activation_growth(run: Run, *, per_block: float = 1.15, total: float = 10.0,
     jumps = (row / row.shift(1)).iloc[1:]
     location = str(jumps.idxmax()) if not jumps.empty else str(row.index[0])
     evidence: dict[str, Any] = {
-        "per_block_growth": sig(float(at["factor"]), 3), "total_growth": sig(float(at["total"]), 3),
-        "max_total_growth": sig(float(worst), 3), "r2_exponential": sig(float(at["r2_exp"]), 3),
-        "r2_power": sig(float(at["r2_pow"]), 3), "stream_first": sig(float(row.iloc[0]), 3),
-        "stream_last": sig(float(row.iloc[-1]), 3), "sites": int(len(row)),
-        "fraction_of_steps": sig(float(hot.mean()), 3), "largest_jump_site": location,
+        "per_block_growth": sig(float(at["factor"]), 3),
+        "total_growth": sig(float(at["total"]), 3),
+        "max_total_growth": sig(float(worst), 3),
+        "r2_exponential": sig(float(at["r2_exp"]), 3),
+        "r2_power": sig(float(at["r2_pow"]), 3),
+        "stream_first": sig(float(row.iloc[0]), 3),
+        "stream_last": sig(float(row.iloc[-1]), 3),
+        "sites": int(len(row)),
+        "fraction_of_steps": sig(float(hot.mean()), 3),
+        "largest_jump_site": location,
     }
     severe = worst >= critical_total or tl.failure_step is not None
-    return [Finding(
-        code="activation-growth", severity="critical" if severe else "warning",
-        title=(f"Residual stream grows x{at['factor']:.3g} per block "
-               f"({at['total']:.3g}x over depth)"),
-        message=(f"At step {onset} the stream RMS rises from {row.iloc[0]:.3g} at "
-                 f"{row.index[0]} to {row.iloc[-1]:.3g} at {row.index[-1]}: exponential in "
-                 f"depth (R^2 {at['r2_exp']:.2f} vs {at['r2_pow']:.2f} for a power law), "
-                 f"largest jump at {location}."),
-        step=onset, location=location, phase="forward", evidence=evidence,
-        fixes=tuple(_fixes(run, float(fits.loc[hot, "factor"].median()))), rule="activation-growth",
-        thresholds={"per_block": per_block, "total": total, "min_fraction": min_fraction,
-                    "critical_total": critical_total},
-    )]
+    return [
+        Finding(
+            code="activation-growth",
+            severity="critical" if severe else "warning",
+            title=(
+                f"Residual stream grows x{at['factor']:.3g} per block "
+                f"({at['total']:.3g}x over depth)"
+            ),
+            message=(
+                f"At step {onset} the stream RMS rises from {row.iloc[0]:.3g} at "
+                f"{row.index[0]} to {row.iloc[-1]:.3g} at {row.index[-1]}: exponential in "
+                f"depth (R^2 {at['r2_exp']:.2f} vs {at['r2_pow']:.2f} for a power law), "
+                f"largest jump at {location}."
+            ),
+            step=onset,
+            location=location,
+            phase="forward",
+            evidence=evidence,
+            fixes=tuple(_fixes(run, float(fits.loc[hot, "factor"].median()))),
+            rule="activation-growth",
+            thresholds={
+                "per_block": per_block,
+                "total": total,
+                "min_fraction": min_fraction,
+                "critical_total": critical_total,
+            },
+        )
+    ]
 
 
 def _fits(sn: pd.DataFrame) -> pd.DataFrame:
@@ -89,8 +115,16 @@ def _fits(sn: pd.DataFrame) -> pd.DataFrame:
         with warnings.catch_warnings():  # all-NaN rows (a run that ended in NaN) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             total = np.exp(slope * (np.nanmax(span, axis=1) - np.nanmin(span, axis=1)))
-    out = pd.DataFrame({"factor": np.exp(slope), "total": total, "r2_exp": r2_exp,
-                        "r2_pow": r2_pow, "exponential": r2_exp >= r2_pow}, index=sn.index)
+    out = pd.DataFrame(
+        {
+            "factor": np.exp(slope),
+            "total": total,
+            "r2_exp": r2_exp,
+            "r2_pow": r2_pow,
+            "exponential": r2_exp >= r2_pow,
+        },
+        index=sn.index,
+    )
     return out[mask.sum(axis=1) >= 3]
 
 
@@ -114,8 +148,11 @@ def _fixes(run: Run, growth: float) -> list[Fix]:
     names = list(run.sites.sort_values("index")["name"])
     sites = site_dicts(run, names)
     reason = "The stream multiplies at every block."
-    out = [fixes.residual_scaling(sites, len(names), post_norm=bool(post_norm_sites(run)),
-                                  reason=reason, growth=growth)]
+    out = [
+        fixes.residual_scaling(
+            sites, len(names), post_norm=bool(post_norm_sites(run)), reason=reason, growth=growth
+        )
+    ]
     norm = fixes.add_normalization(sites, reason=reason)
     if norm.params["branches"] and not any(has_norm(run, s["owner"]) for s in sites):
         out.append(norm)

@@ -16,8 +16,14 @@ from resdoctor.runfile.run import Run
 
 
 @rule("branch-dominance", requires=("branch_ratio",))
-def branch_dominance(run: Run, *, ratio: float = 5.0, critical_ratio: float = 50.0,
-                     min_fraction: float = 0.5, attribution_share: float = 0.9) -> list[Finding]:
+def branch_dominance(
+    run: Run,
+    *,
+    ratio: float = 5.0,
+    critical_ratio: float = 50.0,
+    min_fraction: float = 0.5,
+    attribution_share: float = 0.9,
+) -> list[Finding]:
     """Sites whose branch/skip norm ratio stays above ``ratio``, or ends there before a failure.
 
     Args:
@@ -45,23 +51,38 @@ def branch_dominance(run: Run, *, ratio: float = 5.0, critical_ratio: float = 50
     medians = br[hit].median()
     severe = float(medians.max()) >= critical_ratio or tl.failure_step is not None
     evidence: dict[str, Any] = {
-        "sites": hit, "median_ratio": compact(medians.to_dict()),
-        "max_ratio": sig(float(br[hit].max().max()), 3), "first_site": first,
-        "first_step": onsets[first], "fraction_above": compact(frac[hit].to_dict()),
+        "sites": hit,
+        "median_ratio": compact(medians.to_dict()),
+        "max_ratio": sig(float(br[hit].max().max()), 3),
+        "first_site": first,
+        "first_step": onsets[first],
+        "fraction_above": compact(frac[hit].to_dict()),
     }
     evidence.update(_attribution(run, hit, attribution_share))
     n = len(run.sites)
-    return [Finding(
-        code="branch-dominance", severity="critical" if severe else "warning",
-        title=f"Residual branches dominate the skip path in {len(hit)} of {n} sites",
-        message=(f"||F(x)||/||x|| exceeds {ratio:g} at {short_list(hit, 4)}; {first} drifted "
-                 f"first, at step {onsets[first]}. The identity highway is lost, so signals and "
-                 "gradients are multiplied block after block."),
-        step=onsets[first], location=first, phase="forward", evidence=evidence,
-        fixes=tuple(_fixes(run, hit, float(medians.max()))), rule="branch-dominance",
-        thresholds={"ratio": ratio, "critical_ratio": critical_ratio,
-                    "min_fraction": min_fraction},
-    )]
+    return [
+        Finding(
+            code="branch-dominance",
+            severity="critical" if severe else "warning",
+            title=f"Residual branches dominate the skip path in {len(hit)} of {n} sites",
+            message=(
+                f"||F(x)||/||x|| exceeds {ratio:g} at {short_list(hit, 4)}; {first} drifted "
+                f"first, at step {onsets[first]}. The identity highway is lost, so signals and "
+                "gradients are multiplied block after block."
+            ),
+            step=onsets[first],
+            location=first,
+            phase="forward",
+            evidence=evidence,
+            fixes=tuple(_fixes(run, hit, float(medians.max()))),
+            rule="branch-dominance",
+            thresholds={
+                "ratio": ratio,
+                "critical_ratio": critical_ratio,
+                "min_fraction": min_fraction,
+            },
+        )
+    ]
 
 
 def _attribution(run: Run, sites: list[str], share: float) -> dict[str, Any]:
@@ -72,17 +93,25 @@ def _attribution(run: Run, sites: list[str], share: float) -> dict[str, Any]:
     if not cols:
         return {}
     med = att[cols].median()
-    return {"attribution_share": compact(med.to_dict()),
-            "attribution_confirms": bool((med >= share).any())}
+    return {
+        "attribution_share": compact(med.to_dict()),
+        "attribution_confirms": bool((med >= share).any()),
+    }
 
 
 def _fixes(run: Run, sites: list[str], worst_ratio: float) -> list[Fix]:
     all_sites = list(run.sites.sort_values("index")["name"])
     post = [s for s in post_norm_sites(run) if s in sites]
     reason = f"The branches of {short_list(sites, 3)} outgrow the skip path."
-    out = [fixes.residual_scaling(site_dicts(run, all_sites), len(all_sites),
-                                  post_norm=bool(post), reason=reason,
-                                  branch_ratio=worst_ratio)]
+    out = [
+        fixes.residual_scaling(
+            site_dicts(run, all_sites),
+            len(all_sites),
+            post_norm=bool(post),
+            reason=reason,
+            branch_ratio=worst_ratio,
+        )
+    ]
     owners = pd.Series(site_dicts(run, sites)).map(lambda s: s.get("owner", ""))
     if not any(has_norm(run, o) for o in owners):
         norm = fixes.add_normalization(site_dicts(run, sites), reason=reason)

@@ -14,9 +14,17 @@ from resdoctor.runfile.run import Run
 
 
 @rule("dead-branch", requires=("branch_ratio",))
-def dead_branch(run: Run, *, ratio: float = 1e-2, min_fraction: float = 0.8,
-                warmup_steps: int = 10, warmup_fraction: float = 0.1, min_rows: int = 5,
-                attribution_share: float = 0.01, zero_ratio: float = 1e-6) -> list[Finding]:
+def dead_branch(
+    run: Run,
+    *,
+    ratio: float = 1e-2,
+    min_fraction: float = 0.8,
+    warmup_steps: int = 10,
+    warmup_fraction: float = 0.1,
+    min_rows: int = 5,
+    attribution_share: float = 0.01,
+    zero_ratio: float = 1e-6,
+) -> list[Finding]:
     """Sites whose branch/skip ratio stays near 0 after warm-up (zero-init branches that wake up
     are healthy).
 
@@ -48,8 +56,10 @@ def dead_branch(run: Run, *, ratio: float = 1e-2, min_fraction: float = 0.8,
         return []
     medians = br[dead].median()
     evidence: dict[str, Any] = {
-        "sites": dead, "median_ratio": compact(medians.to_dict()),
-        "fraction_below": compact(frac[dead].to_dict()), "warmup_steps": warm,
+        "sites": dead,
+        "median_ratio": compact(medians.to_dict()),
+        "fraction_below": compact(frac[dead].to_dict()),
+        "warmup_steps": warm,
         "max_ratio": sig(float(br[dead].max().max()), 3),
     }
     if run.has("grad_branch_share"):
@@ -65,18 +75,30 @@ def dead_branch(run: Run, *, ratio: float = 1e-2, min_fraction: float = 0.8,
             evidence["attribution_share"] = compact(med.to_dict())
             evidence["attribution_confirms"] = bool((med <= attribution_share).all())
     n = len(run.sites)
-    return [Finding(
-        code="dead-branch", severity="warning",
-        title=f"{len(dead)} of {n} residual branches are dead",
-        message=(f"After step {warm}, ||F(x)||/||x|| stays below {ratio:g} at "
-                 f"{short_list(dead, 4)} for {float(frac[dead].min()):.0%}+ of the steps: those "
-                 "blocks compute ~the identity and waste depth."),
-        step=warm, location=dead[0], phase="forward", evidence=evidence,
-        fixes=tuple(_fixes(run, dead, float(medians.median()) <= zero_ratio)),
-        rule="dead-branch",
-        thresholds={"ratio": ratio, "min_fraction": min_fraction, "warmup_steps": warm,
-                    "zero_ratio": zero_ratio},
-    )]
+    return [
+        Finding(
+            code="dead-branch",
+            severity="warning",
+            title=f"{len(dead)} of {n} residual branches are dead",
+            message=(
+                f"After step {warm}, ||F(x)||/||x|| stays below {ratio:g} at "
+                f"{short_list(dead, 4)} for {float(frac[dead].min()):.0%}+ of the steps: those "
+                "blocks compute ~the identity and waste depth."
+            ),
+            step=warm,
+            location=dead[0],
+            phase="forward",
+            evidence=evidence,
+            fixes=tuple(_fixes(run, dead, float(medians.median()) <= zero_ratio)),
+            rule="dead-branch",
+            thresholds={
+                "ratio": ratio,
+                "min_fraction": min_fraction,
+                "warmup_steps": warm,
+                "zero_ratio": zero_ratio,
+            },
+        )
+    ]
 
 
 def _fixes(run: Run, dead: list[str], zero: bool) -> list[Fix]:
@@ -84,18 +106,35 @@ def _fixes(run: Run, dead: list[str], zero: bool) -> list[Fix]:
     sites = site_dicts(run, dead)
     n = len(run.sites)
     names = short_list(dead, 3)
-    scale = fixes.residual_scaling(sites, n, reason=(
-        f"The branches of {names} are alive but scaled down (or start at zero, as in ReZero / "
-        "SkipInit, and never wake up): replace their current multiplier by one at 1/sqrt(N)."))
-    norm = fixes.add_normalization(sites, before_activation=True, reason=(
-        f"The branches of {names} output ~zero: their last activation never fires, and no scale "
-        "can revive a zero."))
+    scale = fixes.residual_scaling(
+        sites,
+        n,
+        reason=(
+            f"The branches of {names} are alive but scaled down (or start at zero, as in ReZero / "
+            "SkipInit, and never wake up): replace their current multiplier by one at 1/sqrt(N)."
+        ),
+    )
+    norm = fixes.add_normalization(
+        sites,
+        before_activation=True,
+        reason=(
+            f"The branches of {names} output ~zero: their last activation never fires, and "
+            "no scale can revive a zero."
+        ),
+    )
     revive = [norm, scale] if zero and norm.params["branches"] else [scale]
-    removable = [s["owner"] for s in sites
-                 if s.get("kind") == "identity" and (s.get("result") or {}).get("module")
-                 == s.get("owner") and not (s.get("result") or {}).get("path")]
+    removable = [
+        s["owner"]
+        for s in sites
+        if s.get("kind") == "identity"
+        and (s.get("result") or {}).get("module") == s.get("owner")
+        and not (s.get("result") or {}).get("path")
+    ]
     removable = sorted(set(removable), key=removable.index)
     if removable:  # only once reviving them failed: a dead block is wasted depth
-        revive.append(fixes.reduce_depth(removable, n, n - len(removable),
-                                         "If they stay dead, their branches add ~nothing."))
+        revive.append(
+            fixes.reduce_depth(
+                removable, n, n - len(removable), "If they stay dead, their branches add ~nothing."
+            )
+        )
     return revive

@@ -17,9 +17,15 @@ from resdoctor.runfile.run import Run
 
 
 @rule("exploding-gradients", requires=("scalar:grad_norm_total|grad_norm",))
-def exploding_gradients(run: Run, *, surge_factor: float = 10.0, window: int = 20,
-                        min_history: int = 3, growth_factor: float = 100.0,
-                        critical_factor: float = 1000.0) -> list[Finding]:
+def exploding_gradients(
+    run: Run,
+    *,
+    surge_factor: float = 10.0,
+    window: int = 20,
+    min_history: int = 3,
+    growth_factor: float = 100.0,
+    critical_factor: float = 1000.0,
+) -> list[Finding]:
     """Gradient-norm surges (spikes) and unbounded growth, before any NaN.
 
     Args:
@@ -57,30 +63,47 @@ def exploding_gradients(run: Run, *, surge_factor: float = 10.0, window: int = 2
     failed = tl.failure_step is not None
     severe = failed or peak >= critical_factor or growth >= critical_factor
     evidence: dict[str, Any] = {
-        "onset_step": onset, "grad_norm_at_onset": sig(float(g.loc[onset]), 3),
+        "onset_step": onset,
+        "grad_norm_at_onset": sig(float(g.loc[onset]), 3),
         "baseline": sig(float(base.get(onset, g.iloc[:k].median())), 3),
-        "max_surge_ratio": sig(peak, 3), "surges": int(len(surges)), "growth": sig(growth, 3),
-        "first_module": first_module, "module_surge_ratios": per_module,
+        "max_surge_ratio": sig(peak, 3),
+        "surges": int(len(surges)),
+        "growth": sig(growth, 3),
+        "first_module": first_module,
+        "module_surge_ratios": per_module,
     }
     kind = "surged" if not surges.empty else "grew"
     times = f"{first_ratio:.3g}x"
     where = f"; {first_module} surged first" if first_module else ""
-    return [Finding(
-        code="exploding-gradients", severity="critical" if severe else "warning",
-        title=f"Gradient norm {kind} {times} at step {onset}",
-        message=(f"The global gradient norm {kind} to {g.loc[onset]:.3g} at step {onset} "
-                 f"({times} its recent level{where}); {len(surges)} surge step(s), up to "
-                 f"{peak:.3g}x."
-                 + (" A NaN followed." if failed else "")),
-        step=onset, location=first_module, phase="backward", evidence=evidence,
-        fixes=tuple(_fixes(run, tl, onset)), rule="exploding-gradients",
-        thresholds={"surge_factor": surge_factor, "window": window,
-                    "growth_factor": growth_factor, "critical_factor": critical_factor},
-    )]
+    return [
+        Finding(
+            code="exploding-gradients",
+            severity="critical" if severe else "warning",
+            title=f"Gradient norm {kind} {times} at step {onset}",
+            message=(
+                f"The global gradient norm {kind} to {g.loc[onset]:.3g} at step {onset} "
+                f"({times} its recent level{where}); {len(surges)} surge step(s), up to "
+                f"{peak:.3g}x." + (" A NaN followed." if failed else "")
+            ),
+            step=onset,
+            location=first_module,
+            phase="backward",
+            evidence=evidence,
+            fixes=tuple(_fixes(run, tl, onset)),
+            rule="exploding-gradients",
+            thresholds={
+                "surge_factor": surge_factor,
+                "window": window,
+                "growth_factor": growth_factor,
+                "critical_factor": critical_factor,
+            },
+        )
+    ]
 
 
-def _modules(run: Run, tl: Timeline, onset: int, window: int, min_history: int,
-             surge_factor: float) -> tuple[str | None, dict[str, float]]:
+def _modules(
+    run: Run, tl: Timeline, onset: int, window: int, min_history: int, surge_factor: float
+) -> tuple[str | None, dict[str, float]]:
     """The module that surged first (ties: the larger ratio) and the top ratios at the onset."""
     df = tl.healthy(run.series("grad_norm"))
     if df.empty or onset not in df.index:
@@ -98,6 +121,9 @@ def _modules(run: Run, tl: Timeline, onset: int, window: int, min_history: int,
 
 
 def _fixes(run: Run, tl: Timeline, onset: int) -> list[Fix]:
-    out = [f for f in (clip_fix(run, tl, onset), lr_fix(run, tl, onset),
-                       warmup_fix(run, onset)) if f is not None]
+    out = [
+        f
+        for f in (clip_fix(run, tl, onset), lr_fix(run, tl, onset), warmup_fix(run, onset))
+        if f is not None
+    ]
     return out

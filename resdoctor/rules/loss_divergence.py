@@ -16,10 +16,18 @@ from resdoctor.runfile.run import Run
 
 
 @rule("loss-divergence", requires=("scalar:loss",))
-def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0.1,
-                    min_rows: int = 3, min_steps: int = 8, oscillations: int = 2,
-                    window_fraction: float = 0.1, max_window: int = 50,
-                    noise_sigmas: float = 3.0) -> list[Finding]:
+def loss_divergence(
+    run: Run,
+    *,
+    rise_fraction: float = 0.5,
+    rel_rise: float = 0.1,
+    min_rows: int = 3,
+    min_steps: int = 8,
+    oscillations: int = 2,
+    window_fraction: float = 0.1,
+    max_window: int = 50,
+    noise_sigmas: float = 3.0,
+) -> list[Finding]:
     """The smoothed loss climbs above its best so far by a share of the progress made.
 
     Args:
@@ -48,10 +56,13 @@ def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0
     smooth = loss.rolling(w, min_periods=w // 2 + 1).median().dropna()
     start = float(loss.iloc[:w].median())
     best = smooth.cummin()
-    noise = 1.4826 * float((loss - loss.rolling(w, min_periods=1, center=True).median())
-                           .abs().median())
-    line = np.maximum(np.maximum(rise_fraction * (start - best), rel_rise * best.abs()),
-                      noise_sigmas * noise / np.sqrt(w))
+    noise = 1.4826 * float(
+        (loss - loss.rolling(w, min_periods=1, center=True).median()).abs().median()
+    )
+    line = np.maximum(
+        np.maximum(rise_fraction * (start - best), rel_rise * best.abs()),
+        noise_sigmas * noise / np.sqrt(w),
+    )
     above = smooth - best > line
     episodes = _episodes(above, min_rows)
     ends_failed = tl.failure_step is not None and bool(above.iloc[-1])
@@ -63,30 +74,52 @@ def loss_divergence(run: Run, *, rise_fraction: float = 0.5, rel_rise: float = 0
     unrecovered = (not episodes[-1][2]) or ends_failed
     if not unrecovered and len(episodes) < oscillations:
         return []
-    best_step = int(smooth[smooth.index < onset].idxmin()) if (smooth.index < onset).any() \
+    best_step = (
+        int(smooth[smooth.index < onset].idxmin())
+        if (smooth.index < onset).any()
         else int(smooth.index[0])
+    )
     evidence: dict[str, Any] = {
-        "onset_step": onset, "best_loss": sig(float(smooth.loc[best_step]), 4),
-        "best_step": best_step, "loss_at_onset": sig(float(loss.loc[onset]), 4),
-        "final_loss": sig(float(loss.iloc[-1]), 4), "initial_loss": sig(start, 4),
-        "episodes": len(episodes), "recovered": not unrecovered, "smoothing_window": w,
+        "onset_step": onset,
+        "best_loss": sig(float(smooth.loc[best_step]), 4),
+        "best_step": best_step,
+        "loss_at_onset": sig(float(loss.loc[onset]), 4),
+        "final_loss": sig(float(loss.iloc[-1]), 4),
+        "initial_loss": sig(start, 4),
+        "episodes": len(episodes),
+        "recovered": not unrecovered,
+        "smoothing_window": w,
     }
     lr = run.scalar("lr")
     if not lr.empty and (lr.index <= onset).any():
         evidence["lr_at_onset"] = sig(float(lr[lr.index <= onset].iloc[-1]), 3)
     kind = "diverged" if unrecovered else f"oscillated ({len(episodes)} excursions)"
-    return [Finding(
-        code="loss-divergence", severity="critical" if unrecovered else "warning",
-        title=f"Loss {kind} from step {onset}",
-        message=(f"The smoothed loss was best at step {best_step} ({evidence['best_loss']:g}) and "
-                 f"rose to {evidence['loss_at_onset']:g} at step {onset}"
-                 + (", never recovering." if unrecovered else ", then came back.")
-                 + (" The run then hit NaN." if tl.failure_step is not None else "")),
-        step=onset, location=None, phase=None, evidence=evidence,
-        fixes=tuple(_fixes(run, tl, onset)), rule="loss-divergence",
-        thresholds={"rise_fraction": rise_fraction, "rel_rise": rel_rise, "min_rows": min_rows,
-                    "smoothing_window": w, "noise": sig(noise, 3)},
-    )]
+    return [
+        Finding(
+            code="loss-divergence",
+            severity="critical" if unrecovered else "warning",
+            title=f"Loss {kind} from step {onset}",
+            message=(
+                f"The smoothed loss was best at step {best_step} ({evidence['best_loss']:g}) and "
+                f"rose to {evidence['loss_at_onset']:g} at step {onset}"
+                + (", never recovering." if unrecovered else ", then came back.")
+                + (" The run then hit NaN." if tl.failure_step is not None else "")
+            ),
+            step=onset,
+            location=None,
+            phase=None,
+            evidence=evidence,
+            fixes=tuple(_fixes(run, tl, onset)),
+            rule="loss-divergence",
+            thresholds={
+                "rise_fraction": rise_fraction,
+                "rel_rise": rel_rise,
+                "min_rows": min_rows,
+                "smoothing_window": w,
+                "noise": sig(noise, 3),
+            },
+        )
+    ]
 
 
 def _episodes(above: pd.Series, min_rows: int) -> list[tuple[int, int, bool]]:
@@ -114,5 +147,8 @@ def _tail_start(above: pd.Series) -> int:
 
 
 def _fixes(run: Run, tl: Timeline, onset: int) -> list[Fix]:
-    return [f for f in (lr_fix(run, tl, onset), clip_fix(run, tl, onset),
-                        warmup_fix(run, onset)) if f is not None]
+    return [
+        f
+        for f in (lr_fix(run, tl, onset), clip_fix(run, tl, onset), warmup_fix(run, onset))
+        if f is not None
+    ]

@@ -18,8 +18,14 @@ FP16_MAX = 65504.0
 
 
 @rule("nonfinite")
-def nonfinite(run: Run, *, overflow_absmax: float = 1e4, skip_fraction: float = 0.2,
-              skip_streak: int = 25, calibration_steps: int = 50) -> list[Finding]:
+def nonfinite(
+    run: Run,
+    *,
+    overflow_absmax: float = 1e4,
+    skip_fraction: float = 0.2,
+    skip_streak: int = 25,
+    calibration_steps: int = 50,
+) -> list[Finding]:
     """NaN/Inf in the forward, backward or optimizer step; persistent AMP skips.
 
     Args:
@@ -57,8 +63,11 @@ def _onset(run: Run, tl: Timeline, overflow_absmax: float) -> Finding:
     if ev.get("rank") is not None and run.world_size > 1:
         evidence["rank"] = int(ev["rank"])
         evidence["seen_by"] = (ev.get("detail") or {}).get("seen_by", [])
-    later = [f"{e.module or '<model>'}@{int(e.step)} {e.phase}" for e in
-             run.nonfinite.itertuples() if (e.module, e.phase) != (module, phase)][:5]
+    later = [
+        f"{e.module or '<model>'}@{int(e.step)} {e.phase}"
+        for e in run.nonfinite.itertuples()
+        if (e.module, e.phase) != (module, phase)
+    ][:5]
     evidence.update(onsets=int(len(run.nonfinite)), later_onsets=later)
     if not g.empty:
         evidence["grad_norm_before"] = sig(float(g.iloc[-1]), 3)
@@ -67,25 +76,45 @@ def _onset(run: Run, tl: Timeline, overflow_absmax: float) -> Finding:
     overflow = (magnitude or 0.0) >= overflow_absmax
     evidence["cause"] = "overflow" if overflow else ("op" if module is not None else "unknown")
     where = f"{module or 'the model'} ({phase} pass)" if phase else "the logged loss"
-    message = (f"The first non-finite value appeared at step {step} in {where}"
-               + (f": its inputs already reached {magnitude:.3g}, so values blew up "
-                  "before they overflowed." if overflow else
-                  ": its inputs were finite, so this op made it." if module else "."))
+    message = f"The first non-finite value appeared at step {step} in {where}" + (
+        f": its inputs already reached {magnitude:.3g}, so values blew up before they overflowed."
+        if overflow
+        else ": its inputs were finite, so this op made it."
+        if module
+        else "."
+    )
     return Finding(
-        code="nonfinite", severity="critical", title=f"NaN/Inf at step {step} in {where}",
-        message=message, step=step, location=module or None, phase=phase, evidence=evidence,
-        fixes=tuple(_onset_fixes(run, tl, module, phase, detail, overflow)), rule="nonfinite",
+        code="nonfinite",
+        severity="critical",
+        title=f"NaN/Inf at step {step} in {where}",
+        message=message,
+        step=step,
+        location=module or None,
+        phase=phase,
+        evidence=evidence,
+        fixes=tuple(_onset_fixes(run, tl, module, phase, detail, overflow)),
+        rule="nonfinite",
         thresholds={"overflow_absmax": overflow_absmax},
     )
 
 
-def _onset_fixes(run: Run, tl: Timeline, module: str | None, phase: str | None,
-                 detail: dict[str, Any], overflow: bool) -> list[Fix]:
+def _onset_fixes(
+    run: Run,
+    tl: Timeline,
+    module: str | None,
+    phase: str | None,
+    detail: dict[str, Any],
+    overflow: bool,
+) -> list[Fix]:
     out: list[Fix] = []
     guard = None
     if module is not None:
-        guard = fixes.guard_op(module, module_types(run).get(module, "module"), phase or "forward",
-                               _input_magnitude(detail))
+        guard = fixes.guard_op(
+            module,
+            module_types(run).get(module, "module"),
+            phase or "forward",
+            _input_magnitude(detail),
+        )
     if not overflow and guard is not None:
         out.append(guard)
     clip = clip_fix(run, tl, tl.failure_step)
@@ -95,9 +124,13 @@ def _onset_fixes(run: Run, tl: Timeline, module: str | None, phase: str | None,
     if overflow and guard is not None:
         out.append(guard)
     if any(bool((d or {}).get("amp_skipped")) for d in run.nonfinite["detail"]) or (
-            overflow and (_input_magnitude(detail) or 0.0) < FP16_MAX * 10):
-        out.append(fixes.mixed_precision(
-            "Under float16 autocast values above 65504 overflow: bfloat16 has float32's range."))
+        overflow and (_input_magnitude(detail) or 0.0) < FP16_MAX * 10
+    ):
+        out.append(
+            fixes.mixed_precision(
+                "Under float16 autocast values above 65504 overflow: bfloat16 has float32's range."
+            )
+        )
     return out
 
 
@@ -107,8 +140,9 @@ def _input_magnitude(detail: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
-def _amp(run: Run, tl: Timeline, skip_fraction: float, skip_streak: int,
-         calibration: int) -> Finding | None:
+def _amp(
+    run: Run, tl: Timeline, skip_fraction: float, skip_streak: int, calibration: int
+) -> Finding | None:
     skipped = np.array(sorted(tl.skipped), dtype=np.int64)
     if skipped.size == 0:
         return None
@@ -118,19 +152,35 @@ def _amp(run: Run, tl: Timeline, skip_fraction: float, skip_streak: int,
     fraction = after.size / span if run.steps > calibration else 0.0
     if streak < skip_streak and fraction < skip_fraction:
         return None
-    evidence = {"skipped_steps": int(skipped.size), "skipped_fraction": sig(fraction, 3),
-                "longest_streak": int(streak), "streak_start": int(streak_start),
-                "first_skip": int(skipped[0])}
+    evidence = {
+        "skipped_steps": int(skipped.size),
+        "skipped_fraction": sig(fraction, 3),
+        "longest_streak": int(streak),
+        "streak_start": int(streak_start),
+        "first_skip": int(skipped[0]),
+    }
     onset = int(streak_start) if streak >= skip_streak else int(after[0])
-    msg = (f"The AMP GradScaler skipped {skipped.size} steps ({fraction:.0%} after its "
-           f"{calibration}-step calibration; longest streak {streak}): the gradients overflow "
-           "at every loss scale, so those steps train nothing.")
+    msg = (
+        f"The AMP GradScaler skipped {skipped.size} steps ({fraction:.0%} after its "
+        f"{calibration}-step calibration; longest streak {streak}): the gradients overflow "
+        "at every loss scale, so those steps train nothing."
+    )
     return Finding(
-        code="nonfinite", severity="warning", title="AMP GradScaler keeps skipping steps",
-        message=msg, step=onset, location=None, phase="backward", evidence=evidence,
-        fixes=(fixes.mixed_precision(msg), lr_fix(run, tl, onset)), rule="nonfinite",
-        thresholds={"skip_fraction": skip_fraction, "skip_streak": skip_streak,
-                    "calibration_steps": calibration},
+        code="nonfinite",
+        severity="warning",
+        title="AMP GradScaler keeps skipping steps",
+        message=msg,
+        step=onset,
+        location=None,
+        phase="backward",
+        evidence=evidence,
+        fixes=(fixes.mixed_precision(msg), lr_fix(run, tl, onset)),
+        rule="nonfinite",
+        thresholds={
+            "skip_fraction": skip_fraction,
+            "skip_streak": skip_streak,
+            "calibration_steps": calibration,
+        },
     )
 
 

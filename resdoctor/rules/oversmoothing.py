@@ -16,9 +16,15 @@ from resdoctor.runfile.run import Run
 
 
 @rule("oversmoothing", requires=("smoothing",))
-def oversmoothing(run: Run, *, similarity: float = 0.9, energy: float = 0.1,
-                  depth_rise: float = 0.1, min_sites: int = 2,
-                  min_rows: int = 2) -> list[Finding]:
+def oversmoothing(
+    run: Run,
+    *,
+    similarity: float = 0.9,
+    energy: float = 0.1,
+    depth_rise: float = 0.1,
+    min_sites: int = 2,
+    min_rows: int = 2,
+) -> list[Finding]:
     """Similarity at the deepest site near 1 (and Dirichlet energy near 0), worse than at the
     first site.
 
@@ -44,31 +50,42 @@ def oversmoothing(run: Run, *, similarity: float = 0.9, energy: float = 0.1,
     rise = sim[deep] - sim[first]
     low = en[deep] <= energy if en[deep].notna().any() else sim[deep] == sim[deep]
     hot = (sim[deep] >= similarity) & low & (rise >= depth_rise)
-    half = hot.iloc[len(hot) // 2:]
+    half = hot.iloc[len(hot) // 2 :]
     if half.mean() < 0.5:
         return []
     onset = first_run(hot, min_rows)
     onset = int(onset if onset is not None else half[half].index[0])
-    late = sim.iloc[len(sim) // 2:].median()
-    late_en = en.iloc[len(en) // 2:].median()
+    late = sim.iloc[len(sim) // 2 :].median()
+    late_en = en.iloc[len(en) // 2 :].median()
     collapse = next((c for c in sim.columns if late[c] >= similarity), deep)
     evidence: dict[str, Any] = {
         "similarity_deep": sig(float(late[deep]), 3),
         "similarity_first": sig(float(late[first]), 3),
-        "energy_deep": _num(late_en.get(deep)), "energy_first": _num(late_en.get(first)),
-        "collapse_site": collapse, "collapse_depth": int(list(sim.columns).index(collapse)) + 1,
+        "energy_deep": _num(late_en.get(deep)),
+        "energy_first": _num(late_en.get(first)),
+        "collapse_site": collapse,
+        "collapse_depth": int(list(sim.columns).index(collapse)) + 1,
         "sites": int(sim.shape[1]),
     }
-    return [Finding(
-        code="oversmoothing", severity="warning",
-        title=f"Representations collapse with depth (similarity {late[deep]:.3f} at {deep})",
-        message=(f"Mean pairwise cosine similarity rises from {late[first]:.2f} at {first} to "
-                 f"{late[deep]:.3f} at {deep}; it passes {similarity:g} at {collapse}. The deep "
-                 "layers see nearly the same vector at every position."),
-        step=onset, location=collapse, phase="forward", evidence=evidence,
-        fixes=tuple(_fixes(run, list(sim.columns), collapse)), rule="oversmoothing",
-        thresholds={"similarity": similarity, "energy": energy, "depth_rise": depth_rise},
-    )]
+    return [
+        Finding(
+            code="oversmoothing",
+            severity="warning",
+            title=f"Representations collapse with depth (similarity {late[deep]:.3f} at {deep})",
+            message=(
+                f"Mean pairwise cosine similarity rises from {late[first]:.2f} at {first} to "
+                f"{late[deep]:.3f} at {deep}; it passes {similarity:g} at {collapse}. The deep "
+                "layers see nearly the same vector at every position."
+            ),
+            step=onset,
+            location=collapse,
+            phase="forward",
+            evidence=evidence,
+            fixes=tuple(_fixes(run, list(sim.columns), collapse)),
+            rule="oversmoothing",
+            thresholds={"similarity": similarity, "energy": energy, "depth_rise": depth_rise},
+        )
+    ]
 
 
 def _num(x: Any) -> float | None:
@@ -79,15 +96,19 @@ def _fixes(run: Run, sites: list[str], collapse: str) -> list[Fix]:
     # residual sites name their owning blocks; a model without sites was sampled at its layers
     owners = [s["owner"] for s in site_dicts(run, sites)] or list(sites)
     blocks = sorted(set(owners), key=owners.index)
-    deep_owner = (site_dicts(run, [collapse])[0]["owner"] if site_dicts(run, [collapse])
-                  else collapse)
+    deep_owner = (
+        site_dicts(run, [collapse])[0]["owner"] if site_dicts(run, [collapse]) else collapse
+    )
     cut = blocks.index(deep_owner) if deep_owner in blocks else len(blocks) - 1
     keep = max(1, cut)
-    deep_sites = sites[sites.index(collapse):]
+    deep_sites = sites[sites.index(collapse) :]
     return [
         fixes.initial_residual(deep_sites, alpha=0.1),
         fixes.pairnorm(deep_sites, scale=1.0),
-        fixes.reduce_depth(blocks[keep:], len(blocks), keep,
-                           f"Similarity passes the threshold at {collapse}: keep the first "
-                           f"{keep} blocks."),
+        fixes.reduce_depth(
+            blocks[keep:],
+            len(blocks),
+            keep,
+            f"Similarity passes the threshold at {collapse}: keep the first {keep} blocks.",
+        ),
     ]

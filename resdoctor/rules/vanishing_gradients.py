@@ -18,9 +18,15 @@ from resdoctor.runfile.run import Run
 
 
 @rule("vanishing-gradients", requires=("grad_norm", "scalar:loss"))
-def vanishing_gradients(run: Run, *, ratio: float = 1e-2, critical_ratio: float = 1e-5,
-                        converged_fraction: float = 0.05, min_modules: int = 4,
-                        min_rows: int = 3) -> list[Finding]:
+def vanishing_gradients(
+    run: Run,
+    *,
+    ratio: float = 1e-2,
+    critical_ratio: float = 1e-5,
+    converged_fraction: float = 0.05,
+    min_modules: int = 4,
+    min_rows: int = 3,
+) -> list[Finding]:
     """Per-parameter gradient RMS of the first quarter of layers (forward order) against the
     last quarter.
 
@@ -54,30 +60,47 @@ def vanishing_gradients(run: Run, *, ratio: float = 1e-2, critical_ratio: float 
     onset = first_run(per_step < ratio, min_rows)
     onset = int(onset if onset is not None else per_step.index[0])
     evidence: dict[str, Any] = {
-        "ratio": sig(value, 3), "early_rms": sig(float(rms[early].median(axis=1).median()), 3),
+        "ratio": sig(value, 3),
+        "early_rms": sig(float(rms[early].median(axis=1).median()), 3),
         "late_rms": sig(float(rms[late].median(axis=1).median()), 3),
-        "early_modules": early[:6], "late_modules": late[-6:],
-        "loss_start": sig(start, 4), "loss_end": sig(end, 4),
+        "early_modules": early[:6],
+        "late_modules": late[-6:],
+        "loss_start": sig(start, 4),
+        "loss_end": sig(end, 4),
     }
     orders = -np.log10(value)
-    return [Finding(
-        code="vanishing-gradients",
-        severity="critical" if value < critical_ratio else "warning",
-        title=f"Early layers get {orders:.1f} orders of magnitude less gradient",
-        message=(f"Per-parameter gradient RMS in the first layers ({', '.join(early[:3])}) is "
-                 f"{value:.2g}x that of the last layers while the loss only went from "
-                 f"{start:.3g} to {end:.3g}: the early layers barely train."),
-        step=onset, location=early[0], phase="backward", evidence=evidence,
-        fixes=tuple(_fixes(run, early)), rule="vanishing-gradients",
-        thresholds={"ratio": ratio, "critical_ratio": critical_ratio,
-                    "converged_fraction": converged_fraction},
-    )]
+    return [
+        Finding(
+            code="vanishing-gradients",
+            severity="critical" if value < critical_ratio else "warning",
+            title=f"Early layers get {orders:.1f} orders of magnitude less gradient",
+            message=(
+                f"Per-parameter gradient RMS in the first layers ({', '.join(early[:3])}) is "
+                f"{value:.2g}x that of the last layers while the loss only went from "
+                f"{start:.3g} to {end:.3g}: the early layers barely train."
+            ),
+            step=onset,
+            location=early[0],
+            phase="backward",
+            evidence=evidence,
+            fixes=tuple(_fixes(run, early)),
+            rule="vanishing-gradients",
+            thresholds={
+                "ratio": ratio,
+                "critical_ratio": critical_ratio,
+                "converged_fraction": converged_fraction,
+            },
+        )
+    ]
 
 
 def _layer_rms(run: Run, min_modules: int) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Gradient RMS per parameter (step x module, forward order) and the early / late quarters."""
-    mods = run.modules[(run.modules["params"] > 0) & (run.modules["order"] >= 0)
-                       & ~run.modules["type"].str.contains("Embedding")]
+    mods = run.modules[
+        (run.modules["params"] > 0)
+        & (run.modules["order"] >= 0)
+        & ~run.modules["type"].str.contains("Embedding")
+    ]
     mods = mods.sort_values("order")
     gn = run.series("grad_norm")
     names = [n for n in mods["name"] if n in gn.columns]
@@ -98,9 +121,14 @@ def _fixes(run: Run, early: list[str]) -> list[Fix]:
     if sites.empty:
         out.append(fixes.add_residual(early))
     else:
-        out.append(fixes.residual_scaling(site_dicts(run, list(sites["name"])), len(sites),
-                                          post_norm=bool(post),
-                                          reason="Balance the branches against the skip path."))
+        out.append(
+            fixes.residual_scaling(
+                site_dicts(run, list(sites["name"])),
+                len(sites),
+                post_norm=bool(post),
+                reason="Balance the branches against the skip path.",
+            )
+        )
     out.append(fixes.add_normalization_layers(early, _types(run, early)))
     return out
 

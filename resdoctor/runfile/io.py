@@ -86,8 +86,10 @@ def _unpickling_message(p: Path, text: str) -> str:
     """torch's weights-only errors are long; keep the one fact that says what was refused."""
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
-        return (f"{p}: refused to load: it references {refused.group(1)}, not plain data "
-                "(run files hold only numbers, strings and tensors)")
+        return (
+            f"{p}: refused to load: it references {refused.group(1)}, not plain data "
+            "(run files hold only numbers, strings and tensors)"
+        )
     detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
     reason = detail.group(1) if detail else "not a torch file"
     return f"{p}: not a readable run file ({reason[:160]})"

@@ -39,8 +39,16 @@ class Run:
 
     @property
     def meta(self) -> dict[str, Any]:
-        keys = ("resdoctor_version", "torch_version", "model_class", "created", "rank",
-                "world_size", "schema_version", "device")
+        keys = (
+            "resdoctor_version",
+            "torch_version",
+            "model_class",
+            "created",
+            "rank",
+            "world_size",
+            "schema_version",
+            "device",
+        )
         return {k: self.state.get(k) for k in keys}
 
     @property
@@ -66,8 +74,10 @@ class Run:
     @cached_property
     def sites(self) -> pd.DataFrame:
         """One row per residual site: name, kind, module (class), index (forward order)."""
-        rows = [{k: s.get(k) for k in ("name", "kind", "module", "index", "owner")}
-                for s in self.state["sites"]]
+        rows = [
+            {k: s.get(k) for k in ("name", "kind", "module", "index", "owner")}
+            for s in self.state["sites"]
+        ]
         return pd.DataFrame(rows, columns=["name", "kind", "module", "index", "owner"])
 
     @property
@@ -115,8 +125,11 @@ class Run:
         s = self.state["series"].get(signal)
         if s is None:
             return pd.DataFrame()
-        return pd.DataFrame(cell_counts(s) > 0, index=pd.Index(s["steps"].numpy(), name="step"),
-                            columns=self.columns(signal))
+        return pd.DataFrame(
+            cell_counts(s) > 0,
+            index=pd.Index(s["steps"].numpy(), name="step"),
+            columns=self.columns(signal),
+        )
 
     def has(self, signal: str) -> bool:
         return signal in self.signals
@@ -152,8 +165,10 @@ class Run:
         return out.dropna(subset=["value"]).reset_index(drop=True)
 
     def __repr__(self) -> str:
-        return (f"Run({self.path or '<memory>'}: {self.steps} steps, {len(self.modules)} modules, "
-                f"{len(self.sites)} sites, {len(self.nonfinite)} non-finite onsets)")
+        return (
+            f"Run({self.path or '<memory>'}: {self.steps} steps, {len(self.modules)} modules, "
+            f"{len(self.sites)} sites, {len(self.nonfinite)} non-finite onsets)"
+        )
 
 
 def load(path: str | os.PathLike[str]) -> Run:

@@ -113,8 +113,9 @@ class Series:
             "count": torch.from_numpy(self._count[:r].copy()),
             # per-cell sample counts only where some cell missed a sample: a full table is
             # implied by "count" (see ``counts``), which keeps million-step files small
-            "n": None if (n == self._count[:r, None]).all() else torch.from_numpy(
-                n.astype(np.int32)),
+            "n": None
+            if (n == self._count[:r, None]).all()
+            else torch.from_numpy(n.astype(np.int32)),
             "mean": torch.from_numpy(self.mean().astype(np.float32)),
             "max": torch.from_numpy(np.where(n > 0, self._max[:r], np.nan).astype(np.float32)),
             "min": torch.from_numpy(np.where(n > 0, self._min[:r], np.nan).astype(np.float32)),

@@ -30,29 +30,93 @@ class Signal:
 
 
 SIGNALS: tuple[Signal, ...] = (
-    Signal("grad_norm", "module", "L2", "L2 norm of the module's own parameter gradients, before "
-           "clipping (AMP-unscaled with scaler=)", "gradient norm ‖∇W‖", "norm"),
-    Signal("param_norm", "module", "L2", "‖w‖ of the module's parameters after the optimizer "
-           "step", "parameter norm ‖W‖", "norm", "update_every"),
-    Signal("update_ratio", "module", "ratio", "‖Δw‖ / ‖w‖ of the optimizer step",
-           "update ratio ‖ΔW‖/‖W‖", "ratio", "update_every"),
-    Signal("branch_ratio", "site", "ratio", "‖branch‖ / ‖skip‖ of out = skip + branch",
-           "branch ratio ‖F(x)‖/‖x‖"),
+    Signal(
+        "grad_norm",
+        "module",
+        "L2",
+        "L2 norm of the module's own parameter gradients, before "
+        "clipping (AMP-unscaled with scaler=)",
+        "gradient norm ‖∇W‖",
+        "norm",
+    ),
+    Signal(
+        "param_norm",
+        "module",
+        "L2",
+        "‖w‖ of the module's parameters after the optimizer step",
+        "parameter norm ‖W‖",
+        "norm",
+        "update_every",
+    ),
+    Signal(
+        "update_ratio",
+        "module",
+        "ratio",
+        "‖Δw‖ / ‖w‖ of the optimizer step",
+        "update ratio ‖ΔW‖/‖W‖",
+        "ratio",
+        "update_every",
+    ),
+    Signal(
+        "branch_ratio",
+        "site",
+        "ratio",
+        "‖branch‖ / ‖skip‖ of out = skip + branch",
+        "branch ratio ‖F(x)‖/‖x‖",
+    ),
     Signal("skip_norm", "site", "RMS", "RMS of the skip operand", "skip RMS", "rms"),
     Signal("branch_norm", "site", "RMS", "RMS of the branch operand", "branch RMS", "rms"),
-    Signal("stream_norm", "site", "RMS", "RMS of the residual stream after the addition",
-           "stream RMS", "rms"),
-    Signal("grad_branch_share", "site", "share", "‖g_branch‖ / (‖g_branch‖ + ‖g_skip‖) of the "
-           "gradient reaching the site's input", "gradient branch share", "mean",
-           "grad_share_every"),
-    Signal("smoothing", "site", "cosine", "mean pairwise cosine similarity of sampled tokens / "
-           "nodes / positions", "mean cosine similarity", "mean", "smoothing_every"),
-    Signal("smoothing_energy", "site", "ratio", "normalised Dirichlet energy of the sampled "
-           "positions", "Dirichlet energy", "mean", "smoothing_every"),
-    Signal("attribution_share", "site", "share", "share of the output attribution through the "
-           "branch (captum, optional)", "attribution share", "mean", "attribute_every"),
-    Signal("scalars", "step", "as logged", "loss, lr, grad_norm_total and your log() scalars",
-           "scalars"),
+    Signal(
+        "stream_norm",
+        "site",
+        "RMS",
+        "RMS of the residual stream after the addition",
+        "stream RMS",
+        "rms",
+    ),
+    Signal(
+        "grad_branch_share",
+        "site",
+        "share",
+        "‖g_branch‖ / (‖g_branch‖ + ‖g_skip‖) of the gradient reaching the site's input",
+        "gradient branch share",
+        "mean",
+        "grad_share_every",
+    ),
+    Signal(
+        "smoothing",
+        "site",
+        "cosine",
+        "mean pairwise cosine similarity of sampled tokens / nodes / positions",
+        "mean cosine similarity",
+        "mean",
+        "smoothing_every",
+    ),
+    Signal(
+        "smoothing_energy",
+        "site",
+        "ratio",
+        "normalised Dirichlet energy of the sampled positions",
+        "Dirichlet energy",
+        "mean",
+        "smoothing_every",
+    ),
+    Signal(
+        "attribution_share",
+        "site",
+        "share",
+        "share of the output attribution through the branch (captum, optional)",
+        "attribution share",
+        "mean",
+        "attribute_every",
+    ),
+    Signal(
+        "scalars",
+        "step",
+        "as logged",
+        "loss, lr, grad_norm_total and your log() scalars",
+        "scalars",
+    ),
 )
 BY_NAME = {s.name: s for s in SIGNALS}
 MODULE_SIGNALS = tuple(s.name for s in SIGNALS if s.per == "module")

@@ -21,8 +21,13 @@ from resdoctor.runfile import io as runfile
 STEPS = 1 << 20  # 1,048,576
 
 
-def large_state(blocks: int = 100, steps: int = STEPS, capacity: int = 4096,
-                skipped: int = 20_000, seed: int = 0) -> dict:
+def large_state(
+    blocks: int = 100,
+    steps: int = STEPS,
+    capacity: int = 4096,
+    skipped: int = 20_000,
+    seed: int = 0,
+) -> dict:
     """Run-file state of ``blocks`` blocks (2 modules with parameters each), series at capacity."""
     rng = np.random.default_rng(seed)
     modules = [{"name": "", "type": "Net", "params": 0, "order": -1}]
@@ -32,18 +37,37 @@ def large_state(blocks: int = 100, steps: int = STEPS, capacity: int = 4096,
             name = f"blocks.{b}.fc{j}"
             modules.append({"name": name, "type": "Linear", "params": 4160, "order": 2 * b + j})
             params.append(name)
-    journal = Journal(modules, params, capacity, 1000, {"model_class": "SyntheticNet",
-                                                         "rank": 0, "world_size": 1})
-    journal.set_sites([{"name": f"blocks.{b}", "kind": "identity", "module": "Block", "index": b,
-                        "owner": f"blocks.{b}"} for b in range(blocks)])
+    journal = Journal(
+        modules, params, capacity, 1000, {"model_class": "SyntheticNet", "rank": 0, "world_size": 1}
+    )
+    journal.set_sites(
+        [
+            {
+                "name": f"blocks.{b}",
+                "kind": "identity",
+                "module": "Block",
+                "index": b,
+                "owner": f"blocks.{b}",
+            }
+            for b in range(blocks)
+        ]
+    )
     stride = steps // capacity
     for name, series in journal.series.items():
         if name == "scalars":
             series.add_columns(["grad_norm_total", "loss", "lr"])
         _fill(series, stride, capacity, rng)
     journal.steps = steps
-    journal.events = [{"kind": "nonfinite", "step": steps - 12_345, "module": params[150],
-                       "phase": "backward", "rank": 0, "detail": {"amp_skipped": False}}]
+    journal.events = [
+        {
+            "kind": "nonfinite",
+            "step": steps - 12_345,
+            "module": params[150],
+            "phase": "backward",
+            "rank": 0,
+            "detail": {"amp_skipped": False},
+        }
+    ]
     journal.skipped = sorted(rng.choice(steps, skipped, replace=False).tolist())
     return journal.state(Options().to_dict())
 
@@ -66,10 +90,16 @@ def sizes() -> list[tuple[str, int]]:
     from resdoctor.runfile.run import Run
 
     view = View(Run(large_state()))
-    out = [(f"heatmap {s}", len(view.heatmap(s))) for s in
-           ("grad_norm", "update_ratio", "branch_ratio", "stream_norm", "smoothing")]
-    out.append(("lines branch_ratio, 6 sites", len(view.lines("branch_ratio",
-                                                               tuple(view.spread("branch_ratio"))))))
+    out = [
+        (f"heatmap {s}", len(view.heatmap(s)))
+        for s in ("grad_norm", "update_ratio", "branch_ratio", "stream_norm", "smoothing")
+    ]
+    out.append(
+        (
+            "lines branch_ratio, 6 sites",
+            len(view.lines("branch_ratio", tuple(view.spread("branch_ratio")))),
+        )
+    )
     out.append(("depth profiles stream_norm, 5 steps", len(view.snapshots("stream_norm"))))
     out.append(("scalars loss, lr, grad_norm_total", len(view.scalars())))
     out.append(("skipped-step marks (20,000 skipped)", len(view.skipped())))

@@ -34,8 +34,9 @@ def record(path: Path, *, lr: float, norm: bool, steps: int = 30) -> str:
         model = ResidualMLP(depth=6, dim=32, norm=norm)
         opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9)
         x, y = torch.randn(32, 16), torch.randn(32, 1)
-        with resdoctor.watch(model, opt, path, smoothing_every=2, update_every=1,
-                             grad_share_every=2) as doctor:
+        with resdoctor.watch(
+            model, opt, path, smoothing_every=2, update_every=1, grad_share_every=2
+        ) as doctor:
             for _ in range(steps):
                 opt.zero_grad()
                 loss = F.mse_loss(model(x), y)
@@ -73,8 +74,10 @@ def record_edge_cases(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("runs")
-    return {"sick": record(folder / "sick.pt", lr=0.1, norm=False),
-            "healthy": record(folder / "healthy.pt", lr=0.02, norm=True)}
+    return {
+        "sick": record(folder / "sick.pt", lr=0.1, norm=False),
+        "healthy": record(folder / "healthy.pt", lr=0.02, norm=True),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -122,14 +125,18 @@ def chromium() -> Iterator[str]:
         apt = shutil.which("apt-get")
         if apt is None:
             pytest.skip("chromium is missing and there is no apt-get to install it")
-        for args in (["install", "-y", "-q", "chromium"], ["update", "-q"],
-                     ["install", "-y", "-q", "chromium"]):
+        for args in (
+            ["install", "-y", "-q", "chromium"],
+            ["update", "-q"],
+            ["install", "-y", "-q", "chromium"],
+        ):
             if Path(CHROMIUM).exists():
                 break
             done = subprocess.run([apt, *args], capture_output=True, text=True, timeout=900)
         if not Path(CHROMIUM).exists():
             pytest.fail(f"apt-get could not install chromium: {done.stderr.strip()[-300:]}")
     yield CHROMIUM
+
 
 def chart_data(at: Any) -> list[tuple[dict[str, Any], list[Any]]]:
     """Every vega-lite chart of the page: (spec, [its datasets as pandas frames]) as sent."""
@@ -155,6 +162,9 @@ def chart_data(at: Any) -> list[tuple[dict[str, Any], list[Any]]]:
 
 def texts(at: Any) -> str:
     """All markdown, captions, subheaders and alerts of the page as one string."""
-    parts = [e.value for kind in ("markdown", "caption", "subheader", "success", "warning",
-                                  "error", "info") for e in getattr(at, kind)]
+    parts = [
+        e.value
+        for kind in ("markdown", "caption", "subheader", "success", "warning", "error", "info")
+        for e in getattr(at, kind)
+    ]
     return "\n".join(str(p) for p in parts)

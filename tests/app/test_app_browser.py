@@ -19,13 +19,27 @@ from tests.app.conftest import MAIN
 
 playwright = pytest.importorskip("playwright.sync_api")
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 # tab -> charts that must be drawn (a canvas or an SVG scene inside vega-embed)
-TABS = {"Gradient flow": 1, "Residual sites": 2, "Activation growth": 2, "Over-smoothing": 3,
-        "Loss & LR": 3, "Compare": 3}
-DRAWN = ("Array.from(document.querySelectorAll('.vega-embed')).filter(e => "
-         "e.querySelector('canvas, svg.marks') && e.getBoundingClientRect().width > 100).length")
+TABS = {
+    "Gradient flow": 1,
+    "Residual sites": 2,
+    "Activation growth": 2,
+    "Over-smoothing": 3,
+    "Loss & LR": 3,
+    "Compare": 3,
+}
+DRAWN = (
+    "Array.from(document.querySelectorAll('.vega-embed')).filter(e => "
+    "e.querySelector('canvas, svg.marks') && e.getBoundingClientRect().width > 100).length"
+)
 
 
 def _free_port() -> int:
@@ -46,9 +60,22 @@ def live(runs: dict[str, str], tmp_path: Path) -> Path:
 def server(runs: dict[str, str], live: Path, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = (tmp_path / "streamlit.log").open("w")
-    cmd = [sys.executable, "-m", "streamlit", "run", MAIN, "--server.headless", "true",
-           "--server.port", str(port), "--browser.gatherUsageStats", "false",
-           "--", str(live), runs["healthy"]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        MAIN,
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        str(live),
+        runs["healthy"],
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -68,8 +95,9 @@ def server(runs: dict[str, str], live: Path, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_app_in_headless_chromium(server: str, chromium: str, runs, live: Path,
-                                  tmp_path: Path) -> None:
+def test_app_in_headless_chromium(
+    server: str, chromium: str, runs, live: Path, tmp_path: Path
+) -> None:
     errors: list[str] = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=ARGS)

@@ -95,12 +95,14 @@ def _bad_files(folder: Path, good: str) -> dict[str, tuple[str, str]]:
     torch.save(Evil(), evil)  # a torch file whose pickle would run a shell command
     empty = folder / "empty.pt"
     empty.write_bytes(b"")
-    return {"missing": (str(folder / "nope.pt"), "no such file"),
-            "directory": (str(folder), "is a directory"),
-            "truncated": (str(truncated), "not a readable run file"),
-            "foreign": (str(foreign), "not a resdoctor run file"),
-            "malicious": (str(evil), "refused to load"),
-            "empty": (str(empty), "not a readable run file")}
+    return {
+        "missing": (str(folder / "nope.pt"), "no such file"),
+        "directory": (str(folder), "is a directory"),
+        "truncated": (str(truncated), "not a readable run file"),
+        "foreign": (str(foreign), "not a resdoctor run file"),
+        "malicious": (str(evil), "refused to load"),
+        "empty": (str(empty), "not a readable run file"),
+    }
 
 
 class Evil:
@@ -108,8 +110,9 @@ class Evil:
         return (os.system, ("touch /tmp/resdoctor-app-pwned",))
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "truncated", "foreign", "malicious",
-                                  "empty"])
+@pytest.mark.parametrize(
+    "case", ["missing", "directory", "truncated", "foreign", "malicious", "empty"]
+)
 def test_bad_file_is_one_clear_message(app, runs, tmp_path, case: str) -> None:
     path, says = _bad_files(tmp_path, runs["sick"])[case]
     at = app(run=path)

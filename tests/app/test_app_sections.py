@@ -48,7 +48,7 @@ def test_gradient_flow_heatmap_marks_the_nan_onset(app, runs, kind: str) -> None
     at = app(run=runs[kind], tab="Gradient flow")
     _clean(at)
     run = resdoctor.load(runs[kind])
-    (spec, frames), = chart_data(at)
+    ((spec, frames),) = chart_data(at)
     cells = max(frames, key=len)
     modules = run.series("grad_norm").shape[1]
     assert len(cells) == modules * 30  # a small run is drawn exactly: every module, every step
@@ -74,7 +74,7 @@ def test_gradient_flow_other_signals(app, runs) -> None:
     at = app(run=runs["healthy"], tab="Gradient flow")
     at.radio[0].set_value("update_ratio").run()
     _clean(at)
-    (spec, frames), = chart_data(at)
+    ((spec, frames),) = chart_data(at)
     cells = max(frames, key=len)
     ratios = resdoctor.load(runs["healthy"]).series("update_ratio")
     assert cells["value"].max() == pytest.approx(np.nanmax(ratios.to_numpy()))
@@ -166,8 +166,14 @@ def test_loss_lr_and_skipped(app, runs, kind: str) -> None:
     assert '"type": "log"' not in str(chart_data(at)[0][0]).replace("'", '"')
 
 
-TABS = ["Diagnosis", "Gradient flow", "Residual sites", "Activation growth", "Over-smoothing",
-        "Loss & LR"]
+TABS = [
+    "Diagnosis",
+    "Gradient flow",
+    "Residual sites",
+    "Activation growth",
+    "Over-smoothing",
+    "Loss & LR",
+]
 
 
 @pytest.mark.parametrize("kind", ["plain", "empty"])

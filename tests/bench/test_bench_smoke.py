@@ -45,8 +45,12 @@ def test_every_configuration_tears_down_completely(tmp_path: Path) -> None:
 
 
 def test_a_target_is_unresolved_when_its_interval_contains_it() -> None:
-    res = {"m": {"resdoctor": {"ratio": 1.04, "step_ratio_ci95": [1.03, 1.06]},
-                 "resdoctor-all": {"ratio": 1.05, "step_ratio_ci95": [1.04, 1.07]}}}
+    res = {
+        "m": {
+            "resdoctor": {"ratio": 1.04, "step_ratio_ci95": [1.03, 1.06]},
+            "resdoctor-all": {"ratio": 1.05, "step_ratio_ci95": [1.04, 1.07]},
+        }
+    }
     assert overhead.check_targets(res, "cpu") == []
     [note] = overhead.unresolved(res, "cpu")
     assert note.startswith("m: resdoctor 95% interval 1.030-1.060x contains 1.05x")
@@ -54,11 +58,20 @@ def test_a_target_is_unresolved_when_its_interval_contains_it() -> None:
 
 def test_ratios_paired_with_the_twin_or_against_plain_rounds() -> None:
     def round_(times: list[float], twin: list[float]) -> dict:
-        return {"times": times, "cpu_times": times, "twin_times": twin, "twin_cpu_times": twin,
-                "first_step_s": 0.0, "setup_s": 0.0, "teardown_s": 0.0}
+        return {
+            "times": times,
+            "cpu_times": times,
+            "twin_times": twin,
+            "twin_cpu_times": twin,
+            "first_step_s": 0.0,
+            "setup_s": 0.0,
+            "teardown_s": 0.0,
+        }
 
-    rounds = {"plain": [round_([1.0, 1.0], [1.0, 1.0]), round_([2.0, 2.0], [2.0, 2.0])],
-              "x": [round_([1.5, 1.5], [1.0, 1.0]), round_([2.2, 2.2], [2.0, 2.0])]}
+    rounds = {
+        "plain": [round_([1.0, 1.0], [1.0, 1.0]), round_([2.0, 2.0], [2.0, 2.0])],
+        "x": [round_([1.5, 1.5], [1.0, 1.0]), round_([2.2, 2.2], [2.0, 2.0])],
+    }
     paired = overhead.summarize(rounds, paired=True)
     assert paired["x"]["round_ratios"] == pytest.approx([1.5, 1.1])
     assert paired["x"]["step_ratios"] == pytest.approx([1.5, 1.5, 1.1, 1.1])
@@ -80,8 +93,17 @@ def test_overhead_cuda_skips_cleanly_without_a_gpu(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_overhead_cuda_watching_adds_no_host_sync(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
-    args = ["--device", "cuda", "--quick", "--models", "resnet", "--configs", "resdoctor",
-            "--out", str(out)]
+    args = [
+        "--device",
+        "cuda",
+        "--quick",
+        "--models",
+        "resnet",
+        "--configs",
+        "resdoctor",
+        "--out",
+        str(out),
+    ]
     assert overhead.main(args) == 0
     census = json.loads(out.read_text())["sync_census"]["resnet"]
     syncs = census["syncs_per_step"]
@@ -102,8 +124,9 @@ def test_scale_fast_mode_records_what_consume_records() -> None:
         assert (series["n"] is None) == (other["n"] is None), name  # None: every cell counted
         for field in ("steps", "count", "n", "mean", "max", "min"):
             if series[field] is not None:
-                assert torch.allclose(series[field].double(), other[field].double(),
-                                      equal_nan=True), (name, field)
+                assert torch.allclose(
+                    series[field].double(), other[field].double(), equal_nan=True
+                ), (name, field)
 
 
 def test_scale_small_run_writes_loads_and_analyzes(tmp_path: Path) -> None:

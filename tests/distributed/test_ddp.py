@@ -27,7 +27,11 @@ def test_each_rank_keeps_its_own_file(out) -> None:
     onsets = resdoctor.load(out / f"run.rank{NAN_RANK}.pt").nonfinite
     first = onsets.iloc[0]
     assert (first.step, first.module, first.phase, first["rank"]) == (
-        NAN_STEP, NAN_MODULE, "forward", NAN_RANK)
+        NAN_STEP,
+        NAN_MODULE,
+        "forward",
+        NAN_RANK,
+    )
     # rank 0 made no NaN: it only received one through the gradient all-reduce
     other = resdoctor.load(out / "run.rank0.pt").nonfinite
     at_step = other[other.step == NAN_STEP]
@@ -39,7 +43,11 @@ def test_merged_run_names_the_rank_that_saw_it_first(out) -> None:
     assert run.state["merged"] and run.state["ranks"] == [0, 1] and run.steps == STEPS
     first = run.nonfinite.iloc[0]
     assert (first.step, first.module, first.phase, first["rank"]) == (
-        NAN_STEP, NAN_MODULE, "forward", NAN_RANK)
+        NAN_STEP,
+        NAN_MODULE,
+        "forward",
+        NAN_RANK,
+    )
     assert first.detail["seen_by"] == [{"rank": NAN_RANK, "step": NAN_STEP}]
     root = run.nonfinite[run.nonfinite.module == "<root>"].iloc[0]  # both ranks, rank 1 first
     assert root["rank"] == NAN_RANK and {s["rank"] for s in root.detail["seen_by"]} == {0, 1}
@@ -64,8 +72,9 @@ def test_merged_loss_is_the_mean_over_ranks(out) -> None:
 
 def test_update_ratio_merged(out) -> None:
     ratio = resdoctor.load(out / "run.pt").series("update_ratio").to_numpy()
-    np.testing.assert_allclose(ratio[:NAN_STEP], np.array(expected(out, 0)["update"])[:NAN_STEP],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        ratio[:NAN_STEP], np.array(expected(out, 0)["update"])[:NAN_STEP], rtol=1e-4
+    )
 
 
 def test_no_hooks_remain(out) -> None:

@@ -16,8 +16,15 @@ from resdoctor.runfile import io as runfile
 from tests._faults import ForwardNaN
 
 
-def record(path: Path, rank: int, steps: int, *, nan_at: int = -1, capacity: int = 4096,
-           nan_loss_at: int = -1) -> tuple[dict, list[float]]:
+def record(
+    path: Path,
+    rank: int,
+    steps: int,
+    *,
+    nan_at: int = -1,
+    capacity: int = 4096,
+    nan_loss_at: int = -1,
+) -> tuple[dict, list[float]]:
     """Train a tiny net; returns (run state labelled ``rank`` of 2, logged losses)."""
     torch.manual_seed(rank)
     model = nn.Sequential(nn.Linear(4, 8), ForwardNaN(at=nan_at), nn.Linear(8, 1))
@@ -58,9 +65,11 @@ def test_loss_is_averaged_over_ranks_across_strides(tmp_path) -> None:
     assert run.stride("scalars") == 4 and run.steps == 12 and run.state["ranks"] == [0, 1]
     loss = run.scalar("loss")
     assert list(loss.index) == [0, 4, 8]
-    expected = [(np.mean(la[0:4]) + np.mean(lb[0:4])) / 2,
-                (np.mean(la[4:6]) + np.mean(lb[4:8])) / 2,
-                np.mean(lb[8:12])]  # rank 0 stopped at step 6
+    expected = [
+        (np.mean(la[0:4]) + np.mean(lb[0:4])) / 2,
+        (np.mean(la[4:6]) + np.mean(lb[4:8])) / 2,
+        np.mean(lb[8:12]),
+    ]  # rank 0 stopped at step 6
     np.testing.assert_allclose(loss.to_numpy(), expected, rtol=1e-6)
     assert (run.scalars("max")["loss"] >= loss - 1e-9).all()
 

@@ -35,15 +35,22 @@ def test_fully_sharded_model_records_exact_norms(one_rank, tmp_path) -> None:
     names = [n for n, m in model.named_modules() if list(m.parameters(recurse=False))]
     modules = dict(model.named_modules())
     expected = []
-    with resdoctor.watch(model, optimizer=opt, path=tmp_path / "run.pt", scaler=scaler,
-                         update_every=1) as doctor:
+    with resdoctor.watch(
+        model, optimizer=opt, path=tmp_path / "run.pt", scaler=scaler, update_every=1
+    ) as doctor:
         for _ in range(3):
             opt.zero_grad()
             scaler.scale(model(torch.randn(2, 4)).pow(2).mean()).backward()
-            grads = [[p.grad.full_tensor() / scaler.get_scale()
-                      for p in modules[n].parameters(recurse=False)] for n in names]
-            expected.append([float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs)))
-                             for gs in grads])
+            grads = [
+                [
+                    p.grad.full_tensor() / scaler.get_scale()
+                    for p in modules[n].parameters(recurse=False)
+                ]
+                for n in names
+            ]
+            expected.append(
+                [float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs))) for gs in grads]
+            )
             scaler.step(opt)
             scaler.update()
             doctor.log()

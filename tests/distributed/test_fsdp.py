@@ -29,8 +29,10 @@ def test_every_module_is_marked_sharded(out) -> None:
 
 def test_sharded_grad_norms_combine_exactly(out) -> None:
     ref = np.array(expected(out, 0)["grad_norm"])[:NAN_STEP]  # norms of the full gradients
-    shards = [resdoctor.load(out / f"run.rank{r}.pt").series("grad_norm").to_numpy()[:NAN_STEP]
-              for r in (0, 1)]
+    shards = [
+        resdoctor.load(out / f"run.rank{r}.pt").series("grad_norm").to_numpy()[:NAN_STEP]
+        for r in (0, 1)
+    ]
     assert not np.allclose(shards[0], ref)  # a rank alone sees only its shard
     merged = resdoctor.load(out / "run.pt").series("grad_norm").to_numpy()[:NAN_STEP]
     np.testing.assert_allclose(merged, ref, rtol=1e-5)
@@ -55,7 +57,11 @@ def test_first_onset_names_the_rank(out) -> None:
     assert run.steps == STEPS and run.state["ranks"] == [0, 1]
     first = run.nonfinite.iloc[0]
     assert (first.step, first.module, first.phase, first["rank"]) == (
-        NAN_STEP, NAN_MODULE, "forward", NAN_RANK)
+        NAN_STEP,
+        NAN_MODULE,
+        "forward",
+        NAN_RANK,
+    )
     assert run.errors.empty
 
 

@@ -42,8 +42,10 @@ def module_norms(model: nn.Module, names: list[str], grads: bool) -> list[float]
 
 
 def hook_count(model: nn.Module, opt: torch.optim.Optimizer) -> int:
-    modules = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                  for m in model.modules())
+    modules = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
     return modules + len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
 
 
@@ -84,8 +86,14 @@ def main(mode: str, out: str) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as plain:
         train(model, wrapped, opt, None, new_expected(names), rank, steps=CENSUS_STEPS)
     model.state["inject"] = True
-    doctor = resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "run.pt"),
-                             flush_every=2, flush_seconds=0, update_every=1)
+    doctor = resdoctor.watch(
+        model,
+        optimizer=opt,
+        path=os.path.join(out, "run.pt"),
+        flush_every=2,
+        flush_seconds=0,
+        update_every=1,
+    )
     expected = new_expected(names)
     with profile(activities=[ProfilerActivity.CPU]) as watched:
         train(model, wrapped, opt, doctor, expected, rank)
@@ -110,8 +118,15 @@ def collectives(prof: profile) -> dict[str, int]:
     return dict(Counter(e.name for e in prof.events() if e.name.startswith(("c10d::", "gloo:"))))
 
 
-def train(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer, doctor: Any,
-          expected: dict[str, Any], rank: int, steps: int = STEPS) -> None:
+def train(
+    model: nn.Module,
+    wrapped: nn.Module,
+    opt: torch.optim.Optimizer,
+    doctor: Any,
+    expected: dict[str, Any],
+    rank: int,
+    steps: int = STEPS,
+) -> None:
     names = expected["modules"]
     for step in range(steps):
         model.state["step"] = step
@@ -130,8 +145,9 @@ def train(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer, doct
             doctor.log(loss=loss.detach())
 
 
-def watch_on_rank_0_only(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer,
-                         out: str, rank: int) -> None:
+def watch_on_rank_0_only(
+    model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer, out: str, rank: int
+) -> None:
     """Only rank 0 watches: its close() must not wait for rank 1."""
     path = os.path.join(out, "partial.pt")
     doctor = resdoctor.watch(model, optimizer=opt, path=path) if rank == 0 else None
@@ -146,16 +162,18 @@ def watch_on_rank_0_only(model: nn.Module, wrapped: nn.Module, opt: torch.optim.
 
 def crash(model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer, out: str) -> None:
     """Every rank dies after 5 steps without close(): only the periodic flushes remain."""
-    doctor = resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "crash.pt"),
-                             flush_every=2, flush_seconds=0)
+    doctor = resdoctor.watch(
+        model, optimizer=opt, path=os.path.join(out, "crash.pt"), flush_every=2, flush_seconds=0
+    )
     for _ in range(5):
         wrapped(torch.randn(4, 8)).pow(2).mean().backward()
         opt.step()
     os._exit(0 if doctor.step == 4 else 1)
 
 
-def update_ratios(model: nn.Module, names: list[str], before: list[torch.Tensor],
-                  after: list[torch.Tensor]) -> list[float]:
+def update_ratios(
+    model: nn.Module, names: list[str], before: list[torch.Tensor], after: list[torch.Tensor]
+) -> list[float]:
     index = {id(p): i for i, p in enumerate(model.parameters())}
     modules = dict(model.named_modules())
     out = []

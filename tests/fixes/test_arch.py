@@ -34,9 +34,9 @@ def test_residual_scaling_scales_every_branch_by_one_over_sqrt_n():
     model, x, sites = _mlp()
     before = model.blocks[0].branch(model.proj(x)).detach()
     fix = fixes.residual_scaling(sites, depth=len(sites))
-    assert fix.params["scale"] == pytest.approx(3 ** -0.5, rel=1e-2)
-    assert fix.params["deepnorm_alpha"] == pytest.approx(6 ** 0.25, rel=1e-2)
-    assert fix.params["deepnorm_beta"] == pytest.approx(24 ** -0.25, rel=1e-2)
+    assert fix.params["scale"] == pytest.approx(3**-0.5, rel=1e-2)
+    assert fix.params["deepnorm_alpha"] == pytest.approx(6**0.25, rel=1e-2)
+    assert fix.params["deepnorm_beta"] == pytest.approx(24**-0.25, rel=1e-2)
     opt = _run(fix.snippet, model)
     h = model.proj(x)
     after = model.blocks[0](h) - h  # the block now adds alpha * branch
@@ -53,7 +53,8 @@ def test_residual_scaling_handles_tuple_outputs_and_post_ln():
     sites = [s.to_dict() for s in resdoctor.discover(model, ids)]
     fix = fixes.residual_scaling(sites, depth=len(sites), post_norm=True)
     assert fix.params["post_norm"] and fix.params["scale"] == pytest.approx(
-        1 / fix.params["deepnorm_alpha"], rel=1e-2)
+        1 / fix.params["deepnorm_alpha"], rel=1e-2
+    )
     opt = _run(fix.snippet, model)
     out = _step(model, opt, ids)
     assert out.shape == (2, 6, 16) and torch.isfinite(out).all()
@@ -119,10 +120,13 @@ def test_reduce_depth_drops_the_named_blocks():
     assert model(x).shape == (5, 2)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: fixes.pre_activation(["layer1.0", "layer1.1"], "BasicBlock"),
-    lambda: fixes.pre_layernorm(["blocks.0", "blocks.1"], 8),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: fixes.pre_activation(["layer1.0", "layer1.1"], "BasicBlock"),
+        lambda: fixes.pre_layernorm(["blocks.0", "blocks.1"], 8),
+    ],
+)
 def test_structural_templates_define_working_blocks(build):
     fix = build()
     scope: dict = {}
@@ -139,8 +143,7 @@ def test_structural_templates_define_working_blocks(build):
 
 
 def test_residual_scaling_without_branch_modules_names_the_blocks():
-    sites = [{"name": f"b{i}", "owner": f"b{i}", "branch": None, "shape": [2, 4]}
-             for i in range(4)]
+    sites = [{"name": f"b{i}", "owner": f"b{i}", "branch": None, "shape": [2, 4]} for i in range(4)]
     fix = fixes.residual_scaling(sites, depth=4)
     assert fix.params["branches"] == [] and fix.params["blocks"] == ["b0", "b1", "b2", "b3"]
     scope: dict = {}
@@ -157,9 +160,9 @@ def test_residual_scaling_from_the_measured_branch_ratio_and_growth():
     assert fix.params["scale"] == pytest.approx(1 / 59.0, rel=1e-2)
     assert "1/r" in fix.params["formula"] and "59" in fix.detail
     mild = fixes.residual_scaling(sites, depth=6, branch_ratio=1.5)  # 1/sqrt(6) is smaller
-    assert mild.params["scale"] == pytest.approx(6 ** -0.5, rel=1e-2)
+    assert mild.params["scale"] == pytest.approx(6**-0.5, rel=1e-2)
     grow = fixes.residual_scaling(sites, depth=12, growth=1.41)
-    alpha = ((12 ** (1 / 11) - 1) / (1.41 ** 2 - 1)) ** 0.5
+    alpha = ((12 ** (1 / 11) - 1) / (1.41**2 - 1)) ** 0.5
     assert grow.params["scale"] == pytest.approx(alpha, rel=1e-2)
     assert fixes.residual_scaling(sites, depth=12, growth=1.01).params["scale"] == 1.0
 

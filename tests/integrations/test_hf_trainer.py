@@ -17,13 +17,14 @@ ACCUMULATE, STEPS, LOGGING = 2, 6, 2
 
 
 def hook_count(module: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               for m in module.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in module.modules()
+    )
 
 
 def tiny_gpt2() -> nn.Module:
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2,
-                                     n_head=2)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2)
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -34,13 +35,21 @@ def train(tmp, **args_kwargs):
     tokens = torch.randint(0, 64, (48, 16))
     data = [{"input_ids": t, "labels": t} for t in tokens]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp / "out"), per_device_train_batch_size=2, max_steps=STEPS,
-        gradient_accumulation_steps=ACCUMULATE, logging_steps=LOGGING, learning_rate=1e-3,
-        report_to=[], save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0,
-        **args_kwargs)
+        output_dir=str(tmp / "out"),
+        per_device_train_batch_size=2,
+        max_steps=STEPS,
+        gradient_accumulation_steps=ACCUMULATE,
+        logging_steps=LOGGING,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        **args_kwargs,
+    )
     callback = ResDoctorCallback(path=str(tmp / "run.pt"), flush_seconds=0)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
-                                   callbacks=[callback])
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     trainer.train()
     return model, trainer, callback, resdoctor.load(tmp / "run.pt"), before
 

@@ -37,8 +37,10 @@ class Regression(L.LightningModule):
 
 
 def hook_count(module: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               for m in module.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in module.modules()
+    )
 
 
 def fit(tmp_path, **trainer_kwargs) -> tuple[Regression, L.Trainer, ResDoctorCallback]:
@@ -47,10 +49,18 @@ def fit(tmp_path, **trainer_kwargs) -> tuple[Regression, L.Trainer, ResDoctorCal
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     module = Regression()
     callback = ResDoctorCallback(path=str(tmp_path / "run.pt"), flush_seconds=0)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback],
-                        accumulate_grad_batches=ACCUMULATE, **trainer_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        accumulate_grad_batches=ACCUMULATE,
+        **trainer_kwargs,
+    )
     trainer.fit(module, loader)
     return module, trainer, callback
 

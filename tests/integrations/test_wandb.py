@@ -65,11 +65,11 @@ def _parse(data: bytes) -> list[pb.Record]:
         if left < 7:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             pos += left
             continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):
             out.append(buf)
@@ -147,8 +147,9 @@ def wb(tmp_path, monkeypatch):
 
 
 def init(**kwargs):
-    return wandb.init(project="resdoctor-tests", settings=wandb.Settings(x_disable_stats=True),
-                      **kwargs)
+    return wandb.init(
+        project="resdoctor-tests", settings=wandb.Settings(x_disable_stats=True), **kwargs
+    )
 
 
 def train(model, opt, doctor, steps, nan_at=None, user_run=None):
@@ -174,8 +175,10 @@ def mlp(depth=3):
 
 
 def test_import_resdoctor_does_not_import_wandb():
-    code = ("import sys, resdoctor, resdoctor.integrations.wandb; "
-            "print('wandb' in sys.modules)")  # wandb itself loads when a logger is made
+    code = (
+        "import sys, resdoctor, resdoctor.integrations.wandb; "
+        "print('wandb' in sys.modules)"
+    )  # wandb itself loads when a logger is made
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -206,18 +209,23 @@ def test_step_signals_under_stable_keys_on_their_own_axis(wb, tmp_path):
     for m in modules:
         name = m or "(root)"
         assert row[f"resdoctor/grad_norm/{name}"] == pytest.approx(
-            rec.series("grad_norm").loc[10, m], rel=1e-6)
+            rec.series("grad_norm").loc[10, m], rel=1e-6
+        )
     for site in ["blocks.0", "blocks.1", "blocks.2"]:
         assert row[f"resdoctor/branch_ratio/{site}"] == pytest.approx(
-            rec.series("branch_ratio").loc[10, site], rel=1e-6)
+            rec.series("branch_ratio").loc[10, site], rel=1e-6
+        )
         assert f"resdoctor/stream_norm/{site}" in row
     assert row["resdoctor/loss"] == pytest.approx(rec.scalar("loss")[10], rel=1e-6)
     assert row["resdoctor/grad_norm_total"] > 0 and row["resdoctor/lr"] == 0.05
     assert "resdoctor/update_ratio/head" in row  # update_every=10 samples step 10
     assert "resdoctor/update_ratio/head" not in ours[1]  # ... and not step 5
     # nothing that wandb.watch logs: no histograms anywhere
-    assert not any(isinstance(v, dict) and v.get("_type") == "histogram"
-                   for r in out.history for v in r.values())
+    assert not any(
+        isinstance(v, dict) and v.get("_type") == "histogram"
+        for r in out.history
+        for v in r.values()
+    )
 
 
 def test_commit_false_rides_on_the_users_explicit_steps(wb, tmp_path):
@@ -248,8 +256,14 @@ def test_report_at_close_tables_charts_html_and_summary(wb, tmp_path):
     run.finish()
     out, rec = wb(run), resdoctor.load(tmp_path / "run.pt")
     flow = out.table("resdoctor/tables/gradient_flow")
-    assert flow["columns"] == ["step", "module", "depth", "grad_norm", "log10_grad_norm",
-                               "nonfinite"]
+    assert flow["columns"] == [
+        "step",
+        "module",
+        "depth",
+        "grad_norm",
+        "log10_grad_norm",
+        "nonfinite",
+    ]
     modules = rec.series("grad_norm").columns
     assert len(flow["data"]) == 12 * len(modules)
     by_depth = {r[2]: r[1] for r in flow["data"]}
@@ -321,19 +335,37 @@ def test_analyze_every_alerts_other_critical_findings_while_training(wb, tmp_pat
     [alert] = out.alerts
     assert alert.title == live[0]["title"] and "Fix (" in alert.text
     assert out.records.index(next(r for r in out.records if r.alert.title)) < out.first(
-        "resdoctor/report")
+        "resdoctor/report"
+    )
 
 
 def _critical_report(run_pt: Path) -> Report:
     rec = resdoctor.load(run_pt)
-    fix = Fix("clip-gradients", "Clip gradients", "Clip the global norm at 2.5 (p99).",
-              "torch.nn.utils.clip_grad_norm_(model.parameters(), 2.5)", {"max_norm": 2.5})
+    fix = Fix(
+        "clip-gradients",
+        "Clip gradients",
+        "Clip the global norm at 2.5 (p99).",
+        "torch.nn.utils.clip_grad_norm_(model.parameters(), 2.5)",
+        {"max_norm": 2.5},
+    )
     findings = (
-        Finding("exploding-gradients", "critical", "Exploding gradients",
-                "Gradient norms grew 1000x in 5 steps.", step=7, location="blocks.2",
-                fixes=(fix,)),
-        Finding("dead-branch", "warning", "Dead branch", "blocks.0 contributes nothing.",
-                step=2, location="blocks.0"),
+        Finding(
+            "exploding-gradients",
+            "critical",
+            "Exploding gradients",
+            "Gradient norms grew 1000x in 5 steps.",
+            step=7,
+            location="blocks.2",
+            fixes=(fix,),
+        ),
+        Finding(
+            "dead-branch",
+            "warning",
+            "Dead branch",
+            "blocks.0 contributes nothing.",
+            step=2,
+            location="blocks.0",
+        ),
     )
     return Report(rec, findings)
 
@@ -372,7 +404,8 @@ def test_attach_report_resumes_the_run_by_id(wb, tmp_path):
     rows = out.table("resdoctor/findings")["data"]
     assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
         ("critical", "exploding-gradients", 7, "blocks.2"),
-        ("warning", "dead-branch", 2, "blocks.0")]
+        ("warning", "dead-branch", 2, "blocks.0"),
+    ]
     assert rows[0][7] == "Clip gradients: Clip the global norm at 2.5 (p99)."
     page = (out.dir / "files" / out.summary["resdoctor/report"]["path"]).read_text()
     assert "critical" in page and "clip_grad_norm_" in page and "Exploding gradients" in page
@@ -385,9 +418,17 @@ def test_cli_analyze_wandb_attaches_the_report_and_keeps_json_clean(wb, tmp_path
     model, opt = mlp()
     with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
         train(model, opt, doc, 6, nan_at=3)
-    cmd = [sys.executable, "-m", "resdoctor.cli.main", "analyze", str(tmp_path / "run.pt"),
-           "--json",
-           "--wandb", "--wandb-project", "resdoctor-tests"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resdoctor.cli.main",
+        "analyze",
+        str(tmp_path / "run.pt"),
+        "--json",
+        "--wandb",
+        "--wandb-project",
+        "resdoctor-tests",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)  # stdout is exactly the JSON object
@@ -405,8 +446,9 @@ def test_attach_report_by_id_leaves_another_active_run_alone(wb, tmp_path):
     other = init(id="rdother1")
     other.finish()
     active = init()
-    where = attach_report(resdoctor.analyze(tmp_path / "run.pt"), project="resdoctor-tests",
-                          run_id="rdother1")
+    where = attach_report(
+        resdoctor.analyze(tmp_path / "run.pt"), project="resdoctor-tests", run_id="rdother1"
+    )
     assert wandb.run is active and not active._is_finished
     active.log({"user/metric": 2.0})
     active.finish()
@@ -425,7 +467,8 @@ def test_attach_report_to_the_active_run_leaves_it_open(wb, tmp_path):
     assert wandb.run is run and where == str(Path(run.dir).parent)
     run.finish()
     assert wb(run).summary["resdoctor/findings_count"] == len(
-        resdoctor.analyze(tmp_path / "run.pt").findings)
+        resdoctor.analyze(tmp_path / "run.pt").findings
+    )
 
 
 def test_custom_chart_presets_map_the_shipped_spec_fields(wb, tmp_path):
@@ -461,9 +504,19 @@ def test_vega_specs_are_valid_vega_lite_once_wandb_fills_the_fields(name, tmp_pa
     assert "${" not in text
     spec = json.loads(text)
     assert spec.pop("data") == {"name": "wandb"}  # W&B binds the logged table here
-    spec["data"] = {"values": [{"step": 0, "module": "a", "site": "a", "depth": 0,
-                                "log10_grad_norm": -1.0, "nonfinite": False,
-                                "branch_ratio": 0.5}]}
+    spec["data"] = {
+        "values": [
+            {
+                "step": 0,
+                "module": "a",
+                "site": "a",
+                "depth": 0,
+                "log10_grad_norm": -1.0,
+                "nonfinite": False,
+                "branch_ratio": 0.5,
+            }
+        ]
+    }
     jsonschema.validate(spec, altair.vegalite.v6.schema.load_schema())
 
 
@@ -493,8 +546,9 @@ def test_step_metrics_and_heatmap_from_a_nan_run(tmp_path):
     with resdoctor.watch(model, opt, tmp_path / "run.pt") as doc:
         train(model, opt, doc, 6, nan_at=4)
         ctx = doc.context
-        row = panels.step_metrics(ctx.latest(), ctx.param_modules,
-                                  [s.name for s in ctx.sites or []], "rd")
+        row = panels.step_metrics(
+            ctx.latest(), ctx.param_modules, [s.name for s in ctx.sites or []], "rd"
+        )
     assert row["rd/step"] == 5 and np.isnan(row["rd/loss"])
     assert np.isnan(row["rd/grad_norm/blocks.1.branch.1"])  # measured NaN is kept
     assert not any(k.startswith("rd/branch_ratio/") and np.isnan(v) for k, v in row.items())
@@ -528,8 +582,9 @@ def test_cuda_logging_and_live_alerts_add_no_sync(wb, tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(8, 16, device="cuda"), torch.randn(8, 1, device="cuda")
     run = init()
-    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True, wandb_every=1,
-                         flush_every=0, flush_seconds=0) as doc:
+    with resdoctor.watch(
+        model, opt, tmp_path / "run.pt", wandb=True, wandb_every=1, flush_every=0, flush_seconds=0
+    ) as doc:
         for i in range(8):
             if i == 4:
                 with torch.no_grad():

@@ -27,8 +27,12 @@ def test_reduce_depth_keeps_the_share_of_sites():
     # the tool counts residual sites (two per transformer block): 8 -> 4 sites is 4 -> 2 blocks
     r = Recipe(arch={"depth": 4})
     assert apply_fix(r, "reduce-depth", {"depth": 4, "depth_before": 8}).arch["depth"] == 2
-    assert apply_fix(Recipe(arch={"layers": (6, 6)}), "reduce-depth",
-                     {"depth": 6, "depth_before": 12}).arch["depth"] == 6
+    assert (
+        apply_fix(
+            Recipe(arch={"layers": (6, 6)}), "reduce-depth", {"depth": 6, "depth_before": 12}
+        ).arch["depth"]
+        == 6
+    )
     with pytest.raises(FixNotApplicable):
         apply_fix(Recipe(), "reduce-depth", {"depth": 2})
 
@@ -57,9 +61,16 @@ def _first_output(probe, recipe):
     return getattr(out, "logits", out).detach()
 
 
-@pytest.mark.parametrize("name", ["mlp-kaiming-growth", "resnet-nobn-growth",
-                                  "postln-scale-dominance", "gcn-plain-deep",
-                                  "gpt2-lr-diverge"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mlp-kaiming-growth",
+        "resnet-nobn-growth",
+        "postln-scale-dominance",
+        "gcn-plain-deep",
+        "gpt2-lr-diverge",
+    ],
+)
 def test_every_architecture_fix_builds_a_different_model(name):
     probe = probes.get(name)
     base = _first_output(probe, None)

@@ -15,11 +15,23 @@ from resdoctor.models import PreActResNet, ResidualMLP, ResNet
 from resdoctor.runfile.run import Run
 
 
-def record(path: str, model: nn.Module, inputs: tuple, loss_fn: Callable, steps: int,
-           lr: float = 0.01, adam: bool = False, scaler=None, **options) -> Run:
+def record(
+    path: str,
+    model: nn.Module,
+    inputs: tuple,
+    loss_fn: Callable,
+    steps: int,
+    lr: float = 0.01,
+    adam: bool = False,
+    scaler=None,
+    **options,
+) -> Run:
     """Train ``model`` under watch for ``steps`` steps and load the run."""
-    opt = (torch.optim.Adam(model.parameters(), lr) if adam
-           else torch.optim.SGD(model.parameters(), lr, momentum=0.9))
+    opt = (
+        torch.optim.Adam(model.parameters(), lr)
+        if adam
+        else torch.optim.SGD(model.parameters(), lr, momentum=0.9)
+    )
     with resdoctor.watch(model, opt, path, scaler=scaler, **options) as doctor:
         for _ in range(steps):
             opt.zero_grad()
@@ -67,8 +79,9 @@ def zero_init(runs_dir) -> Run:
     torch.manual_seed(0)
     x, y = _images()
     model = ResNet((2, 1), widths=(4, 8), num_classes=4, zero_init_residual=True)
-    return record(str(runs_dir / "zero.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 40,
-                  lr=0.05)
+    return record(
+        str(runs_dir / "zero.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 40, lr=0.05
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +90,9 @@ def preact(runs_dir) -> Run:
     torch.manual_seed(0)
     x, y = _images()
     model = PreActResNet((6, 6), widths=(4, 8), num_classes=4)
-    return record(str(runs_dir / "preact.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 8,
-                  lr=0.05)
+    return record(
+        str(runs_dir / "preact.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 8, lr=0.05
+    )
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +101,17 @@ def converged(runs_dir) -> Run:
     torch.manual_seed(0)
     x, y = _table(16)
     model = ResidualMLP(d_in=8, dim=16, depth=4, d_out=4)
-    return record(str(runs_dir / "converged.pt"), model, (x,), lambda o: F.cross_entropy(o, y),
-                  150, lr=0.01, adam=True, smoothing_every=0, grad_share_every=0)
+    return record(
+        str(runs_dir / "converged.pt"),
+        model,
+        (x,),
+        lambda o: F.cross_entropy(o, y),
+        150,
+        lr=0.01,
+        adam=True,
+        smoothing_every=0,
+        grad_share_every=0,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +121,15 @@ def amp(runs_dir) -> Run:
     x, y = _table(16)
     model = ResidualMLP(d_in=8, dim=16, depth=3, d_out=4)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=10)
-    return record(str(runs_dir / "amp.pt"), model, (x,),
-                  lambda o: F.cross_entropy(o, y, reduction="sum"), 40, lr=0.002, scaler=scaler)
+    return record(
+        str(runs_dir / "amp.pt"),
+        model,
+        (x,),
+        lambda o: F.cross_entropy(o, y, reduction="sum"),
+        40,
+        lr=0.002,
+        scaler=scaler,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +137,9 @@ def plain_sigmoid(runs_dir) -> Run:
     """A deep plain (non-residual) sigmoid MLP: gradients vanish toward the input."""
     torch.manual_seed(0)
     x, y = _table()
-    model = ResidualMLP(d_in=8, dim=16, depth=8, d_out=4, norm=False, residual=False,
-                        activation=nn.Sigmoid)
+    model = ResidualMLP(
+        d_in=8, dim=16, depth=8, d_out=4, norm=False, residual=False, activation=nn.Sigmoid
+    )
     return record(str(runs_dir / "sigmoid.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 15)
 
 
@@ -134,8 +165,15 @@ def smooth_gcn(runs_dir) -> Run:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     x, edges = torch.randn(30, 8, generator=g), torch.randint(0, 30, (2, 150), generator=g)
-    return record(str(runs_dir / "gcn.pt"), SmoothGCN(), (x, edges), lambda o: o.mean(), 6,
-                  lr=1e-6, smoothing_every=1)
+    return record(
+        str(runs_dir / "gcn.pt"),
+        SmoothGCN(),
+        (x, edges),
+        lambda o: o.mean(),
+        6,
+        lr=1e-6,
+        smoothing_every=1,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -144,8 +182,9 @@ def dominant(runs_dir) -> Run:
     torch.manual_seed(0)
     x, y = _table()
     model = ResidualMLP(d_in=8, dim=16, depth=4, d_out=4, norm=False, scale=40.0)
-    return record(str(runs_dir / "dominant.pt"), model, (x,), lambda o: F.cross_entropy(o, y),
-                  8, lr=1e-7)
+    return record(
+        str(runs_dir / "dominant.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 8, lr=1e-7
+    )
 
 
 @pytest.fixture(scope="session")
@@ -154,5 +193,6 @@ def dead(runs_dir) -> Run:
     torch.manual_seed(0)
     x, y = _table()
     model = ResidualMLP(d_in=8, dim=16, depth=4, d_out=4, scale=1e-4)
-    return record(str(runs_dir / "dead.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 30,
-                  lr=0.05)
+    return record(
+        str(runs_dir / "dead.pt"), model, (x,), lambda o: F.cross_entropy(o, y), 30, lr=0.05
+    )

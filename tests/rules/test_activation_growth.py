@@ -9,8 +9,13 @@ def _run(stream, steps=10, fail_at=None):
     names = [f"s{i}" for i in range(len(stream))]
     series = {n: [None] + [float(v)] * (steps - 1) for n, v in zip(names, stream)}
     events = [{"step": fail_at, "module": "s0.branch", "phase": "forward"}] if fail_at else []
-    return make_run(steps, scalars={"loss": [1.0] * steps}, sites=names,
-                    site_series={"stream_norm": series}, events=events)
+    return make_run(
+        steps,
+        scalars={"loss": [1.0] * steps},
+        sites=names,
+        site_series={"stream_norm": series},
+        events=events,
+    )
 
 
 @pytest.mark.parametrize("factor, fires", [(1.14, False), (1.16, True)])
@@ -45,8 +50,12 @@ def test_growth_only_in_the_last_step_before_a_nan_still_fires():
     names = [f"s{i}" for i in range(20)]
     calm, wild = np.ones(20), 1.5 ** np.arange(20)
     series = {n: [None] + [1.0] * 7 + [wild[i]] + [None] for i, n in enumerate(names)}
-    run = make_run(steps, sites=names, site_series={"stream_norm": series},
-                   events=[{"step": 9, "module": "s0.branch", "phase": "forward"}])
+    run = make_run(
+        steps,
+        sites=names,
+        site_series={"stream_norm": series},
+        events=[{"step": 9, "module": "s0.branch", "phase": "forward"}],
+    )
     assert calm.sum() == 20
     (f,) = activation_growth(run)
     assert f.step == 8 and f.severity == "critical"

@@ -8,11 +8,15 @@ SITES = ["a", "b", "c"]
 
 def _run(b_values, steps=None, **extra):
     steps = steps or len(b_values)
-    ratio = {"a": [None] + [0.5] * (steps - 1), "b": [None] + list(b_values)[1:],
-             "c": [None] + [0.3] * (steps - 1)}
+    ratio = {
+        "a": [None] + [0.5] * (steps - 1),
+        "b": [None] + list(b_values)[1:],
+        "c": [None] + [0.3] * (steps - 1),
+    }
     series = {"branch_ratio": ratio, **extra.pop("site_series", {})}
-    return make_run(steps, scalars={"loss": [1.0] * steps}, sites=SITES, site_series=series,
-                    **extra)
+    return make_run(
+        steps, scalars={"loss": [1.0] * steps}, sites=SITES, site_series=series, **extra
+    )
 
 
 @pytest.mark.parametrize("value, fires", [(4.9, False), (5.1, True)])
@@ -37,9 +41,13 @@ def test_drift_into_a_nan_is_caught_and_the_first_drifter_named():
     steps = 20
     a = [None] + [0.5] * 14 + [6.0, 9.0, 20.0, 40.0, 80.0]  # a crosses at step 15
     b = [None] + [0.5] * 16 + [7.0, 30.0, 90.0]  # b crosses at step 17
-    run = make_run(steps, scalars={"loss": [1.0] * steps}, sites=["a", "b"],
-                   site_series={"branch_ratio": {"a": a, "b": b}},
-                   events=[{"step": 19, "module": "a.branch", "phase": "forward"}])
+    run = make_run(
+        steps,
+        scalars={"loss": [1.0] * steps},
+        sites=["a", "b"],
+        site_series={"branch_ratio": {"a": a, "b": b}},
+        events=[{"step": 19, "module": "a.branch", "phase": "forward"}],
+    )
     (f,) = branch_dominance(run)
     assert f.location == "a" and f.step == 15 and f.severity == "critical"
     assert set(f.evidence["sites"]) == {"a", "b"}

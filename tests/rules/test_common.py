@@ -15,8 +15,13 @@ def test_post_norm_sites_tell_post_ln_from_pre_ln(runs_dir, norm, post):
     torch.manual_seed(0)
     model = TinyTransformer(vocab=16, dim=8, depth=2, heads=2, max_len=8, norm=norm)
     ids = torch.randint(0, 16, (2, 6))
-    run = record(str(runs_dir / f"{norm}ln.pt"), model, (ids,),
-                 lambda o: F.cross_entropy(o.flatten(0, 1), ids.flatten()), 2)
+    run = record(
+        str(runs_dir / f"{norm}ln.pt"),
+        model,
+        (ids,),
+        lambda o: F.cross_entropy(o.flatten(0, 1), ids.flatten()),
+        2,
+    )
     found = post_norm_sites(run)
     assert (found == list(run.sites["name"])) if post else found == []
     assert has_norm(run, "blocks.0")
@@ -30,8 +35,12 @@ def test_first_run_needs_consecutive_rows_or_the_end():
 
 
 def test_lr_fix_from_update_ratios():
-    run = make_run(10, scalars={"lr": [0.1] * 10}, modules=[("a", "Linear", 4)],
-                   module_series={"update_ratio": {"a": [0.02] * 10}})
+    run = make_run(
+        10,
+        scalars={"lr": [0.1] * 10},
+        modules=[("a", "Linear", 4)],
+        module_series={"update_ratio": {"a": [0.02] * 10}},
+    )
     fix = lr_fix(run, timeline(run), 8)
     assert fix.params["factor"] == 0.05 and fix.params["new_lr"] == 0.005
     assert fix.params["update_ratio"] == 0.02

@@ -13,10 +13,17 @@ def test_parse_value_types():
 
 
 def test_parse_settings_groups_by_rule():
-    got = parse_settings(["exploding-gradients.surge_factor=20", "oversmoothing.enabled=false",
-                          "exploding-gradients.window=5"])
-    assert got == {"exploding-gradients": {"surge_factor": 20, "window": 5},
-                   "oversmoothing": {"enabled": False}}
+    got = parse_settings(
+        [
+            "exploding-gradients.surge_factor=20",
+            "oversmoothing.enabled=false",
+            "exploding-gradients.window=5",
+        ]
+    )
+    assert got == {
+        "exploding-gradients": {"surge_factor": 20, "window": 5},
+        "oversmoothing": {"enabled": False},
+    }
 
 
 @pytest.mark.parametrize("bad", ["nodot=1", "rule.param", ".p=1", "rule.=1"])
@@ -27,12 +34,15 @@ def test_malformed_settings(bad):
 
 def test_toml_and_json_files(tmp_path):
     toml = tmp_path / "t.toml"
-    toml.write_text("[exploding-gradients]\nsurge_factor = 20\n\n"
-                    "[oversmoothing]\nenabled = false\n")
+    toml.write_text(
+        "[exploding-gradients]\nsurge_factor = 20\n\n[oversmoothing]\nenabled = false\n"
+    )
     js = tmp_path / "t.json"
     js.write_text(json.dumps({"rules": {"dead-branch": {"ratio": 0.001}}}))
-    assert read_config(toml) == {"exploding-gradients": {"surge_factor": 20},
-                                 "oversmoothing": {"enabled": False}}
+    assert read_config(toml) == {
+        "exploding-gradients": {"surge_factor": 20},
+        "oversmoothing": {"enabled": False},
+    }
     assert read_config(js) == {"dead-branch": {"ratio": 0.001}}
 
 
@@ -44,13 +54,16 @@ def test_keyword_forms_are_equivalent_and_later_layers_win(tmp_path):
     assert a == b == {"exploding-gradients": {"surge_factor": 20, "window": 7}}
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"nope.x": 1}, "unknown rule 'nope'"),
-    ({"dead-branch.nope": 1}, "unknown threshold dead-branch.nope"),
-    ({"dead-branch.ratio": "high"}, "must be float"),
-    ({"dead-branch.enabled": 1}, "true or false"),
-    ({"surge_factor": 3}, "unknown analyze"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"nope.x": 1}, "unknown rule 'nope'"),
+        ({"dead-branch.nope": 1}, "unknown threshold dead-branch.nope"),
+        ({"dead-branch.ratio": "high"}, "must be float"),
+        ({"dead-branch.enabled": 1}, "true or false"),
+        ({"surge_factor": 3}, "unknown analyze"),
+    ],
+)
 def test_bad_settings_raise_config_error_with_exit_code_2(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:
         settings(None, **kwargs)

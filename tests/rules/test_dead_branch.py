@@ -7,8 +7,12 @@ from resdoctor.rules.testing import make_run
 
 def _run(b_values, steps=50, **series):
     ratio = {"a": [None] + [0.3] * (steps - 1), "b": [None] + list(b_values)[1:steps]}
-    return make_run(steps, scalars={"loss": [1.0] * steps}, sites=["a", "b"],
-                    site_series={"branch_ratio": ratio, **series})
+    return make_run(
+        steps,
+        scalars={"loss": [1.0] * steps},
+        sites=["a", "b"],
+        site_series={"branch_ratio": ratio, **series},
+    )
 
 
 @pytest.mark.parametrize("value, fires", [(0.0101, False), (0.0099, True)])
@@ -42,8 +46,13 @@ def test_warmup_is_tunable():
 
 
 def test_gradient_share_and_attribution_are_evidence():
-    (f,) = dead_branch(_run([1e-4] * 50, grad_branch_share={"b": [None] + [1e-3] * 49},
-                            attribution_share={"b": [None] + [0.001] * 49}))
+    (f,) = dead_branch(
+        _run(
+            [1e-4] * 50,
+            grad_branch_share={"b": [None] + [1e-3] * 49},
+            attribution_share={"b": [None] + [0.001] * 49},
+        )
+    )
     assert f.evidence["grad_branch_share"] == {"b": 0.001}
     assert f.evidence["attribution_confirms"] is True
 

@@ -49,9 +49,12 @@ def test_location_is_the_module_that_surged_first():
     b[18] = 50.0  # b surges two steps before the global norm does
     a[20] = b[20] = 100.0
     total = list(np.sqrt(np.square(a) + np.square(b)))
-    run = make_run(n, scalars={"grad_norm_total": total},
-                   modules=[("a", "Linear", 4), ("b", "Linear", 4)],
-                   module_series={"grad_norm": {"a": a, "b": b}})
+    run = make_run(
+        n,
+        scalars={"grad_norm_total": total},
+        modules=[("a", "Linear", 4), ("b", "Linear", 4)],
+        module_series={"grad_norm": {"a": a, "b": b}},
+    )
     (f,) = exploding_gradients(run)
     assert f.step == 18 and f.location == "b"
 

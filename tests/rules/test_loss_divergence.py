@@ -48,7 +48,7 @@ def test_never_improving_run_must_rise_a_tenth_above_its_start():
 def test_batch_to_batch_swings_are_not_divergence():
     # a loss that cycles with the batches (period 8) while it slowly improves
     cycle = np.array([0.0, 0.25, 0.3, 0.22, 0.15, 0.05, -0.05, 0.1])
-    loss = [0.5 * 0.99 ** t + cycle[t % 8] for t in range(64)]
+    loss = [0.5 * 0.99**t + cycle[t % 8] for t in range(64)]
     assert loss_divergence(make_run(64, scalars={"loss": loss})) == []
     jumped = loss[:40] + [x + 1.0 for x in loss[40:]]  # the same noise, then a real jump
     (f,) = loss_divergence(make_run(64, scalars={"loss": jumped}))

@@ -12,16 +12,30 @@ from tests.rules.conftest import record
 
 def _event_run(input_absmax: float):
     loss = [2.0] * 5 + [float("nan")] * 5
-    return make_run(10, scalars={"loss": loss},
-                    modules=[("a", "Linear", 10), ("b", "LayerNorm", 4)],
-                    events=[{"step": 5, "module": "b", "phase": "forward",
-                             "detail": {"input_absmax": input_absmax, "amp_skipped": False}}])
+    return make_run(
+        10,
+        scalars={"loss": loss},
+        modules=[("a", "Linear", 10), ("b", "LayerNorm", 4)],
+        events=[
+            {
+                "step": 5,
+                "module": "b",
+                "phase": "forward",
+                "detail": {"input_absmax": input_absmax, "amp_skipped": False},
+            }
+        ],
+    )
 
 
 def test_onset_step_module_phase_and_cause_below_overflow_threshold():
     (f,) = nonfinite(_event_run(9.9e3))
     assert (f.code, f.severity, f.step, f.location, f.phase) == (
-        "nonfinite", "critical", 5, "b", "forward")
+        "nonfinite",
+        "critical",
+        5,
+        "b",
+        "forward",
+    )
     assert f.evidence["cause"] == "op"
     assert f.fixes[0].code == "guard-op"
     assert f.fixes[0].params["module"] == "b"
@@ -45,9 +59,12 @@ def test_nan_on_an_amp_skipped_step_is_not_a_failure():
     loss = [1.0] * 10
     grad = [1.0] * 10
     grad[3] = float("inf")
-    run = make_run(10, scalars={"loss": loss, "grad_norm_total": grad}, skipped_steps=[3],
-                   events=[{"step": 3, "module": "a", "phase": "backward",
-                            "detail": {"amp_skipped": True}}])
+    run = make_run(
+        10,
+        scalars={"loss": loss, "grad_norm_total": grad},
+        skipped_steps=[3],
+        events=[{"step": 3, "module": "a", "phase": "backward", "detail": {"amp_skipped": True}}],
+    )
     assert nonfinite(run) == []
 
 

@@ -11,9 +11,16 @@ from resdoctor.rules.testing import make_run
 
 def test_builtin_rules_cover_the_eight_design_codes():
     codes = {r.code for r in registry}
-    assert codes >= {"nonfinite", "exploding-gradients", "vanishing-gradients",
-                     "branch-dominance", "dead-branch", "activation-growth", "oversmoothing",
-                     "loss-divergence"}
+    assert codes >= {
+        "nonfinite",
+        "exploding-gradients",
+        "vanishing-gradients",
+        "branch-dominance",
+        "dead-branch",
+        "activation-growth",
+        "oversmoothing",
+        "loss-divergence",
+    }
 
 
 def test_every_builtin_threshold_is_documented_in_its_docstring():
@@ -28,8 +35,16 @@ def test_decorated_user_rule_runs_with_its_threshold_and_can_be_tuned():
     def long_run(run, *, max_steps: int = 5) -> list[Finding]:
         if run.steps <= max_steps:
             return []
-        return [Finding("long-run", "info", "Long run", f"{run.steps} steps", step=0,
-                        thresholds={"max_steps": max_steps})]
+        return [
+            Finding(
+                "long-run",
+                "info",
+                "Long run",
+                f"{run.steps} steps",
+                step=0,
+                thresholds={"max_steps": max_steps},
+            )
+        ]
 
     try:
         run = make_run(10, scalars={"loss": [1.0] * 10})
@@ -52,12 +67,14 @@ def test_registering_a_code_twice_needs_replace():
 
 
 def test_entry_point_rules_are_loaded(tmp_path, monkeypatch):
-    (tmp_path / "my_rdrules.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_rdrules.py").write_text(
+        textwrap.dedent("""
         from resdoctor.findings import Finding
 
         def always(run, *, level: float = 1.0):
             return Finding("always", "info", "Always", "from a plug-in")
-    """))
+    """)
+    )
     dist = tmp_path / "my_rdrules-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-rdrules\nVersion: 0.1\n")

@@ -10,16 +10,18 @@ def test_embeddings_are_left_out_of_the_comparison():
     mods = [("emb", "Embedding", 6400)] + MODULES
     steps = 10
     grads = {m: [1e-5 if m == "emb" else 1.0] * steps for m, _, _ in mods}
-    run = make_run(steps, scalars={"loss": [2.0] * steps}, modules=mods,
-                   module_series={"grad_norm": grads})
+    run = make_run(
+        steps, scalars={"loss": [2.0] * steps}, modules=mods, module_series={"grad_norm": grads}
+    )
     assert vanishing_gradients(run) == []  # sparse embedding gradients are not vanishing
 
 
 def _run(ratio: float, loss_end: float = 1.9, steps: int = 20):
     grads = {m: [ratio if i < 2 else 1.0] * steps for i, (m, _, _) in enumerate(MODULES)}
     loss = [2.0] * (steps // 2) + [loss_end] * (steps - steps // 2)
-    return make_run(steps, scalars={"loss": loss}, modules=MODULES,
-                    module_series={"grad_norm": grads})
+    return make_run(
+        steps, scalars={"loss": loss}, modules=MODULES, module_series={"grad_norm": grads}
+    )
 
 
 @pytest.mark.parametrize("ratio, fires", [(1.1e-2, False), (0.9e-2, True)])

@@ -39,8 +39,9 @@ class ProjNet(nn.Module):
 def record_two_steps(model, x, y, path):
     """Step 0 discovers sites; step 1 is compared. Returns the run and the model before step 1."""
     opt = torch.optim.SGD(model.parameters(), 0.05)
-    with resdoctor.watch(model, opt, path, smoothing_every=1, update_every=1,
-                         grad_share_every=1) as doctor:
+    with resdoctor.watch(
+        model, opt, path, smoothing_every=1, update_every=1, grad_share_every=1
+    ) as doctor:
         for step in range(2):
             if step == 1:
                 snapshot = copy.deepcopy(model)
@@ -71,7 +72,7 @@ def test_grad_norm_param_norm_update_ratio(tmp_path):
     for name, module in ref.named_modules():
         params = list(module.parameters(recurse=False))
         if params:
-            grads[name] = float(torch.sqrt(sum((p.grad ** 2).sum() for p in params)))
+            grads[name] = float(torch.sqrt(sum((p.grad**2).sum() for p in params)))
     ref_opt.step()
     recorded = at_step1(run, "grad_norm")
     for name, value in grads.items():
@@ -91,10 +92,12 @@ def block_io(model, x):
     seen = {}
     hooks = []
     for i, block in enumerate(model.blocks):
-        hooks.append(block.register_forward_hook(
-            lambda m, a, o, i=i: seen.__setitem__(i, (a[0], o))))
-        hooks.append(block.branch.register_forward_hook(
-            lambda m, a, o, i=i: seen.__setitem__(("b", i), o)))
+        hooks.append(
+            block.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, (a[0], o)))
+        )
+        hooks.append(
+            block.branch.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(("b", i), o))
+        )
     out = model(x)
     for h in hooks:
         h.remove()
@@ -139,7 +142,8 @@ def test_projection_site_grad_share_against_separate_paths(tmp_path):
     expected = float(gb.norm() / (gb.norm() + gs.norm()))
     assert at_step1(run, "grad_branch_share")["block"] == pytest.approx(expected, rel=1e-4)
     assert at_step1(run, "branch_ratio")["block"] == pytest.approx(
-        float(branch.norm() / skip.norm()), rel=1e-5)
+        float(branch.norm() / skip.norm()), rel=1e-5
+    )
 
 
 class AuxNet(nn.Module):
@@ -264,4 +268,5 @@ def test_grad_share_of_a_branch_that_is_no_module_output(tmp_path):
     expected = float(g_branch.norm() / (g_branch.norm() + g_out.norm()))
     assert at_step1(run, "grad_branch_share")["block"] == pytest.approx(expected, rel=1e-4)
     assert at_step1(run, "branch_ratio")["block"] == pytest.approx(
-        float(branch.norm() / h.norm()), rel=1e-5)
+        float(branch.norm() / h.norm()), rel=1e-5
+    )

@@ -39,16 +39,24 @@ def _differences(diff: dict[str, Any]) -> None:
         st.markdown(f"**{'Improved' if better else 'Not improved'}:** {diff['summary']}")
     chips = [f":green-badge[resolved: {c}]" for c in diff.get("resolved", [])]
     chips += [f":red-badge[new: {c}]" for c in diff.get("new", [])]
-    chips += [f":orange-badge[persisting: {p.get('code')} ({p.get('before')} → {p.get('after')})]"
-              for p in diff.get("persisting", [])]
+    chips += [
+        f":orange-badge[persisting: {p.get('code')} ({p.get('before')} → {p.get('after')})]"
+        for p in diff.get("persisting", [])
+    ]
     if chips:
         st.markdown(" ".join(chips))
     metrics = diff.get("metrics") or {}
     if metrics:
         table = pd.DataFrame([{"metric": k.replace("_", " "), **v} for k, v in metrics.items()])
-        st.dataframe(table, hide_index=True, column_config={
-            "before": "A (before)", "after": "B (after)",
-            "change": st.column_config.NumberColumn("B / A", format="%.3g")})
+        st.dataframe(
+            table,
+            hide_index=True,
+            column_config={
+                "before": "A (before)",
+                "after": "B (after)",
+                "change": st.column_config.NumberColumn("B / A", format="%.3g"),
+            },
+        )
 
 
 def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
@@ -56,24 +64,50 @@ def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Loss**")
-        loss = pd.concat([o.view.scalars().query("name == 'loss'").assign(name=f"{t}: {names[t]}")
-                          for t, o in tagged.items()], ignore_index=True)
+        loss = pd.concat(
+            [
+                o.view.scalars().query("name == 'loss'").assign(name=f"{t}: {names[t]}")
+                for t, o in tagged.items()
+            ],
+            ignore_index=True,
+        )
         if len(loss):
-            ui.show(charts.lines(loss, y_title="loss", log=bool((loss["value"] > 0).all()),
-                                 steps=max(a.run.steps, b.run.steps)))
+            ui.show(
+                charts.lines(
+                    loss,
+                    y_title="loss",
+                    log=bool((loss["value"] > 0).all()),
+                    steps=max(a.run.steps, b.run.steps),
+                )
+            )
     with right:
         st.markdown("**Branch ratio by depth** (last step with finite values)")
-        prof = pd.concat([_last_profile(o, "branch_ratio").assign(run=f"{t}: {names[t]}")
-                          for t, o in tagged.items()], ignore_index=True)
+        prof = pd.concat(
+            [
+                _last_profile(o, "branch_ratio").assign(run=f"{t}: {names[t]}")
+                for t, o in tagged.items()
+            ],
+            ignore_index=True,
+        )
         if len(prof):
-            ui.show(charts.profile(prof, y_title="‖F(x)‖/‖x‖", log=bool((prof["value"] > 0).all()),
-                                   color="run", reference=1.0))
-    grads = pd.concat([_last_profile(o, "grad_norm").assign(run=f"{t}: {names[t]}")
-                       for t, o in tagged.items()], ignore_index=True)
+            ui.show(
+                charts.profile(
+                    prof,
+                    y_title="‖F(x)‖/‖x‖",
+                    log=bool((prof["value"] > 0).all()),
+                    color="run",
+                    reference=1.0,
+                )
+            )
+    grads = pd.concat(
+        [_last_profile(o, "grad_norm").assign(run=f"{t}: {names[t]}") for t, o in tagged.items()],
+        ignore_index=True,
+    )
     if len(grads):
         st.markdown("**Gradient norm by module** (last step with finite values)")
-        ui.show(charts.profile(grads, y_title="‖∇W‖", log=bool((grads["value"] > 0).all()),
-                               color="run"))
+        ui.show(
+            charts.profile(grads, y_title="‖∇W‖", log=bool((grads["value"] > 0).all()), color="run")
+        )
 
 
 def _last_profile(opened: Opened, signal: str) -> pd.DataFrame:

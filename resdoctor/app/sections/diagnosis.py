@@ -7,8 +7,11 @@ import streamlit as st
 from resdoctor.app.data import Opened
 from resdoctor.findings import Finding, Fix
 
-ICON = {"critical": ":red[:material/dangerous:]", "warning": ":orange[:material/warning:]",
-        "info": ":blue[:material/info:]"}
+ICON = {
+    "critical": ":red[:material/dangerous:]",
+    "warning": ":orange[:material/warning:]",
+    "info": ":blue[:material/info:]",
+}
 
 
 def render(opened: Opened) -> None:
@@ -44,8 +47,9 @@ def _finding(f: Finding) -> None:
                 if f.evidence:
                     st.json(f.evidence, expanded=True)
                 if f.thresholds:
-                    st.caption("Fired with: " + ", ".join(f"{k}={v}"
-                                                          for k, v in f.thresholds.items()))
+                    st.caption(
+                        "Fired with: " + ", ".join(f"{k}={v}" for k, v in f.thresholds.items())
+                    )
         if f.fixes:
             _fix(f.fixes[0], "Suggested fix")
         if len(f.fixes) > 1:

@@ -14,9 +14,11 @@ SIGNALS = ("grad_norm", "update_ratio", "param_norm")
 def render(opened: Opened) -> None:
     view = opened.view
     st.subheader("Gradient flow")
-    st.caption("Rows are modules with parameters in forward order (input at the top), columns are "
-               "steps; colour is log10 of the value. Magenta cells saw NaN/Inf; the dashed line is "
-               "the first non-finite step.")
+    st.caption(
+        "Rows are modules with parameters in forward order (input at the top), columns are "
+        "steps; colour is log10 of the value. Magenta cells saw NaN/Inf; the dashed line is "
+        "the first non-finite step."
+    )
     signal = ui.signal_choice(view, SIGNALS, key="grad_signal")
     if signal is None:
         return

@@ -16,16 +16,20 @@ def render(opened: Opened) -> None:
     run, report = opened.run, opened.report
     st.markdown(f"## resdoctor · {os.path.basename(opened.path)}")
     meta = run.meta
-    st.caption(f"{opened.path} · model {meta.get('model_class') or '?'} · resdoctor "
-               f"{meta.get('resdoctor_version') or '?'} · torch {meta.get('torch_version') or '?'}"
-               f" · written {_ago(run.written)}")
+    st.caption(
+        f"{opened.path} · model {meta.get('model_class') or '?'} · resdoctor "
+        f"{meta.get('resdoctor_version') or '?'} · torch {meta.get('torch_version') or '?'}"
+        f" · written {_ago(run.written)}"
+    )
     if report is None:
         st.error(opened.analysis_error or "the analysis failed")
     else:
         verdict_banner(report.verdict, [f.severity for f in report.findings])
     if run.steps == 0:
-        st.info("No step recorded yet. If training is running, turn on auto-refresh in the "
-                "sidebar: the file is rewritten every flush_every steps or flush_seconds.")
+        st.info(
+            "No step recorded yet. If training is running, turn on auto-refresh in the "
+            "sidebar: the file is rewritten every flush_every steps or flush_seconds."
+        )
     c = st.columns(6)
     c[0].metric("steps", f"{run.steps:,}")
     c[1].metric("modules with parameters", len(opened.view.depth_order("grad_norm")))

@@ -17,9 +17,11 @@ def render(opened: Opened) -> None:
     st.subheader("Residual sites")
     if ui.no_sites(view):
         return
-    st.caption("Branch ratio ‖F(x)‖/‖x‖ ≫ 1: the branch overwhelms the skip path; ≈ 0: the "
-               "branch is dead. Gradient branch share: the part of the gradient at the site's "
-               "input that flows through the branch rather than the skip.")
+    st.caption(
+        "Branch ratio ‖F(x)‖/‖x‖ ≫ 1: the branch overwhelms the skip path; ≈ 0: the "
+        "branch is dead. Gradient branch share: the part of the gradient at the site's "
+        "input that flows through the branch rather than the skip."
+    )
     signal = ui.signal_choice(view, SIGNALS, key="site_signal")
     if signal is None:
         return
@@ -27,22 +29,43 @@ def render(opened: Opened) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Over time**")
-        names = st.multiselect("Sites", view.depth_order(signal), view.spread(signal),
-                               key=f"sites_{signal}")
+        names = st.multiselect(
+            "Sites", view.depth_order(signal), view.spread(signal), key=f"sites_{signal}"
+        )
         frame = view.lines(signal, tuple(names))
         if len(frame):
-            ui.show(charts.lines(frame, y_title=LABELS[signal], log=log,
-                                 onset=view.first_onset(), color_title="site"))
+            ui.show(
+                charts.lines(
+                    frame,
+                    y_title=LABELS[signal],
+                    log=log,
+                    onset=view.first_onset(),
+                    color_title="site",
+                )
+            )
     with right:
         st.markdown("**By depth at a chosen step**")
         step = ui.step_slider(view, signal, key=f"site_step_{signal}")
         if step is not None:
             row, prof = view.profile(signal, step)
             st.caption(f"Row starting at step {row:,}.")
-            ui.show(charts.profile(prof.assign(step=row), y_title=LABELS[signal], log=log,
-                                   reference=REFERENCE.get(signal)))
+            ui.show(
+                charts.profile(
+                    prof.assign(step=row),
+                    y_title=LABELS[signal],
+                    log=log,
+                    reference=REFERENCE.get(signal),
+                )
+            )
     with st.expander("All sites as a heatmap", expanded=len(view.depth_order(signal)) > 12):
         cells = view.heatmap(signal)
-        ui.show(charts.heatmap(cells, value_title=LABELS[signal], log=log,
-                               onset=view.first_onset(), scheme="plasma"))
+        ui.show(
+            charts.heatmap(
+                cells,
+                value_title=LABELS[signal],
+                log=log,
+                onset=view.first_onset(),
+                scheme="plasma",
+            )
+        )
         ui.bucket_note(view, signal, cells=len(cells))

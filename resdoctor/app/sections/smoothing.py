@@ -16,11 +16,21 @@ def render(opened: Opened) -> None:
     if not view.has("smoothing"):
         st.info("Over-smoothing was not recorded in this run (smoothing_every=0?).")
         return
-    st.caption("Mean pairwise cosine similarity of sampled positions after each site. Values "
-               "near 1 deep in the network mean the positions became indistinguishable.")
+    st.caption(
+        "Mean pairwise cosine similarity of sampled positions after each site. Values "
+        "near 1 deep in the network mean the positions became indistinguishable."
+    )
     cells = view.heatmap("smoothing")
-    ui.show(charts.heatmap(cells, value_title="cosine similarity", log=False, scheme="inferno",
-                           domain=(0.0, 1.0), onset=view.first_onset()))
+    ui.show(
+        charts.heatmap(
+            cells,
+            value_title="cosine similarity",
+            log=False,
+            scheme="inferno",
+            domain=(0.0, 1.0),
+            onset=view.first_onset(),
+        )
+    )
     ui.bucket_note(view, "smoothing", cells=len(cells))
     left, right = st.columns(2)
     with left:
@@ -29,5 +39,8 @@ def render(opened: Opened) -> None:
     with right:
         if view.has("smoothing_energy"):
             st.markdown("**Dirichlet energy by depth** (→ 0: collapse)")
-            ui.show(charts.profile(view.snapshots("smoothing_energy"),
-                                   y_title="normalised Dirichlet energy"))
+            ui.show(
+                charts.profile(
+                    view.snapshots("smoothing_energy"), y_title="normalised Dirichlet energy"
+                )
+            )

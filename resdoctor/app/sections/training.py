@@ -22,16 +22,31 @@ def render(opened: Opened) -> None:
     left, right = st.columns(2)
     panels = [n for n in MAIN if n in set(frame["name"])]
     for i, name in enumerate(panels):
-        with (left if i % 2 == 0 else right):
+        with left if i % 2 == 0 else right:
             st.markdown(f"**{TITLES[name]}**")
             part = frame[frame["name"] == name]
-            ui.show(charts.lines(part, y_title=TITLES[name], log=log and _positive(part),
-                                 onset=onset, height=240, steps=opened.run.steps))
+            ui.show(
+                charts.lines(
+                    part,
+                    y_title=TITLES[name],
+                    log=log and _positive(part),
+                    onset=onset,
+                    height=240,
+                    steps=opened.run.steps,
+                )
+            )
     others = frame[~frame["name"].isin(MAIN)]
     if len(others):
         st.markdown("**Other logged scalars**")
-        ui.show(charts.lines(others, y_title="value", log=log and _positive(others),
-                             onset=onset, steps=opened.run.steps))
+        ui.show(
+            charts.lines(
+                others,
+                y_title="value",
+                log=log and _positive(others),
+                onset=onset,
+                steps=opened.run.steps,
+            )
+        )
     _skipped(opened)
 
 
@@ -41,8 +56,10 @@ def _skipped(opened: Opened) -> None:
         st.caption("No step was skipped by an AMP GradScaler.")
         return
     n = len(opened.run.skipped_steps)
-    st.markdown(f"**Skipped AMP steps**: {n:,} (a GradScaler skipping overflow steps is normal; "
-                "a long run of them is not)")
+    st.markdown(
+        f"**Skipped AMP steps**: {n:,} (a GradScaler skipping overflow steps is normal; "
+        "a long run of them is not)"
+    )
     title = "skipped" if int(marks["count"].max()) == 1 else "skipped per bucket"
     ui.show(charts.event_bars(marks, title=title, steps=opened.run.steps))
 

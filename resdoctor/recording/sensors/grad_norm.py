@@ -85,8 +85,9 @@ class GradNorm:
         flags = ~np.isfinite(top)
         return np.bincount(self.owner, flags.astype(np.float64)[self.index], self.modules)
 
-    def __call__(self, scale: torch.Tensor | None = None) -> tuple[torch.Tensor,
-                                                                    torch.Tensor] | None:
+    def __call__(
+        self, scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Raw gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
         loss-scaled gradients cannot overflow float32 inside the norm."""
         grads = [None if p.grad is None else _local(p.grad) for p in self.params]  # no_grad

@@ -30,8 +30,9 @@ class GradShare:
     def __init__(self, every_n: int = 10) -> None:
         self.needs = Needs(frozenset({"site_operands"}), every(every_n))
 
-    def __call__(self, current: Callable[[], Segment], hooks: Hooks, i: int, site: Site,
-                 p: Operands) -> None:
+    def __call__(
+        self, current: Callable[[], Segment], hooks: Hooks, i: int, site: Site, p: Operands
+    ) -> None:
         identity = site.kind == "identity" and site.source == site.skip
         x_fn = p.get("skip_fn") if identity else p.get("source_fn")
         skip_fn = x_fn if identity else p.get("skip_fn")
@@ -49,6 +50,7 @@ class GradShare:
                 box[role] = seg.put(sum_squares(g))
                 if len(box) == 2:
                     seg.add_row(self.kind, i, (box["skip"], box["branch"]))
+
             return store
 
         if identity:
@@ -71,8 +73,9 @@ class GradShare:
             return (branch / np.maximum(branch + skip, 1e-30))[:, None]
 
 
-def _sum_grads(hooks: Hooks, consumers: list[tuple[Any, int]],
-               done: Callable[[torch.Tensor], None]) -> None:
+def _sum_grads(
+    hooks: Hooks, consumers: list[tuple[Any, int]], done: Callable[[torch.Tensor], None]
+) -> None:
     """Hook each ``(node, k)``; once all have run, ``done(sum of their k-th input grads)``: the
     gradient that reaches their common input through them."""
     parts: list[torch.Tensor] = []
@@ -83,6 +86,7 @@ def _sum_grads(hooks: Hooks, consumers: list[tuple[Any, int]],
                 parts.append(grad_inputs[k])
             if len(parts) == len(consumers):
                 done(parts[0] if len(parts) == 1 else torch.stack(parts).sum(0))
+
         return hook
 
     for node, k in consumers:

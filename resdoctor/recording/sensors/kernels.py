@@ -25,8 +25,12 @@ def sum_squares(x: torch.Tensor) -> torch.Tensor:
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``<a, b>`` in float32 (0-d), broadcasting when the shapes differ."""
     a, b = a.detach(), b.detach()
-    if (a.shape == b.shape and a.dtype == b.dtype == torch.float32 and a.is_contiguous()
-            and b.is_contiguous()):
+    if (
+        a.shape == b.shape
+        and a.dtype == b.dtype == torch.float32
+        and a.is_contiguous()
+        and b.is_contiguous()
+    ):
         return torch.dot(a.view(-1), b.view(-1))
     return (a.float() * b.float()).sum()
 

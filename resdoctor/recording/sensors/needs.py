@@ -10,12 +10,12 @@ from typing import Any, Literal, Protocol
 import torch
 
 Need = Literal[
-    "module_io",      # a module's inputs and outputs in the forward pass
-    "input_grads",    # the gradient reaching a module's inputs
+    "module_io",  # a module's inputs and outputs in the forward pass
+    "input_grads",  # the gradient reaching a module's inputs
     "site_operands",  # skip, branch (and sum) of a residual addition as they arrive
-    "layer_output",   # the output of each repeated layer (models without residual sites)
-    "gradients",      # every parameter's gradient once backward has finished
-    "optimizer_step", # parameters just before and after optimizer.step()
+    "layer_output",  # the output of each repeated layer (models without residual sites)
+    "gradients",  # every parameter's gradient once backward has finished
+    "optimizer_step",  # parameters just before and after optimizer.step()
 ]
 Schedule = Callable[[int], bool]
 

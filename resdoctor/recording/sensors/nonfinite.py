@@ -23,11 +23,34 @@ from resdoctor.recording.sensors.needs import Hooks, Needs
 
 # Modules that turn finite inputs into finite outputs: their outputs need no NaN/Inf check.
 FINITE_PRESERVING: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Mish,
-    nn.Hardtanh, nn.Softmax, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Flatten,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
-    nn.GroupNorm, nn.Embedding,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.Softmax,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Flatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
 )
 
 Slots = tuple[int, int]
@@ -63,8 +86,9 @@ class NonFinite:
         if slots is not None:
             seg.add_row("fwd", index, (inputs or (-1, -1)) + slots)
 
-    def input_grads(self, current: Callable[[], Segment], hooks: Hooks, index: int, args: Any,
-                    kwargs: Any) -> None:
+    def input_grads(
+        self, current: Callable[[], Segment], hooks: Hooks, index: int, args: Any, kwargs: Any
+    ) -> None:
         """Check the gradient reaching each floating input of module ``index`` in backward."""
 
         def on_grad(g: torch.Tensor) -> None:

@@ -53,11 +53,19 @@ class SiteMagnitude:
         """``[skip ss, branch ss, sum ss, <skip, branch>, n_skip, n_branch, n_sum]``."""
         n = p["skip"].numel()
         total = p.get("result")
-        seg.add_row(self.kind, i, (
-            p["skip_ss"], p["branch_ss"], p.get("sum_ss", -1), p.get("cross", -1),
-            const(n), const(n if p.get("branch") is None else p["branch"].numel()),
-            const(0 if total is None else total.numel()),
-        ))
+        seg.add_row(
+            self.kind,
+            i,
+            (
+                p["skip_ss"],
+                p["branch_ss"],
+                p.get("sum_ss", -1),
+                p.get("cross", -1),
+                const(n),
+                const(n if p.get("branch") is None else p["branch"].numel()),
+                const(0 if total is None else total.numel()),
+            ),
+        )
 
     @staticmethod
     def decode(v: np.ndarray) -> np.ndarray:
