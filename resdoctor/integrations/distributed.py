@@ -37,13 +37,12 @@ import torch
 
 from resdoctor.recording.integration import Context
 from resdoctor.runfile import io as runfile
-from resdoctor.runfile.layout import RunState, cell_counts
+from resdoctor.runfile.layout import RunState, cell_counts, phase_rank
 from resdoctor.runfile.signals import merge_rule
 
 __all__ = ["RankMerger", "merge", "rank_files", "rank_path", "shard_layout"]
 
 Combine = Literal["first", "sumsq", "rms", "mean"]
-_PHASES = {"forward": 0, "backward": 1, "optimizer": 2}
 _WATCHERS: dict[str, int] = {}  # merged path -> watchers created for it by this process
 
 
@@ -244,7 +243,7 @@ def _merge_events(states: list[Any], max_events: int) -> list[Any]:
     events.sort(
         key=lambda x: (
             int(x[1]["step"]),
-            _PHASES.get(str(x[1].get("phase")), 3),
+            phase_rank(x[1].get("phase"), bool((x[1].get("detail") or {}).get("received"))),
             x[1]["rank"],
             x[0],
         )

@@ -65,6 +65,12 @@ def discover(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -> l
     The pass leaves no trace: buffers (e.g. BatchNorm statistics) and the RNG are restored, and
     every hook is removed. Gradients are not needed and no backward is run.
     """
+    return sites_from(trace(model, *example_inputs, **example_kwargs), model)
+
+
+def trace(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -> Tracer:
+    """One traced forward pass on the example input (see ``discover``): its additions, the
+    modules' forward order and the NaN-prone ops each module ran."""
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     tracer = Tracer(model)
     try:
@@ -78,7 +84,7 @@ def discover(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -> l
             for name, b in model.named_buffers():
                 if name in buffers:
                     b.copy_(buffers[name])
-    return sites_from(tracer, model)
+    return tracer
 
 
 def sites_from(tracer: Tracer, model: nn.Module) -> list[Site]:

@@ -11,6 +11,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from resdoctor.recording import onsets
 from resdoctor.runfile import io as runfile
 from resdoctor.runfile.layout import RunState
 from resdoctor.runfile.series import Series
@@ -25,15 +26,6 @@ class SegmentMeta:
     stepped: bool
     scalars: dict[str, float]
     has_optimizer: bool
-
-
-def _bad(vectors: dict[str, np.ndarray], kind: str) -> np.ndarray:
-    """Per-module non-finite mask for "grad" or "param" (exact counts when recorded)."""
-    counts = vectors.get(f"{kind}_bad")
-    if counts is not None:
-        return counts > 0
-    norms = vectors.get(f"{kind}_norm")
-    return ~np.isfinite(norms) if norms is not None else np.zeros(0, bool)
 
 
 class _Accumulator:
@@ -113,7 +105,6 @@ class Journal:
         self._acc: _Accumulator | None = None
         self._order = {m["name"]: m["order"] for m in modules}
         self._names = [m["name"] for m in modules]
-        self._param_order = np.array([self._order.get(n, -1) for n in param_modules])
         self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
 
     # -- what integrations read and add (through ``integration.Context``) -------------------
@@ -153,11 +144,17 @@ class Journal:
         for name in SMOOTHING:
             self.series[name] = Series(self.layers, self.capacity)
 
+    def set_nan_ops(self, ops: dict[str, list[str]]) -> None:
+        """NaN-prone ops (log, sqrt, div, custom autograd functions) each module's own code ran:
+        where a ``guard-op`` fix can clamp an operand."""
+        for m in self.modules:
+            if ops.get(m["name"]):
+                m["nan_ops"] = list(ops[m["name"]])
+
     def set_order(self, order: dict[str, int]) -> None:
         for m in self.modules:
             m["order"] = order.get(m["name"], m["order"])
         self._order = {m["name"]: m["order"] for m in self.modules}
-        self._param_order = np.array([self._order.get(n, -1) for n in self.param_modules])
 
     # -- one transferred segment ---------------------------------------------------------------
     def consume(self, meta: SegmentMeta, blocks: dict[str, Any], rank: int = 0) -> None:
@@ -165,7 +162,7 @@ class Journal:
         vectors = blocks["vec"]
         meta.scalars.update(blocks["scalar"])
         skipped = self._classify(meta, vectors)
-        self._onsets(blocks, vectors, skipped, rank)
+        self._onsets(blocks, vectors, meta.scalars, skipped, rank)
         if self._acc is None or self._acc.sites != len(self.sites):
             self._acc = _Accumulator(len(self.sites), len(self.layers))
         self._acc.add(blocks, meta.scalars)
@@ -176,7 +173,7 @@ class Journal:
         """False: a step; True: a step the GradScaler skipped; None: an accumulation micro-step."""
         if not meta.has_optimizer or meta.stepped:
             return False
-        if _bad(vectors, "grad").any():
+        if onsets.bad_mask(vectors, "grad").any():
             return True
         return None if (meta.backwards or meta.forwards) else False
 
@@ -221,57 +218,15 @@ class Journal:
         self,
         blocks: dict[str, Any],
         vectors: dict[str, np.ndarray],
+        scalars: dict[str, float],
         skipped: bool | None,
         rank: int,
     ) -> None:
-        amp = bool(skipped)
-        names = self._names
-        forward_bad = False
-        if "fwd" in blocks:
-            # in completion order: [n, (input min, input max, output min, output max)]
-            idx, v = blocks["fwd"]
-            finite = np.isfinite(v)
-            bad = ~(finite[:, 2] & finite[:, 3])
-            forward_bad = bool(bad.any())
-            for k in np.flatnonzero(bad & finite[:, 0] & finite[:, 1]):
-                self._event(
-                    names[idx[k]],
-                    "forward",
-                    rank,
-                    amp,
-                    {"input_absmax": float(np.abs(v[k, :2]).max())},
-                )
-        grads_bad = _bad(vectors, "grad")
-        if grads_bad.any() and not forward_bad:
-            self._backward_onset(blocks, grads_bad, names, rank, amp)
-        params_bad = _bad(vectors, "param")
-        if params_bad.any() and not grads_bad.any() and not forward_bad:
-            bad_idx = np.flatnonzero(params_bad)
-            if len(bad_idx):
-                first = bad_idx[np.argmin(self._param_order[bad_idx])]
-                self._event(
-                    self.param_modules[first],
-                    "optimizer",
-                    rank,
-                    amp,
-                    {"modules_affected": int(len(bad_idx))},
-                )
-
-    def _backward_onset(
-        self, blocks: dict[str, Any], grads_bad: np.ndarray, names: list[str], rank: int, amp: bool
-    ) -> None:
-        """Backward runs in reverse: the NaN was made by the latest module in forward order whose
-        parameter gradients (or, for parameter-free ops, input gradient) went bad."""
-        bad = [
-            (self._order.get(self.param_modules[i], -1), self.param_modules[i])
-            for i in np.flatnonzero(grads_bad)
-        ]
-        if "bwd" in blocks:
-            idx, v = blocks["bwd"]  # [n, (min, max)] of parameter-free ops' input gradients
-            made = idx[~np.isfinite(v).all(axis=1)]
-            bad += [(self._order.get(names[i], -1), names[i]) for i in made]
-        _, module = max(bad)
-        self._event(module, "backward", rank, amp, {"modules_affected": len(bad)})
+        table = onsets.ModuleTable(
+            self._names, self.param_modules, self._order, int(self.meta.get("world_size") or 1)
+        )
+        for onset in onsets.find(blocks, vectors, scalars, table):
+            self._event(onset.module, onset.phase, rank, bool(skipped), onset.detail)
 
     def _event(self, module: str, phase: str, rank: int, amp: bool, detail: dict) -> None:
         key = (module, phase, amp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,7 +49,7 @@ class Recorder:
         path: str,
         options: Options,
         scaler: Any = None,
-        sites: list[Site] | None = None,
+        traced: Tracer | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -82,6 +83,7 @@ class Recorder:
             for n, m in named
         ]
         self.module_index = {n: i for i, (n, _) in enumerate(named)}
+        self._arg_names = _parameter_names(model)
         meta = {
             "model_class": type(model).__name__,
             "rank": rank,
@@ -108,8 +110,8 @@ class Recorder:
         self._step = 0
         self.closed = False
         self._attach(named)
-        if sites is not None:
-            self._set_sites(sites)
+        if traced is not None:  # discovered on example inputs
+            self._discovered(traced)
 
     # -- hook plumbing ---------------------------------------------------------------------
     def _guard(self, where: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -216,6 +218,8 @@ class Recorder:
         self._reset_sensors()
         self._pending.clear()
         self._forward_ok = False
+        if self.options.nonfinite and (args or kwargs):
+            self.nonfinite.root_inputs(self.seg, args, kwargs, self._arg_names)
         if self.sites is None and self._tracer is None:
             # with sites=False only the module order is traced (no TorchFunctionMode)
             self._tracer = Tracer(self.model, self.hooks.group(), graph=self.options.sites)
@@ -233,27 +237,30 @@ class Recorder:
             tracer, self._tracer = self._tracer, None
             tracer.__exit__(None, None, None)
             tracer.detach()
-            if not self._forward_ok:
-                pass  # the forward raised: its trace is partial, discover on the next forward
-            elif tracer.failed is not None:
-                self.record_error("discovery", tracer.failed)
-                self._set_sites([])
-            else:
-                self.journal.set_order(
-                    {n or "<root>": i for i, n in enumerate(tracer.module_order)}
-                )
-                try:
-                    sites = sites_from(tracer, self.model)
-                except Exception as e:  # noqa: BLE001 - record, and stop retrying every step
-                    self.record_error("discovery", e)
-                    sites = []
-                self._set_sites(sites)
+            if self._forward_ok:  # else the trace is partial: discover on the next forward
+                self._discovered(tracer)
         if not self._recording():
             return
         for _, t in iter_tensors(output):
             if t.requires_grad and t.grad_fn is not None:
                 self.hooks.tensor(t, self._guard("backward", self._on_output_grad))
                 break
+
+    def _discovered(self, tracer: Tracer) -> None:
+        """Take what a finished trace found: the forward order, the NaN-prone ops of each
+        module's own code and the residual sites."""
+        if tracer.failed is not None:
+            self.record_error("discovery", tracer.failed)
+            self._set_sites([])
+            return
+        self.journal.set_order({n or "<root>": i for i, n in enumerate(tracer.module_order)})
+        self.journal.set_nan_ops({n or "<root>": sorted(ops) for n, ops in tracer.nan_ops.items()})
+        try:
+            sites = sites_from(tracer, self.model) if self.options.sites else []
+        except Exception as e:  # noqa: BLE001 - record, and stop retrying every step
+            self.record_error("discovery", e)
+            sites = []
+        self._set_sites(sites)
 
     def _live(self, plan: _Plan) -> bool:
         """Inside a recorded forward; the plan's per-forward state is reset on first use."""
@@ -290,7 +297,7 @@ class Recorder:
 
     def _before(self, plan: _Plan, args: Any, kwargs: Any) -> None:
         plan.calls += 1
-        if plan.check:
+        if plan.check and plan.check[0]:
             plan.inputs.append(self.nonfinite.inputs(self.seg, args, kwargs))
         if plan.taps_in:
             merged = call_inputs(args, kwargs)
@@ -301,12 +308,16 @@ class Recorder:
                         self._site_value(i, role, t)
 
     def _after(self, plan: _Plan, args: Any, kwargs: Any, output: Any) -> None:
-        if plan.check and plan.inputs:
-            self.nonfinite.outputs(self.seg, plan.index, plan.inputs.pop(), output)
-            if plan.check[1] and torch.is_grad_enabled():
-                self.nonfinite.input_grads(
-                    self._segment, self._hooks_for("backward"), plan.index, args, kwargs
-                )
+        if plan.check:
+            forward, input_grads, incoming = plan.check
+            if forward and plan.inputs:
+                self.nonfinite.outputs(self.seg, plan.index, plan.inputs.pop(), output)
+            if torch.is_grad_enabled():
+                hooks = self._hooks_for("backward")
+                if input_grads:
+                    self.nonfinite.input_grads(self._segment, hooks, plan.index, args, kwargs)
+                if incoming:
+                    self.nonfinite.incoming(self._segment, hooks, plan.index, output)
         for i, role, tap in plan.taps_out:
             if tap.call == plan.calls:
                 t = get_path(output, tap.path)
@@ -476,6 +487,8 @@ class Recorder:
                 out[f"{kind}_norm"] = grads.fold(raw[f"{kind}_l2"])
             if f"{kind}_max" in raw:
                 out[f"{kind}_bad"] = grads.bad(raw[f"{kind}_max"])
+        if "grad_max" in raw:
+            out["grad_bad_own"] = grads.bad_own(raw["grad_max"])
         if "update_l2" in raw and "update_old_l2" in raw:
             out["update_ratio"] = grads.fold(raw["update_l2"]) / np.maximum(
                 grads.fold(raw["update_old_l2"]), 1e-12
@@ -517,7 +530,8 @@ class _Plan:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.check: tuple[bool, bool] | tuple[()] = ()  # (check, also check input gradients)
+        # (check outputs, check input gradients, check incoming gradient); () = no check
+        self.check: tuple[bool, bool, bool] | tuple[()] = ()
         self.taps_in: list[tuple[int, str, Any]] = []  # (site, role, tap)
         self.taps_out: list[tuple[int, str, Any]] = []
         self.forward_id = -1
@@ -539,3 +553,13 @@ class _GuardedHooks:
 
     def node(self, node: Any, fn: Callable[..., Any]) -> None:
         self._recorder.hooks.node(node, self._recorder._guard(self._where, fn))
+
+
+def _parameter_names(model: nn.Module) -> list[str]:
+    """Names of ``model.forward``'s positional parameters (to name a bad input argument)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds]

@@ -19,12 +19,52 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import BackwardCFunction
 from torch.overrides import TorchFunctionMode
 
 from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.pytree import Path, iter_tensors
 
 _ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
+# ops that can turn finite inputs into NaN/Inf (or whose derivative can), by torch name
+NAN_PRONE = frozenset(
+    {
+        "log",
+        "log_",
+        "log2",
+        "log10",
+        "log1p",
+        "logit",
+        "sqrt",
+        "sqrt_",
+        "rsqrt",
+        "div",
+        "div_",
+        "true_divide",
+        "__truediv__",
+        "__rtruediv__",
+        "__itruediv__",
+        "reciprocal",
+        "pow",
+        "pow_",
+        "__pow__",
+        "__rpow__",
+        "exp",
+        "exp_",
+        "exp2",
+        "expm1",
+        "acos",
+        "asin",
+        "atanh",
+        "acosh",
+        "atan2",
+        "lgamma",
+        "digamma",
+        "polygamma",
+        "erfinv",
+        "tan",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +119,8 @@ class Tracer(TorchFunctionMode):
         self.nodes: list[_Node] = []
         self.additions: list[Addition] = []
         self.module_order: list[str] = []
+        # module -> NaN-prone ops its own code ran (log, sqrt, div, ..., custom autograd ops)
+        self.nan_ops: dict[str, set[str]] = {}
         self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int, _Node]] = {}
         self._stack: list[str] = []
         self._calls: dict[str, list[int]] = {}
@@ -162,7 +204,12 @@ class Tracer(TorchFunctionMode):
         if entry is not None and entry[0]() is t and entry[1] == version:
             return entry[2]
         is_param = isinstance(t, nn.Parameter)
+        if isinstance(t.grad_fn, BackwardCFunction):  # made by a custom autograd Function
+            self._nan_op(type(t.grad_fn).__name__.removesuffix("Backward"))
         return self._new(t, (), data=not is_param, param_op=False)
+
+    def _nan_op(self, name: str) -> None:
+        self.nan_ops.setdefault(self._stack[-1] if self._stack else "", set()).add(name)
 
     def _new(self, t: torch.Tensor, parents: tuple[int, ...], data: bool, param_op: bool) -> _Node:
         node = _Node(
@@ -184,6 +231,12 @@ class Tracer(TorchFunctionMode):
             return func(*args, **kwargs)
         out = func(*args, **kwargs)  # the model's own errors propagate untouched
         try:
+            if name in NAN_PRONE and _prone(name, args, kwargs):
+                self._nan_op(
+                    name.strip("_").removeprefix("r").removeprefix("i")
+                    if name.startswith("__")
+                    else name.rstrip("_")
+                )
             self._record(name, inputs, out)
         except Exception as e:  # noqa: BLE001
             self.failed = e
@@ -276,6 +329,19 @@ class Tracer(TorchFunctionMode):
             for p in node.parents:
                 heapq.heappush(heap, -p)
         return None
+
+
+def _prone(name: str, args: Any, kwargs: dict[str, Any]) -> bool:
+    """Division only by a tensor, a power only with a fractional, negative or tensor exponent:
+    ``x / 2`` and ``x ** 2`` cannot make NaN from finite values."""
+    second = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("exponent"))
+    if "div" in name or name in ("reciprocal",):
+        return name == "reciprocal" or name == "__rtruediv__" or isinstance(second, torch.Tensor)
+    if "pow" in name:
+        if name == "__rpow__" or isinstance(second, torch.Tensor):
+            return True
+        return isinstance(second, (int, float)) and (second < 0 or second != int(second))
+    return True
 
 
 def tensor_version(t: torch.Tensor) -> int:

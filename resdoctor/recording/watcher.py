@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from resdoctor.recording.discovery import Site, discover
+from resdoctor.recording.discovery import Site, trace
 from resdoctor.recording.integration import Context, Integration
 from resdoctor.recording.options import Options
 from resdoctor.recording.recorder import Recorder
+from resdoctor.recording.trace import Tracer
 
 
 class Watcher:
@@ -47,10 +48,10 @@ class Watcher:
         self.integrations: list[Integration] = []
         # built first: a bad setting fails before any hook is placed
         extra = _optional_integrations(attribution, wandb, wandb_every)
-        sites: list[Site] | None = None
+        traced: Tracer | None = None
         if self.options.sites and (example_inputs is not None or example_kwargs):
-            try:
-                sites = discover(model, *(example_inputs or ()), **(example_kwargs or {}))
+            try:  # the example pass gives the sites, the forward order and the NaN-prone ops
+                traced = trace(model, *(example_inputs or ()), **(example_kwargs or {}))
             except Exception as e:  # noqa: BLE001 - fall back to the first training forward
                 warnings.warn(
                     f"resdoctor: discovery on example_inputs failed ({e}); sites "
@@ -69,7 +70,7 @@ class Watcher:
             record_to,
             self.options,
             scaler=scaler,
-            sites=sites,
+            traced=traced,
             rank=rank,
             world_size=world,
         )

@@ -15,6 +15,14 @@ import torch
 
 FORMAT = "resdoctor-run"
 SCHEMA_VERSION = 1
+# where a NaN/Inf was made, in the order they happen within one step (DESIGN.md section 4)
+PHASES = ("input", "forward", "loss", "backward", "optimizer")
+
+
+def phase_rank(phase: object, received: bool = False) -> tuple[int, bool]:
+    """Sort key of an onset within one step: by phase, a rank's own onset before one it only
+    received through a collective; unknown phases last."""
+    return (PHASES.index(phase) if phase in PHASES else len(PHASES), received)
 
 
 class SeriesState(TypedDict):
@@ -62,7 +70,7 @@ class EventState(TypedDict):
     kind: str  # "nonfinite"
     step: int
     module: str
-    phase: str  # "forward" | "backward" | "optimizer"
+    phase: str  # one of PHASES
     rank: int | None
     detail: dict[str, Any]
 

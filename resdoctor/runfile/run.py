@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from resdoctor.runfile import io as runfile
-from resdoctor.runfile.layout import RunState, cell_counts
+from resdoctor.runfile.layout import RunState, cell_counts, phase_rank
 
 Stat = Literal["mean", "max", "min"]
 
@@ -96,7 +96,12 @@ class Run:
     @property
     def nonfinite(self) -> pd.DataFrame:
         ev = self.events
-        return ev[ev["kind"] == "nonfinite"].sort_values("step", kind="stable")
+        ev = ev[ev["kind"] == "nonfinite"]
+        order = [
+            (int(s), *phase_rank(p, bool((d or {}).get("received"))))
+            for s, p, d in zip(ev["step"], ev["phase"], ev["detail"], strict=True)
+        ]
+        return ev.iloc[sorted(range(len(ev)), key=order.__getitem__)]
 
     @cached_property
     def skipped_steps(self) -> np.ndarray:

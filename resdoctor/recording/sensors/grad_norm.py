@@ -41,6 +41,8 @@ class GradNorm:
                 index.append(first[id(p)])
         self.owner = np.array(owner, np.int64)
         self.index = np.array(index, np.int64)
+        # a parameter listed by several modules (tied weights) cannot tell which one made it bad
+        self.shared = np.bincount(self.index, minlength=len(self.params))[self.index] > 1
         self.modules = len(groups)
 
     def local_params(self) -> list[torch.Tensor]:
@@ -84,6 +86,11 @@ class GradNorm:
         """Host: ``[M]`` count of parameters holding NaN/Inf, per module, from their maxima."""
         flags = ~np.isfinite(top)
         return np.bincount(self.owner, flags.astype(np.float64)[self.index], self.modules)
+
+    def bad_own(self, top: np.ndarray) -> np.ndarray:
+        """Host: ``[M]`` count of the module's own (untied) parameters holding NaN/Inf."""
+        flags = ~np.isfinite(top[self.index]) & ~self.shared
+        return np.bincount(self.owner, flags.astype(np.float64), self.modules)
 
     def __call__(
         self, scale: torch.Tensor | None = None

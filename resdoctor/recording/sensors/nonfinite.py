@@ -65,12 +65,22 @@ class NonFinite:
         self._cache = TensorCache()
 
     @staticmethod
-    def checks(module: nn.Module) -> tuple[bool, bool] | None:
-        """``(check outputs, also check input gradients)`` for ``module``, None to skip it."""
-        if isinstance(module, FINITE_PRESERVING):
+    def checks(module: nn.Module) -> tuple[bool, bool, bool] | None:
+        """``(check outputs, check input gradients, check the incoming gradient)`` for
+        ``module``, None to skip it.
+
+        Outputs: every module that can turn finite inputs into NaN/Inf. Input gradients:
+        parameter-free leaf ops (custom functions), whose backward can make NaN without any
+        parameter gradient showing it. Incoming gradient (the gradient of the module's output):
+        every module that owns parameters or can make NaN, so a backward onset is the module
+        whose incoming gradient was finite and whose own gradients were not.
+        """
+        has_params = any(True for _ in module.parameters(recurse=False))
+        preserving = isinstance(module, FINITE_PRESERVING)
+        if preserving and not has_params:
             return None
         leaf_op = not list(module.children()) and not any(True for _ in module.parameters())
-        return True, leaf_op
+        return not preserving, leaf_op and not preserving, True
 
     def reset(self) -> None:
         """A new forward (or segment): pooled slots of the last one are no longer valid."""
@@ -85,6 +95,34 @@ class NonFinite:
         slots = self._extrema(seg, _outputs(output))
         if slots is not None:
             seg.add_row("fwd", index, (inputs or (-1, -1)) + slots)
+
+    def incoming(
+        self, current: Callable[[], Segment], hooks: Hooks, index: int, output: Any
+    ) -> None:
+        """Check the gradient that reaches module ``index``'s output in backward."""
+        t = next((t for t in _outputs(output) if t.is_floating_point() and t.requires_grad), None)
+        if t is None:
+            return
+
+        def on_grad(g: torch.Tensor) -> None:
+            if g.numel():
+                seg = current()
+                lo, hi = extrema(g)
+                seg.add_row("gin", index, (seg.put(lo), seg.put(hi)))
+
+        hooks.tensor(t, on_grad)
+
+    def root_inputs(self, seg: Segment, args: Any, kwargs: Any, names: list[str]) -> None:
+        """Per-sample counts of non-finite values in each floating tensor the model receives,
+        as vectors ``input:{forward}:{argument}`` (one pass over each input; no sync)."""
+        merged = dict(zip(names, args)) if len(names) >= len(args) else dict(enumerate(args))
+        merged.update(kwargs)
+        for path, t in iter_tensors(merged):
+            if not t.is_floating_point() or not t.numel():
+                continue
+            bad = ~torch.isfinite(t.detach())
+            per_sample = bad.reshape(bad.shape[0], -1).sum(1) if bad.dim() else bad.reshape(1)
+            seg.vectors[f"input:{seg.forwards}:{_label(path)}"] = per_sample
 
     def input_grads(
         self, current: Callable[[], Segment], hooks: Hooks, index: int, args: Any, kwargs: Any
@@ -122,6 +160,14 @@ class NonFinite:
             return seg.put(lo), seg.put(hi)
 
         return self._cache.get(t, measure)
+
+
+def _label(path: tuple[Any, ...]) -> str:
+    """``("input_ids",)`` -> ``input_ids``; ``(0,)`` -> ``args[0]``; ``("batch", "x")`` ->
+    ``batch['x']``."""
+    head, rest = path[0], path[1:]
+    text = f"args[{head}]" if isinstance(head, int) else str(head)
+    return text + "".join(f"[{k!r}]" for k in rest)
 
 
 def _inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
