@@ -18,6 +18,7 @@ from resdoctor.fixes.arch import (
     reduce_depth,
     residual_scaling,
 )
+from resdoctor.fixes.data import check_inputs, stable_loss
 from resdoctor.fixes.graph import initial_residual, pairnorm
 from resdoctor.fixes.optim import clip_gradients, lower_lr, lr_warmup, mixed_precision
 
@@ -34,6 +35,8 @@ FIX_CODES = (
     "reduce-depth",
     "initial-residual",
     "pairnorm",
+    "check-inputs",
+    "stable-loss",
     "add-residual",
 )
 
@@ -43,6 +46,7 @@ __all__ = [
     "add_normalization",
     "add_normalization_layers",
     "add_residual",
+    "check_inputs",
     "clip_gradients",
     "guard_op",
     "initial_residual",
@@ -54,4 +58,5 @@ __all__ = [
     "pre_layernorm",
     "reduce_depth",
     "residual_scaling",
+    "stable_loss",
 ]

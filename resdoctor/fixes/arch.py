@@ -301,49 +301,74 @@ def pre_layernorm(blocks: Sequence[str], dim: int | None) -> Fix:
     )
 
 
-def guard_op(module: str, module_type: str, phase: str, input_absmax: float | None = None) -> Fix:
-    """Keep one module from producing (or passing on) a non-finite value."""
+# how to keep each NaN-prone op's operand in its finite domain
+_CLAMPS = {
+    "sqrt": "torch.sqrt(x.clamp_min(EPS))",
+    "rsqrt": "torch.rsqrt(x.clamp_min(EPS))",
+    "log": "torch.log(x.clamp_min(EPS))",
+    "log2": "torch.log2(x.clamp_min(EPS))",
+    "log10": "torch.log10(x.clamp_min(EPS))",
+    "log1p": "torch.log1p(x.clamp_min(-1 + EPS))",
+    "div": "a / b.abs().clamp_min(EPS).copysign(b)",
+    "truediv": "a / b.abs().clamp_min(EPS).copysign(b)",
+    "true_divide": "a / b.abs().clamp_min(EPS).copysign(b)",
+    "reciprocal": "1 / x.abs().clamp_min(EPS).copysign(x)",
+    "pow": "x.clamp_min(EPS) ** p  # a fractional or negative power of x <= 0 is NaN/Inf",
+    "exp": "torch.exp(x.clamp_max(80.0))  # exp(89) overflows float32",
+    "expm1": "torch.expm1(x.clamp_max(80.0))",
+    "acos": "torch.acos(x.clamp(-1 + EPS, 1 - EPS))",
+    "asin": "torch.asin(x.clamp(-1 + EPS, 1 - EPS))",
+    "atanh": "torch.atanh(x.clamp(-1 + EPS, 1 - EPS))",
+    "logit": "torch.logit(x, eps=EPS)",
+}
+
+
+def guard_op(
+    module: str,
+    module_type: str,
+    phase: str,
+    input_absmax: float | None = None,
+    ops: Sequence[str] = (),
+) -> Fix:
+    """Clamp the operand of the NaN-prone op(s) ``ops`` that ran in ``module``'s own code (or,
+    for a normalisation layer, raise its eps). Never a hook that replaces NaN with numbers."""
     if module_type in NORM_TYPES:
         snippet = f"model.get_submodule({module!r}).eps = 1e-3  # default 1e-5\n"
-        eps = 1e-3
         how = f"raise {module_type}.eps to 1e-3 so a near-constant input cannot divide by ~0"
-    elif phase == "backward":
-        snippet = (
-            f"for p in model.get_submodule({module!r}).parameters():\n"
-            "    p.register_hook(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, "
-            "neginf=0.0))\n"
-        )
-        eps = 1e-6
-        how = (
-            "clamp the operand of sqrt / log / division with eps=1e-6 (a finite forward can "
-            "still have an infinite derivative, e.g. sqrt at 0); meanwhile zero non-finite "
-            "gradients of its parameters"
-        )
     else:
-        limit = sig(min(max(10.0 * (input_absmax or 0.0), 1e4), 1e6), 2)
+        lines = [f"# {op}: {_CLAMPS[op]}" for op in ops if op in _CLAMPS]
+        custom = [op for op in ops if op not in _CLAMPS]
+        lines += [
+            f"# {op}: a custom autograd op: keep its backward finite where its input is "
+            "at the edge of its domain"
+            for op in custom
+        ]
         snippet = (
-            "# inside the op: torch.sqrt(x.clamp_min(EPS)), torch.log(x.clamp_min(EPS)), "
-            "a / b.clamp_min(EPS)\n"
-            "EPS = 1e-6\n"
-            f"LIMIT = {limit!r}\n\n\n"
-            "def guard(module, args, output):\n"
-            "    return torch.nan_to_num(output, nan=0.0, posinf=LIMIT, neginf=-LIMIT)\n\n\n"
-            f"handle = model.get_submodule({module!r}).register_forward_hook(guard)\n"
+            f"block = model.get_submodule({module!r})  # {module_type}\n"
+            f"# in {module_type}.forward, replace\n" + "\n".join(lines) + "\nEPS = 1e-6\n"
         )
-        eps, how = (
-            1e-6,
-            (
-                f"clamp the operands of sqrt / log / division inside it with eps=1e-6, "
-                f"and bound its output at {limit:g} meanwhile"
-            ),
+        derivative = (
+            " (a finite forward can still have an infinite derivative, e.g. sqrt at 0)"
+            if phase == "backward"
+            else ""
+        )
+        how = (
+            f"clamp the operand of {', '.join(ops) or 'the op'} with eps=1e-6 so it stays in "
+            f"the op's domain{derivative}"
         )
     return Fix(
         code="guard-op",
-        title=f"Guard {module or 'the model'} ({module_type}) against non-finite values",
-        detail=f"The first non-finite value came out of {module or 'the model'} in the {phase} "
-        f"pass while its inputs were finite: {how}.",
+        title=f"Guard {', '.join(ops) or 'the op'} in {module or 'the model'} ({module_type})",
+        detail=f"The first non-finite value was made in {module or 'the model'} in the {phase} "
+        f"pass while what reached it was finite: {how}.",
         snippet="import torch\n\n" + snippet,
-        params={"module": module, "module_type": module_type, "phase": phase, "eps": eps},
+        params={
+            "module": module,
+            "module_type": module_type,
+            "phase": phase,
+            "eps": 1e-6,
+            "ops": list(ops),
+        },
     )
 
 

@@ -74,14 +74,13 @@ def _onset(run: Run, tl: Timeline, overflow_absmax: float) -> Finding:
     if not loss.empty:
         evidence["loss_before"] = sig(float(loss.iloc[-1]), 3)
     overflow = (magnitude or 0.0) >= overflow_absmax
-    evidence["cause"] = "overflow" if overflow else ("op" if module is not None else "unknown")
-    where = f"{module or 'the model'} ({phase} pass)" if phase else "the logged loss"
-    message = f"The first non-finite value appeared at step {step} in {where}" + (
-        f": its inputs already reached {magnitude:.3g}, so values blew up before they overflowed."
-        if overflow
-        else ": its inputs were finite, so this op made it."
-        if module
-        else "."
+    evidence["cause"] = _cause(phase, module, overflow, detail)
+    for key in ("values", "samples", "samples_affected", "batch", "seen_as", "received"):
+        if key in detail:
+            evidence[key] = detail[key]
+    where = _where(module, phase)
+    message = f"The first non-finite value appeared at step {step} in {where}" + _why(
+        phase, module, overflow, magnitude, detail
     )
     return Finding(
         code="nonfinite",
@@ -98,6 +97,57 @@ def _onset(run: Run, tl: Timeline, overflow_absmax: float) -> Finding:
     )
 
 
+def _where(module: str | None, phase: str | None) -> str:
+    if phase == "input":
+        return f"the input `{module}` the model received"
+    if phase == "loss":
+        return "the loss computation"
+    if phase:
+        return f"{module or 'the model'} ({phase} pass)"
+    return "the logged loss"
+
+
+def _cause(phase: str | None, module: str | None, overflow: bool, detail: dict[str, Any]) -> str:
+    if phase in ("input", "loss"):
+        return phase
+    if detail.get("received"):
+        return "received"
+    return "overflow" if overflow else ("op" if module is not None else "unknown")
+
+
+def _why(
+    phase: str | None,
+    module: str | None,
+    overflow: bool,
+    magnitude: float | None,
+    detail: dict[str, Any],
+) -> str:
+    if phase == "input":
+        return (
+            f": {detail.get('values', '?')} NaN/Inf value(s) in "
+            f"{detail.get('samples_affected', '?')} sample(s) (batch positions "
+            f"{detail.get('samples', [])}) before any module ran: the data made it, not the model."
+        )
+    if phase == "loss":
+        return (
+            f": every module output was finite, but {detail.get('seen_as', 'the loss')} was not, "
+            "so the loss computation made it (log(0), 0/0 or a non-finite target)."
+        )
+    if detail.get("received"):
+        return (
+            ": this rank's own backward stayed finite, so the NaN arrived through the gradient "
+            "all-reduce; the merged run names the rank where it began."
+        )
+    if overflow:
+        return (
+            f": its inputs already reached {magnitude:.3g}, so values blew up before they "
+            "overflowed."
+        )
+    if module and phase == "backward":
+        return ": the gradient reaching it was finite, so its backward made it."
+    return ": its inputs were finite, so this op made it." if module else "."
+
+
 def _onset_fixes(
     run: Run,
     tl: Timeline,
@@ -106,14 +156,24 @@ def _onset_fixes(
     detail: dict[str, Any],
     overflow: bool,
 ) -> list[Fix]:
+    if phase == "input":
+        return [
+            fixes.check_inputs(
+                str(module),
+                detail.get("samples", []),
+                int(detail.get("values", 0)),
+                int(detail.get("batch", 0)),
+            )
+        ]
+    if phase == "loss":
+        return [fixes.stable_loss(str(detail.get("seen_as", "the logged loss")))]
     out: list[Fix] = []
     guard = None
-    if module is not None:
+    ops = run.nan_ops.get(module or "", [])
+    types = module_types(run)
+    if module is not None and (ops or types.get(module) in fixes.NORM_TYPES):
         guard = fixes.guard_op(
-            module,
-            module_types(run).get(module, "module"),
-            phase or "forward",
-            _input_magnitude(detail),
+            module, types.get(module, "module"), phase or "forward", _input_magnitude(detail), ops
         )
     if not overflow and guard is not None:
         out.append(guard)

@@ -44,6 +44,7 @@ class ModuleState(TypedDict):
     type: str
     params: int
     order: int  # forward completion order, -1 when not seen
+    # optional "nan_ops": list[str], the NaN-prone ops its own code ran (traced forward)
 
 
 class TapState(TypedDict):

@@ -72,6 +72,12 @@ class Run:
         return pd.DataFrame(self.state["modules"], columns=cols)
 
     @cached_property
+    def nan_ops(self) -> dict[str, list[str]]:
+        """Per module, the NaN-prone ops (log, sqrt, div, custom autograd functions) its own
+        code ran in the traced forward; modules without any are left out."""
+        return {m["name"]: list(m["nan_ops"]) for m in self.state["modules"] if m.get("nan_ops")}
+
+    @cached_property
     def sites(self) -> pd.DataFrame:
         """One row per residual site: name, kind, module (class), index (forward order)."""
         rows = [

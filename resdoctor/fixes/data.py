@@ -1,0 +1,67 @@
+"""Fixes for NaN/Inf that starts outside the model: in the data it is fed, or in the loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from resdoctor.findings import Fix
+
+
+def check_inputs(argument: str, samples: Sequence[int], values: int, batch: int) -> Fix:
+    """Find and drop (or repair) the samples whose inputs hold NaN/Inf."""
+    shown = ", ".join(str(s) for s in samples[:8]) or "?"
+    snippet = (
+        "import torch\n\n\n"
+        "def bad_samples(x: torch.Tensor) -> torch.Tensor:\n"
+        '    """Indices of the samples (dim 0) holding NaN/Inf."""\n'
+        "    return (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten()\n\n\n"
+        "# 1. find the rows in the dataset once, before training:\n"
+        "#    bad = [i for i in range(len(dataset)) if not torch.isfinite(dataset[i][0]).all()]\n"
+        "# 2. or guard each batch (a loader that yields dataset indices names the rows):\n"
+        f"#    x = batch[{argument!r}] / the tensor passed as {argument}\n"
+        "#    bad = bad_samples(x)\n"
+        "#    if len(bad):\n"
+        '#        print("non-finite samples at batch positions", bad.tolist())\n'
+        "#        keep = torch.ones(len(x), dtype=torch.bool); keep[bad] = False\n"
+        "#        x, y = x[keep], y[keep]   # drop them (or repair them at the source)\n"
+    )
+    return Fix(
+        code="check-inputs",
+        title=f"Find and drop the non-finite samples in `{argument}`",
+        detail=(
+            f"The batch the model received held {values} NaN/Inf value(s) in `{argument}`, in "
+            f"{len(samples)} of {batch} samples (batch positions {shown}): the data, not the "
+            "model, made them. Find those rows in the dataset and drop or repair them; "
+            "clipping or a lower learning rate cannot help."
+        ),
+        snippet=snippet,
+        params={"argument": argument, "samples": list(samples)[:8], "values": int(values)},
+    )
+
+
+def stable_loss(seen_as: str) -> Fix:
+    """Compute the loss from logits with a stable op, clamp log/div operands, check targets."""
+    snippet = (
+        "import torch\n"
+        "import torch.nn.functional as F\n\n"
+        "# from logits: log-softmax and NLL in one stable op (never log(softmax(x)))\n"
+        "loss = F.cross_entropy(logits, targets)\n"
+        "# or, if you need log-probabilities: F.log_softmax(logits, dim=-1)\n\n"
+        "# a hand-written loss: keep the operand of log / division away from 0\n"
+        "EPS = 1e-7\n"
+        "# loss = -(p.gather(1, targets[:, None]).clamp_min(EPS).log()).mean()\n\n"
+        "# and check the targets: a NaN label makes the loss NaN with a finite model\n"
+        'assert torch.isfinite(targets).all(), "non-finite targets in this batch"\n'
+    )
+    return Fix(
+        code="stable-loss",
+        title="Compute the loss stably and check the targets",
+        detail=(
+            f"Every module output was finite, but {seen_as} was not: the loss computation made "
+            "the NaN/Inf (log(0), 0/0, or a non-finite target). Compute it from logits with "
+            "F.cross_entropy or log_softmax, clamp the operand of log / division with a small "
+            "eps, and check the targets. Clipping or a lower learning rate would not help."
+        ),
+        snippet=snippet,
+        params={"seen_as": seen_as, "eps": 1e-7},
+    )
