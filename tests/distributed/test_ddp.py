@@ -124,3 +124,24 @@ def test_no_collective_added_per_step(out) -> None:
         plain, watched = expected(out, rank)["collectives"]
         per_step = {name: count * STEPS // CENSUS_STEPS for name, count in plain.items()}
         assert plain and watched == per_step
+
+
+def test_regression_a_nan_in_one_ranks_batch_is_that_ranks_input(tmp_path) -> None:
+    """Issue 14: NaN in rank 1's input batch at step 5. Rank 1 records phase input; rank 0
+    records only a received onset; the merged run says step 5, rank 1, input."""
+    from tests.distributed.worker import BAD_INPUT
+
+    proc = torchrun("ddp-input", tmp_path)
+    assert proc.returncode == 0, tail(proc)
+    rank, step, sample = BAD_INPUT
+    own = resdoctor.load(tmp_path / f"input.rank{rank}.pt").nonfinite.iloc[0]
+    assert (own.step, own.module, own.phase) == (step, "x", "input")
+    assert own.detail["samples"] == [sample] and own.detail["values"] == 1
+    other = resdoctor.load(tmp_path / "input.rank0.pt").nonfinite.iloc[0]
+    assert other.step == step and other.phase == "backward" and other.detail["received"]
+    run = resdoctor.load(tmp_path / "input.pt")
+    first = run.nonfinite.iloc[0]
+    assert (first.step, first["rank"], first.phase, first.module) == (step, rank, "input", "x")
+    (finding,) = [f for f in resdoctor.analyze(run).findings if f.code == "nonfinite"]
+    assert (finding.step, finding.phase, finding.location) == (step, "input", "x")
+    assert finding.evidence["rank"] == rank and finding.fixes[0].code == "check-inputs"

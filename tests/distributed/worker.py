@@ -23,6 +23,7 @@ import resdoctor
 from resdoctor.models import ResidualMLP
 
 STEPS, NAN_STEP, NAN_RANK, NAN_MODULE = 10, 7, 1, "blocks.1.branch.1"
+BAD_INPUT = (1, 5, 2)  # rank, step, sample of the NaN input (bad_batch)
 CENSUS_STEPS = 2  # unwatched steps profiled for the collective census
 
 
@@ -72,8 +73,34 @@ def build(mode: str) -> tuple[nn.Module, nn.Module]:
     return model, nn.parallel.DistributedDataParallel(model)
 
 
+def bad_batch(out: str) -> None:
+    """Issue 14: rank 1's input batch holds a NaN at step 5; every other value stays finite.
+    Rank 0 only receives the NaN through the gradient all-reduce."""
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = ResidualMLP(d_in=8, dim=16, depth=3)
+    wrapped = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+    doctor = resdoctor.watch(model, optimizer=opt, path=os.path.join(out, "input.pt"))
+    for step in range(8):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1000 * rank + step))
+        if rank == BAD_INPUT[0] and step == BAD_INPUT[1]:
+            x[BAD_INPUT[2], 3] = float("nan")
+        loss = wrapped(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        doctor.log(loss=loss.detach())
+    doctor.close()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def main(mode: str, out: str) -> None:
     dist.init_process_group("gloo")
+    if mode == "ddp-input":
+        bad_batch(out)
+        return
     rank = dist.get_rank()
     model, wrapped = build(mode)
     names = [n for n, m in model.named_modules() if list(m.parameters(recurse=False))]
