@@ -107,6 +107,28 @@ _probe(
     remedy="guard-op",
     eps=1e-6,
 )
+_probe(
+    "mlp-input-nan",
+    "mlp",
+    "one NaN feature in one sample of the input batch at step 9: the data, not the model",
+    _t("nonfinite", "loss-divergence", Onset(9, "x", "input")),
+    Recipe(steps=20, lr=1e-2, arch={"norm": True, "depth": 4, "bad_input": (9, 5)}),
+    mlp,
+    fast=True,
+    cause="a corrupt record in the data set reaches the model at step 9",
+    remedy="check-inputs",
+)
+_probe(
+    "mlp-target-nan",
+    "mlp",
+    "a NaN regression target at step 9: the loss is NaN while every output is finite",
+    _t("nonfinite", "loss-divergence", Onset(9, "loss", "loss")),
+    Recipe(steps=20, lr=1e-2, arch={"norm": True, "depth": 4, "bad_target": (9, 5)}),
+    mlp,
+    fast=True,
+    cause="a corrupt label in the data set makes the MSE loss NaN at step 9",
+    remedy="stable-loss",
+)
 
 # -- exploding gradients / loss divergence --------------------------------------------------------
 _probe(

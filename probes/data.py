@@ -116,3 +116,34 @@ def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(out.float(), target)
+
+
+def corrupt(batch: Batch, step: int, sample: int, where: str = "input") -> Batch:
+    """``batch`` with one NaN in sample ``sample`` of the ``where`` ("input" | "target") tensor
+    at ``step`` only (a bad record in the data set, met once)."""
+
+    def batch_at(s: int) -> tuple[tuple[Any, ...], Any]:
+        inputs, target = batch(s)
+        if s != step:
+            return inputs, target
+        if where == "input":
+            x = inputs[0].clone()
+            x[sample, 0] = float("nan")
+            return (x, *inputs[1:]), target
+        y = target.clone()
+        y[sample] = float("nan")
+        return inputs, y
+
+    return batch_at
+
+
+def finite_rows(batch: Batch) -> Batch:
+    """The check-inputs / stable-loss fix: drop the samples whose input or target holds NaN/Inf."""
+
+    def batch_at(s: int) -> tuple[tuple[Any, ...], Any]:
+        inputs, target = batch(s)
+        x = inputs[0]
+        keep = torch.isfinite(x).flatten(1).all(1) & torch.isfinite(target).flatten(1).all(1)
+        return (x[keep], *inputs[1:]), target[keep]
+
+    return batch_at

@@ -10,6 +10,7 @@ mean pairwise cosine similarity of its positions. Labels (``probes.labels``) are
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,7 +49,7 @@ class Onset:
 
     step: int
     module: str
-    phase: Literal["forward", "backward", "optimizer"]
+    phase: Literal["input", "forward", "loss", "backward", "optimizer"]
 
 
 @dataclass
@@ -98,6 +99,19 @@ def _floats(obj: Any) -> list[torch.Tensor]:
 
 def _finite(obj: Any) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in _floats(obj))
+
+
+def _bad_argument(model: nn.Module, args: Any, kwargs: dict[str, Any]) -> str:
+    """The name of the first model argument holding NaN/Inf (``args[i]`` when unnamed)."""
+    names = [
+        p.name
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    for i, a in enumerate(args):
+        if not _finite(a):
+            return names[i] if i < len(names) else f"args[{i}]"
+    return next((k for k, v in kwargs.items() if not _finite(v)), "?")
 
 
 def rms(t: torch.Tensor) -> float:
@@ -163,6 +177,8 @@ class Measurer:
 
     def _pre(self, name: str, ats: list[At]) -> Any:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+            if name == "" and self.m.onset is None and not _finite((args, kwargs)):
+                self.m.onset = Onset(self._step, _bad_argument(module, args, kwargs), "input")
             self._inputs_ok.setdefault(name, []).append(_finite((args, kwargs)))
             self._watch_grads(name, (args, kwargs), 1)
             for at in ats:
@@ -233,6 +249,11 @@ class Measurer:
         self._bwd.clear()
         self._values.clear()
         self._act_grad = np.full(len(self.taps), np.nan)
+
+    def check_loss(self, loss: float) -> None:
+        """The loss is non-finite while every module output was finite: the loss made it."""
+        if self.m.onset is None and not self._forward_bad and not np.isfinite(loss):
+            self.m.onset = Onset(self._step, "loss", "loss")
 
     def after_backward(self, scale: float = 1.0) -> None:
         """Gradient norms (divided by an AMP loss ``scale``) and the backward onset."""

@@ -13,7 +13,14 @@ import torch
 from probes.faults import FAULT_KEYS
 from probes.labels import labels, trap_problems
 from probes.measure import Measurement, Onset
-from probes.recipe import TRAINING_FIXES, FixNotApplicable, Recipe, apply_fix
+from probes.recipe import (
+    DATA_FAULT_KEYS,
+    DATA_FIXES,
+    TRAINING_FIXES,
+    FixNotApplicable,
+    Recipe,
+    apply_fix,
+)
 from probes.train import Result, Setup, run
 
 CODES = (
@@ -76,7 +83,8 @@ class Probe:
     def supported(self) -> frozenset[str]:
         """Every fix code this probe can apply."""
         guard = {"guard-op"} if FAULT_KEYS & set(self.recipe.arch) else set()
-        return TRAINING_FIXES | self.fixes | guard
+        data = DATA_FIXES if DATA_FAULT_KEYS & set(self.recipe.arch) else frozenset()
+        return TRAINING_FIXES | self.fixes | guard | data
 
     def setup(self, recipe: Recipe | None = None) -> Setup:
         r = recipe or self.recipe

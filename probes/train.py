@@ -135,6 +135,7 @@ def run(
                 meas.begin_step(step)
             loss = loop.forward_backward(step)
             if meas:
+                meas.check_loss(float(loss))
                 meas.after_backward(loop.scaler.get_scale() if loop.scaler else 1.0)
             skipped = loop.step()
             if meas:

@@ -147,15 +147,17 @@ def test_the_loss_origin_is_found_without_a_logged_loss(tmp_path):
 
 
 class _NaNBackward(torch.autograd.Function):
-    """Identity forward; the backward returns NaN (a custom op with a broken derivative)."""
+    """Identity forward; the backward returns NaN when ``poison`` (a custom op whose derivative
+    breaks at one call)."""
 
     @staticmethod
-    def forward(ctx, x):  # noqa: ANN001
+    def forward(ctx, x, poison=True):  # noqa: ANN001
+        ctx.poison = poison
         return x.clone()
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001
-        return g * float("nan")
+        return (g * float("nan") if ctx.poison else g), None
 
 
 class _Block(nn.Module):
@@ -169,8 +171,8 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         h = torch.relu(self.a(x))
-        if self.calls - 1 == self.at:
-            h = _NaNBackward.apply(h)
+        if self.at is not None:  # the block's own custom op, every call; broken at one
+            h = _NaNBackward.apply(h, self.calls - 1 == self.at)
         return x + self.b(h)
 
 
@@ -184,6 +186,9 @@ def test_a_nan_made_in_a_blocks_own_backward_code_is_that_block(tmp_path):
     run, truth = record(tmp_path / "r.pt", model, batch, F.mse_loss)
     assert truth[STEP]["outputs"] and truth[STEP]["loss"]  # made in backward
     assert first(run) == (STEP, "2", "backward")  # the block, not its layer `2.a` below the op
+    fix = finding(run).fixes[0]  # the traced forward saw the custom op in the block's own code
+    assert fix.code == "guard-op" and fix.params["ops"] == ["_NaNBackward"]
+    assert "nan_to_num" not in fix.snippet
 
 
 def test_tied_embeddings_never_take_the_blame(tmp_path):

@@ -71,14 +71,26 @@ def build(r: Recipe) -> Setup:
     gate = a.get("gate")
     if gate is not None and gate[0] < a["depth"]:
         cast(nn.Sequential, model.blocks[gate[0]].branch).append(Gate(gate[1], a.get("guard_eps")))
-    batch = (
-        data.linear_regression(seed=r.seed)
-        if a["task"] == "linear"
-        else data.regression(seed=r.seed)
-    )
     return Setup(
-        model, batch, data.mse, taps(a["depth"], bool(a["residual"])), l1=float(a.get("l1", 0.0))
+        model,
+        _batches(a, r.seed),
+        data.mse,
+        taps(a["depth"], bool(a["residual"])),
+        l1=float(a.get("l1", 0.0)),
     )
+
+
+def _batches(a: dict[str, Any], seed: int) -> data.Batch:
+    """The task's batches, with a corrupt record at one step (``bad_input`` / ``bad_target``:
+    (step, sample)) and the check-inputs / stable-loss fix (``drop_bad_rows``)."""
+    batch = (
+        data.linear_regression(seed=seed) if a["task"] == "linear" else data.regression(seed=seed)
+    )
+    if a.get("bad_input") is not None:
+        batch = data.corrupt(batch, *a["bad_input"], where="input")
+    if a.get("bad_target") is not None:
+        batch = data.corrupt(batch, *a["bad_target"], where="target")
+    return data.finite_rows(batch) if a.get("drop_bad_rows") else batch
 
 
 def taps(depth: int, residual: bool) -> list[SiteTap]:

@@ -121,6 +121,7 @@ class Tracer(TorchFunctionMode):
         self.module_order: list[str] = []
         # module -> NaN-prone ops its own code ran (log, sqrt, div, ..., custom autograd ops)
         self.nan_ops: dict[str, set[str]] = {}
+        self._customs: dict[int, Any] = {}  # custom autograd nodes already attributed
         self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int, _Node]] = {}
         self._stack: list[str] = []
         self._calls: dict[str, list[int]] = {}
@@ -172,6 +173,8 @@ class Tracer(TorchFunctionMode):
 
     def _pre(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            for _, t in iter_tensors((args, kwargs)):  # made by the caller's code, not this one
+                self._custom_op(t)
             self._stack.append(name)
             calls = self._calls.setdefault(name, [])
             calls.append(len(calls))
@@ -187,13 +190,15 @@ class Tracer(TorchFunctionMode):
 
     def _post(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            if self._stack and self._stack[-1] == name:
-                self._stack.pop()
             if name not in self.module_order:
                 self.module_order.append(name)
             k = len(self._calls.get(name, [None])) - 1
+            # still on the stack: an output made by a custom autograd op belongs to this module
             for path, t in iter_tensors(output):
+                self._custom_op(t)
                 self._node(t).taps.append(Tap(name, "output", path, k))
+            if self._stack and self._stack[-1] == name:
+                self._stack.pop()
 
         return hook
 
@@ -204,9 +209,15 @@ class Tracer(TorchFunctionMode):
         if entry is not None and entry[0]() is t and entry[1] == version:
             return entry[2]
         is_param = isinstance(t, nn.Parameter)
-        if isinstance(t.grad_fn, BackwardCFunction):  # made by a custom autograd Function
-            self._nan_op(type(t.grad_fn).__name__.removesuffix("Backward"))
         return self._new(t, (), data=not is_param, param_op=False)
+
+    def _custom_op(self, t: torch.Tensor) -> None:
+        """A tensor made by a custom autograd Function (its forward's ops are traced, the
+        Function itself is not): counted once, for the module running when it is first seen."""
+        fn = t.grad_fn
+        if isinstance(fn, BackwardCFunction) and id(fn) not in self._customs:
+            self._customs[id(fn)] = weakref.ref(fn)
+            self._nan_op(type(fn).__name__.removesuffix("Backward"))
 
     def _nan_op(self, name: str) -> None:
         self.nan_ops.setdefault(self._stack[-1] if self._stack else "", set()).add(name)
@@ -225,7 +236,10 @@ class Tracer(TorchFunctionMode):
         if self._paused or self.failed is not None or name in ("__get__", "__set__"):
             return func(*args, **kwargs)
         try:  # operands are resolved before the call: an in-place op bumps their version
-            inputs = [self._node(t) for _, t in iter_tensors((args, kwargs), depth=4)]
+            tensors = [t for _, t in iter_tensors((args, kwargs), depth=4)]
+            for t in tensors:
+                self._custom_op(t)
+            inputs = [self._node(t) for t in tensors]
         except Exception as e:  # noqa: BLE001
             self.failed = e
             return func(*args, **kwargs)

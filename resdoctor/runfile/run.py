@@ -75,7 +75,8 @@ class Run:
     def nan_ops(self) -> dict[str, list[str]]:
         """Per module, the NaN-prone ops (log, sqrt, div, custom autograd functions) its own
         code ran in the traced forward; modules without any are left out."""
-        return {m["name"]: list(m["nan_ops"]) for m in self.state["modules"] if m.get("nan_ops")}
+        modules: list[dict[str, Any]] = [dict(m) for m in self.state["modules"]]
+        return {m["name"]: list(m["nan_ops"]) for m in modules if m.get("nan_ops")}
 
     @cached_property
     def sites(self) -> pd.DataFrame:
