@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -73,8 +74,10 @@ def test_pip_install_then_resdoctor_app_serves_the_report(installed, tmp_path):
 
     py = installed / "bin" / "python"
     # the page itself, from the installed files, renders a verdict for the run
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed copy only
     check = subprocess.run(
         [str(py), "-c", f"RUN = {str(run)!r}\n" + CHECK_APP],
+        env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -87,6 +90,7 @@ def test_pip_install_then_resdoctor_app_serves_the_report(installed, tmp_path):
     server = subprocess.Popen(
         [str(installed / "bin" / "resdoctor"), "app", str(run), "--headless", "--port", str(port)],
         cwd=tmp_path,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -463,3 +463,20 @@ def test_regression_sites_false_runs_no_discovery(tmp_path, monkeypatch):
     run = resdoctor.load(tmp_path / "s.pt")
     assert run.sites.empty and (run.modules["order"] >= 0).any()  # forward order still known
     assert not any(name in ("add", "__add__", "linear") for name in seen)
+
+
+def test_regression_step_0_gets_site_signals_without_example_inputs(tmp_path):
+    """Issue 14: the discovery forward is a training step too: its sites are measured."""
+    model = ResNet((1, 1), "basic", (8, 16))
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    with resdoctor.watch(model, opt, tmp_path / "r.pt") as doctor:
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            doctor.log()
+    ratio = resdoctor.load(tmp_path / "r.pt").series("branch_ratio")
+    assert ratio.index[0] == 0 and ratio.loc[0].notna().all()
+    # the same values the site sensors read at step 1 (same input, tiny SGD step): same scale
+    assert ((ratio.loc[0] / ratio.loc[1]).between(0.8, 1.25)).all()

@@ -55,6 +55,10 @@ def find(
         found = phase(blocks, vectors, scalars, table)
         if found:
             return found
+        if phase is _forward and _forward_bad(blocks):
+            # non-finite outputs whose origin no check saw (e.g. an input that is no tensor):
+            # naming the first bad module, or the loss, would name the wrong place
+            return []
     return []
 
 
@@ -94,15 +98,17 @@ def _forward(
     finite = np.isfinite(v)
     bad = ~(finite[:, 2] & finite[:, 3])
     made = bad & finite[:, 0] & finite[:, 1]
-    out = [
+    return [
         Onset(table.names[idx[k]], "forward", {"input_absmax": float(np.abs(v[k, :2]).max())})
         for k in np.flatnonzero(made)
     ]
-    if bad.any() and not out:  # non-finite outputs from non-finite inputs we did not see made
-        out.append(
-            Onset(table.names[idx[np.flatnonzero(bad)[0]]], "forward", {"made_elsewhere": True})
-        )
-    return out
+
+
+def _forward_bad(blocks: dict[str, Any]) -> bool:
+    if "fwd" not in blocks:
+        return False
+    v = blocks["fwd"][1]
+    return bool((~np.isfinite(v[:, 2:])).any())
 
 
 def _incoming(blocks: dict[str, Any], table: ModuleTable) -> tuple[set[str], set[str]]:

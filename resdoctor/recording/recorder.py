@@ -25,7 +25,7 @@ from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
 from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
-from resdoctor.recording.segment import Segment, Transfer, unpack
+from resdoctor.recording.segment import Segment, Transfer, const, unpack
 from resdoctor.recording.sensors import (
     GradNorm,
     GradShare,
@@ -223,6 +223,7 @@ class Recorder:
         if self.sites is None and self._tracer is None:
             # with sites=False only the module order is traced (no TorchFunctionMode)
             self._tracer = Tracer(self.model, self.hooks.group(), graph=self.options.sites)
+            self._tracer.measure_adds = self.options.sites and self._training()
             self._tracer.attach(root=False)
             self._tracer.__enter__()
 
@@ -239,6 +240,7 @@ class Recorder:
             tracer.detach()
             if self._forward_ok:  # else the trace is partial: discover on the next forward
                 self._discovered(tracer)
+                self._traced_magnitudes(tracer)
         if not self._recording():
             return
         for _, t in iter_tensors(output):
@@ -261,6 +263,19 @@ class Recorder:
             self.record_error("discovery", e)
             sites = []
         self._set_sites(sites)
+
+    def _traced_magnitudes(self, tracer: Tracer) -> None:
+        """The discovery forward is a training step too: its sites' magnitudes, reduced by the
+        tracer at each addition, go into this step (one site per addition, in order)."""
+        if not self.sites or not self._training():
+            return
+        seg = self.seg
+        for i, add in enumerate(tracer.additions[: len(self.sites)]):
+            if add.sums is None:
+                continue
+            n = const(int(np.prod(add.shape)) if add.shape else 1)
+            ss_skip, ss_branch, ss_sum = (seg.put(s) for s in add.sums)
+            seg.add_row(self.magnitude.kind, i, (ss_skip, ss_branch, ss_sum, -1, n, n, n))
 
     def _live(self, plan: _Plan) -> bool:
         """Inside a recorded forward; the plan's per-forward state is reset on first use."""

@@ -107,6 +107,8 @@ class Addition:
     result: _Node
     source: _Node
     shape: tuple[int, ...]
+    # ||skip||^2, ||branch||^2, ||sum||^2 at the addition (0-d, device), with measure_adds
+    sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class Tracer(TorchFunctionMode):
@@ -122,6 +124,7 @@ class Tracer(TorchFunctionMode):
         # module -> NaN-prone ops its own code ran (log, sqrt, div, ..., custom autograd ops)
         self.nan_ops: dict[str, set[str]] = {}
         self._customs: dict[int, Any] = {}  # custom autograd nodes already attributed
+        self.measure_adds = False  # also reduce each addition's operands (the traced step)
         self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int, _Node]] = {}
         self._stack: list[str] = []
         self._calls: dict[str, list[int]] = {}
@@ -240,6 +243,7 @@ class Tracer(TorchFunctionMode):
             for t in tensors:
                 self._custom_op(t)
             inputs = [self._node(t) for t in tensors]
+            before = _operand_sums(name, tensors) if self.measure_adds else None
         except Exception as e:  # noqa: BLE001
             self.failed = e
             return func(*args, **kwargs)
@@ -251,12 +255,14 @@ class Tracer(TorchFunctionMode):
                     if name.startswith("__")
                     else name.rstrip("_")
                 )
-            self._record(name, inputs, out)
+            self._record(name, inputs, out, before)
         except Exception as e:  # noqa: BLE001
             self.failed = e
         return out
 
-    def _record(self, name: str, inputs: list[_Node], out: Any) -> None:
+    def _record(
+        self, name: str, inputs: list[_Node], out: Any, before: tuple[Any, Any] | None = None
+    ) -> None:
         if not inputs:
             parents: tuple[int, ...] = ()
             data, param_op = True, False
@@ -268,10 +274,11 @@ class Tracer(TorchFunctionMode):
         for t in results:
             self._new(t, parents, data, param_op)
         if name in _ADD_NAMES and len(inputs) >= 2 and len(results) == 1:
-            self._on_add(inputs[0], inputs[1], self._node(results[0]))
+            sums = None if before is None else (*before, _sum_squares(results[0]))
+            self._on_add(inputs[0], inputs[1], self._node(results[0]), sums)
 
     # -- classification --------------------------------------------------------------------
-    def _on_add(self, a: _Node, b: _Node, result: _Node) -> None:
+    def _on_add(self, a: _Node, b: _Node, result: _Node, sums: Any = None) -> None:
         if not (a.data and b.data and a.floating and b.floating and a.shape == b.shape):
             return
         if result.shape != a.shape:
@@ -281,7 +288,9 @@ class Tracer(TorchFunctionMode):
             return
         kind, skip, branch, source = found
         module = self._stack[-1] if self._stack else ""
-        self.additions.append(Addition(module, kind, skip, branch, result, source, a.shape))
+        if sums is not None and skip is b:
+            sums = (sums[1], sums[0], sums[2])
+        self.additions.append(Addition(module, kind, skip, branch, result, source, a.shape, sums))
 
     def _classify(self, a: _Node, b: _Node) -> tuple[str, _Node, _Node, _Node] | None:
         for skip, branch in ((a, b), (b, a)):
@@ -343,6 +352,21 @@ class Tracer(TorchFunctionMode):
             for p in node.parents:
                 heapq.heappush(heap, -p)
         return None
+
+
+def _sum_squares(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t.detach(), dtype=torch.float32).square()
+
+
+def _operand_sums(name: str, tensors: list[torch.Tensor]) -> tuple[Any, Any] | None:
+    """``(||a||^2, ||b||^2)`` of a same-shape floating addition, before it runs (an in-place
+    ``a += b`` overwrites ``a``)."""
+    if name not in _ADD_NAMES or len(tensors) < 2:
+        return None
+    a, b = tensors[0], tensors[1]
+    if not (a.is_floating_point() and b.is_floating_point() and a.shape == b.shape):
+        return None
+    return _sum_squares(a), _sum_squares(b)
 
 
 def _prone(name: str, args: Any, kwargs: dict[str, Any]) -> bool:
