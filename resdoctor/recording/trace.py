@@ -244,6 +244,7 @@ class Tracer(TorchFunctionMode):
                 self._custom_op(t)
             inputs = [self._node(t) for t in tensors]
             before = _operand_sums(name, tensors) if self.measure_adds else None
+            versions = {id(t): tensor_version(t) for t in tensors}
         except Exception as e:  # noqa: BLE001
             self.failed = e
             return func(*args, **kwargs)
@@ -255,7 +256,7 @@ class Tracer(TorchFunctionMode):
                     if name.startswith("__")
                     else name.rstrip("_")
                 )
-            self._record(name, inputs, out, before)
+            self._record(name, inputs, _changed(out, tensors, versions), before)
         except Exception as e:  # noqa: BLE001
             self.failed = e
         return out
@@ -352,6 +353,16 @@ class Tracer(TorchFunctionMode):
             for p in node.parents:
                 heapq.heappush(heap, -p)
         return None
+
+
+def _changed(out: Any, tensors: list[torch.Tensor], versions: dict[int, int]) -> Any:
+    """``out`` less the tensors that are an operand returned unchanged (``x.to(x.dtype)``,
+    ``.contiguous()``, ``.float()`` of a float32 tensor): a no-op is no new node, so the
+    operand keeps the module-boundary taps it already has (RMSNorm's ``.to(float32)``)."""
+    if isinstance(out, torch.Tensor):
+        same = any(out is t and tensor_version(out) == versions[id(t)] for t in tensors)
+        return None if same else out
+    return out
 
 
 def _sum_squares(t: torch.Tensor) -> torch.Tensor:
