@@ -480,3 +480,50 @@ def test_regression_step_0_gets_site_signals_without_example_inputs(tmp_path):
     assert ratio.index[0] == 0 and ratio.loc[0].notna().all()
     # the same values the site sensors read at step 1 (same input, tiny SGD step): same scale
     assert ((ratio.loc[0] / ratio.loc[1]).between(0.8, 1.25)).all()
+
+
+# -- several optimizers (issue 15) -----------------------------------------------------------
+def _two_part_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def _train_two(model, optimizers, doctor, steps=3):
+    x, y = data()
+    for _ in range(steps):
+        for o in optimizers:
+            o.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        for o in optimizers:
+            o.step()
+        doctor.log()
+
+
+def test_regression_several_optimizers_are_one_step_and_each_is_measured(tmp_path):
+    model = _two_part_model()
+    o1 = torch.optim.SGD(model[0].parameters(), 0.1)
+    o2 = torch.optim.Adam(model[2].parameters(), 1e-2)
+    with resdoctor.watch(model, [o1, o2], tmp_path / "two.pt", update_every=1) as doctor:
+        _train_two(model, [o1, o2], doctor)
+    run = resdoctor.load(tmp_path / "two.pt")
+    ratio = run.series("update_ratio")
+    assert run.steps == 3 and (ratio > 0).all().all()  # o2's parameters too, not 0.0
+
+
+def test_regression_parameters_no_watched_optimizer_steps_are_not_measured(tmp_path):
+    model = _two_part_model()
+    o1 = torch.optim.SGD(model[0].parameters(), 0.1)
+    o2 = torch.optim.Adam(model[2].parameters(), 1e-2)
+    with resdoctor.watch(model, o1, tmp_path / "one.pt", update_every=1) as doctor:
+        _train_two(model, [o1, o2], doctor)
+    ratio = resdoctor.load(tmp_path / "one.pt").series("update_ratio")
+    assert (ratio["0"] > 0).all() and ratio["2"].isna().all()  # NaN: not measured, never 0.0
+
+
+def test_regression_a_bad_optimizer_argument_leaves_no_hook(tmp_path):
+    model = _two_part_model()
+    o1 = torch.optim.SGD(model.parameters(), 0.1)
+    with pytest.raises(TypeError, match="optimizer"):
+        resdoctor.watch(model, [o1, "not an optimizer"], tmp_path / "bad.pt")
+    assert hooks_left(model) == 0
+    assert not o1._optimizer_step_pre_hooks and not o1._optimizer_step_post_hooks

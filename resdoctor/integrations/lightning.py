@@ -57,7 +57,7 @@ class ResDoctorCallback(Callback):
         try:
             self.watcher = watch(
                 pl_module,
-                optimizer=optimizers[0] if optimizers else None,
+                optimizer=optimizers or None,  # every optimizer of the module
                 path=self.path,
                 **options,
             )

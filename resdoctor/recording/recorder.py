@@ -13,7 +13,7 @@ import contextlib
 import functools
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ class Recorder:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer | None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None,
         path: str,
         options: Options,
         scaler: Any = None,
@@ -53,7 +53,9 @@ class Recorder:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.model, self.optimizer, self.path, self.options = model, optimizer, path, options
+        self.optimizers = _optimizers(optimizer)
+        self.optimizer = self.optimizers[0] if self.optimizers else None
+        self.model, self.path, self.options = model, path, options
         self.scaler, self.rank, self.world_size = scaler, rank, world_size
         self.hooks = HookSet()
         self.names = {id(m): n for n, m in model.named_modules()}
@@ -63,6 +65,9 @@ class Recorder:
         groups = [(n, ps) for n, ps in groups if ps]
         # the sensors; the hooks placed below are the ones their needs call for
         self.grads = GradNorm([ps for _, ps in groups])
+        # modules none of whose parameters an optimizer steps: update ratio not measured (NaN)
+        stepped = {id(p) for o in self.optimizers for g in o.param_groups for p in g["params"]}
+        self._unstepped = np.array([not any(id(p) in stepped for p in ps) for _, ps in groups])
         self.updates = UpdateRatio(self.grads, options.update_every)
         self.smoothing = Smoothing(options.smoothing_samples, options.smoothing_every)
         self.nonfinite = NonFinite()
@@ -109,7 +114,11 @@ class Recorder:
         self._last_flush = (0, time.monotonic())
         self._step = 0
         self.closed = False
-        self._attach(named)
+        try:
+            self._attach(named)
+        except BaseException:
+            self.hooks.remove()  # a failing watch() leaves no hook behind
+            raise
         if traced is not None:  # discovered on example inputs
             self._discovered(traced)
 
@@ -152,9 +161,9 @@ class Recorder:
                 checks = self.nonfinite.checks(module)
                 if checks is not None:
                     self._plan(name, module).check = checks
-        if self.optimizer is not None:
-            self.hooks.step_pre(self.optimizer, self._guard("optimizer", self._before_step))
-            self.hooks.step_post(self.optimizer, self._guard("optimizer", self._after_step))
+        for optimizer in self.optimizers:  # several: one step is all of them, up to log()
+            self.hooks.step_pre(optimizer, self._guard("optimizer", self._before_step))
+            self.hooks.step_post(optimizer, self._guard("optimizer", self._after_step))
 
     def _plan(self, name: str, module: nn.Module) -> _Plan:
         """The one pair of forward hooks of ``module`` (non-finite check and site taps share it)."""
@@ -454,7 +463,6 @@ class Recorder:
             self.updates.before()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.seg.vectors.update(self.updates.after())
         lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
         if isinstance(lr, (int, float)):
             self.seg.scalars.setdefault("lr", float(lr))
@@ -470,6 +478,8 @@ class Recorder:
         self.end_segment()
 
     def end_segment(self) -> None:
+        if self.seg.stepped:  # after every optimizer of the step has stepped
+            self.seg.vectors.update(self._guard("optimizer", self.updates.after)() or {})
         seg, self.seg = self.seg, Segment()
         self._reset_sensors()  # their slots point into the finished segment's pool
         if not self._in_forward:
@@ -505,8 +515,10 @@ class Recorder:
         if "grad_max" in raw:
             out["grad_bad_own"] = grads.bad_own(raw["grad_max"])
         if "update_l2" in raw and "update_old_l2" in raw:
-            out["update_ratio"] = grads.fold(raw["update_l2"]) / np.maximum(
-                grads.fold(raw["update_old_l2"]), 1e-12
+            out["update_ratio"] = np.where(
+                self._unstepped,
+                np.nan,
+                grads.fold(raw["update_l2"]) / np.maximum(grads.fold(raw["update_old_l2"]), 1e-12),
             )
         return out
 
@@ -578,3 +590,17 @@ def _parameter_names(model: nn.Module) -> list[str]:
         return []
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return [p.name for p in params if p.kind in kinds]
+
+
+def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
+    """``None``, one optimizer or several (a list or tuple), as a list."""
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, (list, tuple)):
+        found = list(optimizer)
+    else:
+        found = [optimizer]
+    for o in found:
+        if not hasattr(o, "register_step_pre_hook") or not hasattr(o, "param_groups"):
+            raise TypeError(f"optimizer must be a torch optimizer or a list of them, not {o!r}")
+    return found

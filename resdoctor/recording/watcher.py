@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ class Watcher:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         path: str | os.PathLike[str] = "run.pt",
         *,
         scaler: Any = None,
@@ -165,7 +166,7 @@ def _close_live_watchers() -> None:
 
 def watch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     path: str | os.PathLike[str] = "run.pt",
     **options: Any,
 ) -> Watcher:

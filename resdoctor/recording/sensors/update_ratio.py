@@ -24,6 +24,9 @@ class UpdateRatio:
         self._old = torch.zeros(0)
 
     def before(self) -> None:
+        """Snapshot the parameters (once per step: several optimizers share one snapshot)."""
+        if self._before is not None:
+            return
         with torch.no_grad():
             params = self.grouping.local_params()
             if params:
