@@ -234,9 +234,9 @@ _probe(
 _probe(
     "preln-tinyscale-dead",
     "pre-ln",
-    "pre-LN transformer scaling each branch by 1e-3",
+    "pre-LN transformer scaling each branch by 1e-3 at a low LR: branches near 0 that never grow",
     _t("dead-branch"),
-    Recipe(steps=60, lr=3e-3, arch={"depth": 4, "residual_scale": 1e-3}),
+    Recipe(steps=60, lr=3e-4, arch={"depth": 4, "residual_scale": 1e-3}),
     transformer,
     fast=True,
     remedy="residual-scaling",

@@ -23,6 +23,7 @@ VANISH_RATIO = (1e-1, 1e-2)  # dL/dh at the first vs the last site ("orders of m
 CONVERGED = 0.1  # final loss below this fraction of the initial loss: converged, not vanishing
 DOMINANCE = (2.5, 5.0)  # median ||F(x)|| / ||x|| at the worst site ("much greater than 1")
 DEAD = (0.05, 0.01)  # ratio below 0.01 for 90% of steps after warm-up; absent if all >= 0.05
+WAKE = 3.0  # ... and not growing by x3 over those steps (a zero-init branch waking is not dead)
 GROWTH = (4.0, 10.0)  # stream RMS last/first site; present also needs x1.2 per site (log-linear
 # fit) sustained over depth: at least half of the consecutive sites grow by more than x1.1 (a
 # single jump followed by a flat stream is borderline: it grew, but not exponentially)
@@ -139,16 +140,31 @@ def dead(m: Measurement) -> Label:
         return Label("dead-branch", "absent", math.nan, "no residual site")
     dead_share = np.nanmean(r < DEAD[1], 0)  # [sites]
     lowest = float(np.nanmin(np.nanmedian(r, 0)))
-    if dead_share.max() >= 0.9:
+    low = dead_share >= 0.9
+    waking = np.array([_growth(r[:, j]) >= WAKE for j in range(r.shape[1])])
+    if (low & ~waking).any():
         status: Status = "present"
+    elif low.any():  # near zero but growing steadily: a zero-init / layer-scaled branch waking
+        status = "borderline"
     else:
         status = "absent" if lowest >= DEAD[0] else "borderline"
     return Label(
         "dead-branch",
         status,
         lowest,
-        f"{int((dead_share >= 0.9).sum())} dead sites, lowest median ratio {lowest:.3g}",
+        f"{int((low & ~waking).sum())} dead sites ({int((low & waking).sum())} low but waking), "
+        f"lowest median ratio {lowest:.3g}",
     )
+
+
+def _growth(ratio: np.ndarray) -> float:
+    """Factor by which a site's ratio grows over the window: least-squares fit of log ratio."""
+    ok = np.isfinite(ratio) & (ratio > 0)
+    if ok.sum() < 3:
+        return 1.0
+    x = np.flatnonzero(ok).astype(float)
+    slope = np.polyfit(x, np.log10(ratio[ok]), 1)[0]
+    return float(10 ** (slope * (x[-1] - x[0])))
 
 
 def growth(m: Measurement) -> Label:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from resdoctor import fixes
 from resdoctor.findings import Finding, Fix
 from resdoctor.fixes.snippets import short_list, sig
@@ -24,6 +27,7 @@ def dead_branch(
     min_rows: int = 5,
     attribution_share: float = 0.01,
     zero_ratio: float = 1e-6,
+    wake_growth: float = 3.0,
 ) -> list[Finding]:
     """Sites whose branch/skip ratio stays near 0 after warm-up (zero-init branches that wake up
     are healthy).
@@ -42,6 +46,11 @@ def dead_branch(
             (numerically) zero, e.g. ReLUs that never fire (Lu et al. 2019, dying ReLU): no
             branch scale can revive a zero, so normalising before its last activation comes
             first; above it the branch is alive but scaled down, and a larger scale revives it.
+        wake_growth: a branch below ``ratio`` whose ratio grows steadily by at least this factor
+            over the judged steps (robust Theil-Sen slope of log ratio vs step, Sen 1968) is
+            waking, not dead: zero-initialised and layer-scaled branches (SkipInit, ReZero,
+            Fixup, zero-init last BN, layer-scale 1e-6; De & Smith 2020, Touvron et al. 2021)
+            start at ~0 and grow.
     """
     tl = timeline(run)
     end = tl.failure_step if tl.failure_step is not None else run.steps
@@ -51,7 +60,7 @@ def dead_branch(
         return []
     below = br < ratio
     frac = below.sum() / br.notna().sum().clip(lower=1)
-    dead = [c for c in br.columns if frac[c] >= min_fraction]
+    dead = [c for c in br.columns if frac[c] >= min_fraction and not _waking(br[c], wake_growth)]
     if not dead:
         return []
     medians = br[dead].median()
@@ -99,6 +108,19 @@ def dead_branch(
             },
         )
     ]
+
+
+def _waking(ratio: pd.Series, growth: float) -> bool:
+    """The ratio grows steadily: the robust log-linear trend over the window reaches ``growth``."""
+    from scipy.stats import theilslopes
+
+    r = ratio.dropna()
+    r = r[r > 0]
+    if len(r) < 3:
+        return False
+    steps = r.index.to_numpy(dtype=float)
+    slope = theilslopes(np.log10(r.to_numpy(dtype=float)), steps)[0]
+    return bool(slope > 0 and slope * (steps[-1] - steps[0]) >= np.log10(growth))
 
 
 def _fixes(run: Run, dead: list[str], zero: bool) -> list[Fix]:

@@ -90,3 +90,68 @@ def test_real_zero_init_resnet_wakes_up(zero_init):
 def test_healthy_runs_are_quiet(healthy, preact, converged):
     for run in (healthy, preact, converged):
         assert dead_branch(run) == []
+
+
+@pytest.mark.parametrize("growth, fires", [(2.9, True), (3.1, False)])
+def test_wake_growth_threshold(growth, fires):
+    """Issue 15: a layer-scaled branch that grows steadily from ~0 is waking, not dead."""
+    steps = np.arange(50)
+    values = 1e-5 * growth ** ((steps - 10).clip(0) / 39)  # x growth over the judged steps
+    assert bool(dead_branch(_run(list(values)))) is fires
+
+
+def test_a_branch_stuck_at_zero_never_wakes():
+    assert dead_branch(_run([0.0] * 50))
+
+
+class _ConvNeXtBlock(__import__("torch").nn.Module):
+    """ConvNeXt-style: depthwise conv, LayerNorm, MLP, layer-scale gamma = 1e-6, identity skip."""
+
+    def __init__(self, dim: int) -> None:
+        import torch
+        from torch import nn
+
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+
+    def forward(self, x):  # [B, C, H, W]
+        h = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1)))
+        return x + (self.gamma * h).permute(0, 3, 1, 2)
+
+
+def test_real_layer_scale_convnext_is_waking_not_dead(tmp_path):
+    """Issue 15: layer-scale 1e-6 branches grow from ~0 under AdamW with warm-up: no finding."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import resdoctor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 4, 4),
+        *[_ConvNeXtBlock(16) for _ in range(4)],
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)  # slow: below 1% the whole run
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with resdoctor.watch(model, opt, tmp_path / "cnx.pt") as doctor:
+        for _ in range(60):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            doctor.log(loss=loss)
+    run = resdoctor.load(tmp_path / "cnx.pt")
+    ratio = run.series("branch_ratio")
+    assert len(run.sites) == 4 and (ratio.iloc[:10] < 0.01).all().all()  # it starts at ~0
+    assert dead_branch(run) == []
+    assert dead_branch(run, wake_growth=float("inf"))  # without the trend it would be "dead"
+    assert "dead-branch" not in {f.code for f in resdoctor.analyze(run).findings}
