@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# first: checks the torch version (one clear line on a torch that is too old)
+from resdoctor.version import __version__  # isort: skip
 from resdoctor.findings import Finding, Fix
 from resdoctor.recording.discovery import Site, discover
 from resdoctor.recording.options import Options
 from resdoctor.recording.watcher import Watcher, watch
 from resdoctor.runfile.io import RunFileError
-from resdoctor.version import __version__
 
 if TYPE_CHECKING:
     from resdoctor.report.analysis import Report

@@ -22,3 +22,14 @@ def test_public_api_is_exactly_all():
     assert {"watch", "discover", "load", "analyze", "Watcher", "Run", "Report"} <= set(
         resdoctor.__all__
     )
+
+
+def test_an_old_torch_fails_at_import_with_one_clear_line():
+    import pytest
+
+    from resdoctor.version import check_torch
+
+    check_torch("2.13.0+cpu")
+    check_torch("2.4.0")
+    with pytest.raises(ImportError, match=r"^resdoctor needs torch >= 2\.4 \(found 2\.3\.1\)"):
+        check_torch("2.3.1")
