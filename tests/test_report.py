@@ -79,3 +79,28 @@ def test_a_failing_rule_is_reported_not_raised():
         assert any(n.startswith("boom: rule failed (RuntimeError: kaput)") for n in rep.notes)
     finally:
         registry.remove("boom")
+
+
+def test_regression_unmeasured_sites_and_recording_errors_are_said(tmp_path):
+    """Issues 15 and 20: a verdict never hides that signals are missing."""
+    import torch
+    import torch.nn.functional as F
+
+    from resdoctor.models import ResidualMLP
+
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    with resdoctor.watch(model, opt, tmp_path / "r.pt") as doctor:
+
+        def broken(*_args, **_kwargs):
+            raise RuntimeError("sensor bug")
+
+        doctor.recorder.magnitude.operand = broken  # every site measurement fails
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(model(torch.randn(4, 16)), torch.randn(4, 1)).backward()
+            opt.step()
+            doctor.log()
+    notes = analyze(str(tmp_path / "r.pt")).notes
+    assert any(n.startswith("residual signals missing: 2 of 2 sites") for n in notes), notes
+    assert any("caught" in n and "RuntimeError: sensor bug" in n for n in notes), notes

@@ -98,4 +98,36 @@ def analyze(run: Run | str | os.PathLike[str], **kwargs: Any) -> Report:
 
     findings, notes = run_rules(run, **kwargs)
     findings.sort(key=_order)
-    return Report(run, tuple(findings), tuple(notes))
+    return Report(run, tuple(findings), tuple(coverage_notes(run) + notes))
+
+
+def coverage_notes(run: Run) -> list[str]:
+    """What the run could not measure, said up front: residual sites found but never measured,
+    and errors resdoctor caught while recording (a verdict is only as good as its signals)."""
+    notes = []
+    if len(run.sites):
+        measured = run.measured("branch_ratio")  # a measured NaN counts as measured
+        names = list(run.sites["name"])
+        stride = run.stride("branch_ratio")
+        missing = [  # measured on fewer than half of the steps (or never)
+            n
+            for n in names
+            if n not in measured.columns or measured[n].sum() * stride < 0.5 * run.steps
+        ]
+        if missing:
+            shown = ", ".join(missing[:4]) + (
+                f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""
+            )
+            notes.append(
+                f"residual signals missing: {len(missing)} of {len(names)} sites were found but "
+                f"not measured on most steps ({shown}); rules that read them judge the rest only"
+            )
+    errors = run.errors
+    if not errors.empty:
+        first = errors.iloc[0]
+        notes.append(
+            f"resdoctor caught {int(errors['count'].sum())} error(s) of its own while recording "
+            f"(training went on); first at step {first['first_step']}: {first['where']}: "
+            f"{first['type']}: {str(first['message'])[:160]}"
+        )
+    return notes
