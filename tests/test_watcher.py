@@ -436,7 +436,7 @@ def test_regression_watcher_takes_what_watch_takes(tmp_path):
     with resdoctor.Watcher(
         model, None, tmp_path / "w.pt", attribute_every=1, attribute_inputs=x
     ) as doc:
-        assert len(doc.integrations) == 1
+        assert [type(i).__name__ for i in doc.integrations] == ["AttributionMonitor", "Announcer"]
         model(x).sum().backward()
         doc.log()
     assert resdoctor.load(tmp_path / "w.pt").has("attribution_share")
@@ -527,3 +527,30 @@ def test_regression_a_bad_optimizer_argument_leaves_no_hook(tmp_path):
         resdoctor.watch(model, [o1, "not an optimizer"], tmp_path / "bad.pt")
     assert hooks_left(model) == 0
     assert not o1._optimizer_step_pre_hooks and not o1._optimizer_step_post_hooks
+
+
+def test_heard_while_training_the_first_nan_and_the_verdict(tmp_path, caplog):
+    """Issue 16 (part): one log line at the first NaN/Inf onset, one verdict at close."""
+    import logging
+
+    x, y = data()
+    for quiet in (False, True):
+        caplog.clear()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 16), ForwardNaN(at=3), nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), 0.01)
+        path = tmp_path / f"q{quiet}.pt"
+        with caplog.at_level(logging.INFO, logger="resdoctor"):
+            with resdoctor.watch(model, opt, path, quiet=quiet) as doctor:
+                for _ in range(6):
+                    doctor.log(loss=mlp_step(model, opt, x, y))
+        lines = [r.getMessage() for r in caplog.records if r.name == "resdoctor"]
+        if quiet:
+            assert lines == []
+            continue
+        assert len(lines) == 2, lines
+        assert (
+            lines[0]
+            == f"resdoctor: NaN/Inf at step 3 in 1 (forward); run: resdoctor analyze {path}"
+        )
+        assert lines[1].startswith("resdoctor: CRITICAL after 6 steps: NaN/Inf at step 3")

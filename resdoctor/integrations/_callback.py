@@ -10,7 +10,7 @@ from typing import Any
 from resdoctor.recording.options import Options
 
 # watch() arguments that are not recording Options
-WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_every")
+WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_every", "quiet")
 
 
 def check_options(watch_options: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ class Watcher:
         options: Options | None = None,
         wandb: Any = None,
         wandb_every: int = 10,
+        quiet: bool = False,
         **settings: Any,
     ) -> None:
         attribution = {
@@ -48,7 +49,7 @@ class Watcher:
         self.path = os.fspath(path)
         self.integrations: list[Integration] = []
         # built first: a bad setting fails before any hook is placed
-        extra = _optional_integrations(attribution, wandb, wandb_every)
+        extra = _optional_integrations(attribution, wandb, wandb_every, quiet)
         traced: Tracer | None = None
         if self.options.sites and (example_inputs is not None or example_kwargs):
             try:  # the example pass gives the sites, the forward order and the NaN-prone ops
@@ -177,7 +178,8 @@ def watch(
     call ends a step. Residual sites are discovered on the first forward pass, or up front from
     ``example_inputs``. Options: the fields of ``resdoctor.Options`` as keywords, or
     ``options=Options(...)`` (keywords win); also ``scaler=`` (a GradScaler, so gradient norms
-    are unscaled) and ``wandb=True`` / a wandb run (``wandb_every=10``), and
+    are unscaled), ``quiet=True`` (no log line at the first NaN/Inf nor verdict at close),
+    ``wandb=True`` / a wandb run (``wandb_every=10``), and
     ``attribute_every=N, attribute_inputs=batch`` (plus ``attribute_samples``, ``_target``,
     ``_method``, ``_mode``): every N steps the attribution share of each residual branch on a few
     samples, stored as the series ``attribution_share`` (see ``resdoctor.attribute``).
@@ -186,7 +188,7 @@ def watch(
 
 
 def _optional_integrations(
-    attribution: dict[str, Any], wandb: Any, wandb_every: int
+    attribution: dict[str, Any], wandb: Any, wandb_every: int, quiet: bool = False
 ) -> list[Integration]:
     """The integrations asked for by ``watch()`` keywords, built before any hook is placed."""
     found: list[Integration] = []
@@ -198,6 +200,10 @@ def _optional_integrations(
         from resdoctor.integrations.wandb import WandbLogger
 
         found.append(WandbLogger(wandb, every=wandb_every))
+    if not quiet:  # one log line at the first NaN/Inf, one verdict at close
+        from resdoctor.integrations.announce import Announcer
+
+        found.append(Announcer())
     return found
 
 
