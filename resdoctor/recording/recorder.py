@@ -25,7 +25,7 @@ from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
 from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
-from resdoctor.recording.segment import Segment, Transfer, const, unpack
+from resdoctor.recording.segment import Segment, Transfer, unpack
 from resdoctor.recording.sensors import (
     GradNorm,
     GradShare,
@@ -278,13 +278,10 @@ class Recorder:
         tracer at each addition, go into this step (one site per addition, in order)."""
         if not self.sites or not self._training():
             return
-        seg = self.seg
         for i, add in enumerate(tracer.additions[: len(self.sites)]):
-            if add.sums is None:
-                continue
-            n = const(int(np.prod(add.shape)) if add.shape else 1)
-            ss_skip, ss_branch, ss_sum = (seg.put(s) for s in add.sums)
-            seg.add_row(self.magnitude.kind, i, (ss_skip, ss_branch, ss_sum, -1, n, n, n))
+            if add.sums is not None:
+                n = int(np.prod(add.shape)) if add.shape else 1
+                self.magnitude.row_of_sums(self.seg, i, add.sums, n)
 
     def _live(self, plan: _Plan) -> bool:
         """Inside a recorded forward; the plan's per-forward state is reset on first use."""

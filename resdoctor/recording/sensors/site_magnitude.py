@@ -67,6 +67,12 @@ class SiteMagnitude:
             ),
         )
 
+    def row_of_sums(self, seg: Segment, i: int, sums: tuple[torch.Tensor, ...], n: int) -> None:
+        """The same row from ``(||skip||^2, ||branch||^2, ||sum||^2)`` already reduced (the
+        tracer's, at the addition), every operand of ``n`` elements."""
+        skip_ss, branch_ss, sum_ss = (seg.put(s) for s in sums)
+        seg.add_row(self.kind, i, (skip_ss, branch_ss, sum_ss, -1, const(n), const(n), const(n)))
+
     @staticmethod
     def decode(v: np.ndarray) -> np.ndarray:
         """Rows of raw sums (``n_sum = 0`` when the sum was not tapped) -> ``[skip, branch,
