@@ -96,3 +96,64 @@ class PlainGCN(nn.Module):
 
 def graph(nodes: int = 10, edges: int = 30):
     return torch.randn(nodes, 8), torch.randint(0, nodes, (2, edges))
+
+
+class GCNII(nn.Module):
+    """torch_geometric's GCNII example (``GCN2Conv``): every layer re-adds the initial
+    representation ``alpha * x0`` (a side input, no stream skip) and mixes ``(1 - beta) h +
+    beta h W`` in one ``addmm``: no residual addition on the stream."""
+
+    def __init__(self, d_in: int = 8, dim: int = 16, layers: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        import torch_geometric.nn as gnn
+
+        self.lin0 = nn.Linear(d_in, dim)
+        self.convs = nn.ModuleList(
+            gnn.GCN2Conv(dim, alpha=0.1, theta=0.5, layer=i + 1) for i in range(layers)
+        )
+        self.lin1 = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        x = x0 = self.lin0(x).relu()
+        for conv in self.convs:
+            x = conv(x, x0, edge_index).relu()
+        return self.lin1(x)
+
+
+class DeepGCN(nn.Module):
+    """torch_geometric's ogbn-proteins DeepGCN: ``GENConv`` in ``DeepGCNLayer(block='res+')``,
+    edge features encoded once and fed to every layer, layer 0's conv called bare.
+
+    Residual additions: the ``layers - 1`` res+ adds ``x + conv(act(norm(x)))`` and each
+    GENConv's own ``out + x``; the message ``x_j + edge_attr`` adds a side input (the same
+    edge features in every layer) and is no site."""
+
+    def __init__(
+        self, d_in: int = 8, dim: int = 16, layers: int = 6, ckpt: bool = False, classes: int = 3
+    ) -> None:
+        super().__init__()
+        import torch_geometric.nn as gnn
+
+        self.node_encoder = nn.Linear(d_in, dim)
+        self.edge_encoder = nn.Linear(4, dim)
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            conv = gnn.GENConv(
+                dim, dim, aggr="softmax", t=1.0, learn_t=True, num_layers=2, norm="layer"
+            )
+            norm = nn.LayerNorm(dim, elementwise_affine=True)
+            self.layers.append(
+                gnn.DeepGCNLayer(conv, norm, nn.ReLU(), block="res+", dropout=0.1, ckpt_grad=ckpt)
+            )
+        self.lin = nn.Linear(dim, classes)
+
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
+    ) -> torch.Tensor:
+        x = self.node_encoder(x)
+        edge_attr = self.edge_encoder(edge_attr)
+        x = self.layers[0].conv(x, edge_index, edge_attr)
+        for layer in self.layers[1:]:
+            x = layer(x, edge_index, edge_attr)
+        x = self.layers[0].act(self.layers[0].norm(x))
+        return self.lin(x)

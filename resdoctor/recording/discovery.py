@@ -37,10 +37,14 @@ class Site:
     result: Tap | None
     source: Tap | None
     shape: tuple[int, ...]
+    # the owner's call, the addition's ordinal within it, the skip is the first operand: where
+    # an AdditionTaps mode measures a site no module boundary carries
+    at: tuple[int, int, bool] = (0, 0, True)
 
     @property
     def measurable(self) -> bool:
-        """True when both operands (or one operand and the sum) can be tapped."""
+        """True when both operands (or one operand and the sum) can be tapped at module
+        boundaries; other sites are measured at the addition itself."""
         return self.skip is not None and (self.branch is not None or self.result is not None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,10 +94,11 @@ def trace(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -> Trac
 def sites_from(tracer: Tracer, model: nn.Module) -> list[Site]:
     """Turn the additions a finished trace found into named, tappable sites."""
     modules = dict(model.named_modules())
-    per_module = Counter(a.module for a in tracer.additions)
+    additions = tracer.residuals()
+    per_module = Counter(a.module for a in additions)
     seen: Counter[str] = Counter()
     sites = []
-    for index, add in enumerate(tracer.additions):
+    for index, add in enumerate(additions):
         k = seen[add.module]
         seen[add.module] += 1
         base = add.module or "<root>"
@@ -116,6 +121,7 @@ def _site(name: str, index: int, cls: str, add: Addition) -> Site:
         result=_pick(add.result.taps, owner),
         source=_pick(add.source.taps, owner),
         shape=add.shape,
+        at=(add.call, add.ordinal, add.skip_first),
     )
 
 
@@ -133,6 +139,23 @@ def _pick(taps: list[Tap], owner: str) -> Tap | None:
         return (2, 0)
 
     return min(taps, key=rank)
+
+
+def architecture(model: nn.Module) -> str:
+    """What kind of network ``model`` is, for fixes that fit it: ``graph`` (a message-passing
+    layer: torch_geometric's ``MessagePassing``), ``transformer`` (an attention module),
+    ``convolutional`` (a Conv layer) or ``mlp``."""
+    kinds = set()
+    for module in model.modules():
+        bases = {c.__name__ for c in type(module).__mro__}
+        name = type(module).__name__.lower()
+        if "MessagePassing" in bases:
+            kinds.add("graph")
+        elif "attention" in name or isinstance(module, nn.MultiheadAttention):
+            kinds.add("transformer")
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            kinds.add("convolutional")
+    return next((k for k in ("graph", "transformer", "convolutional") if k in kinds), "mlp")
 
 
 def _cuda_devices(model: nn.Module) -> list[int]:

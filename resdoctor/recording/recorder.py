@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from resdoctor.recording.discovery import Site, repeated_layers, sites_from
+from resdoctor.recording.addition_taps import AdditionTaps
+from resdoctor.recording.discovery import Site, architecture, repeated_layers, sites_from
 from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
@@ -58,8 +59,12 @@ class Recorder:
         self.model, self.path, self.options = model, path, options
         self.scaler, self.rank, self.world_size = scaler, rank, world_size
         self.hooks = HookSet()
-        self.names = {id(m): n for n, m in model.named_modules()}
-        named = list(model.named_modules())
+        # torch.compile'd: hooks inside the compiled graph cannot run (they are compiled away),
+        # so only the wrapper's boundary is hooked; modules are named as in the original
+        inner = compiled_module(model)
+        self.compiled = inner is not None
+        named = list((inner or model).named_modules())
+        self.names = {id(m): n for n, m in named}
         groups = [(n, list(m.parameters(recurse=False))) for n, m in named]
         groups = [(n, [p for p in ps if p.requires_grad]) for n, ps in groups]
         groups = [(n, ps) for n, ps in groups if ps]
@@ -96,6 +101,8 @@ class Recorder:
             "created": time.time(),
             "path": str(path),
             "device": str(next(model.parameters()).device) if groups else "cpu",
+            "architecture": architecture(inner or model),
+            "compiled": self.compiled,
         }
         self.journal = Journal(
             modules, [n or "<root>" for n, _ in groups], options.capacity, options.max_events, meta
@@ -110,22 +117,30 @@ class Recorder:
         self._backward_queued = False
         self._in_forward = 0
         self._forward_ok = False  # the root's forward returned (set by a non-always hook)
+        self._grad_forward = False  # the outermost forward started with grad enabled
         self._paused = 0
+        self._own = 0  # inside resdoctor's own hook code (AdditionTaps ignore its ops)
         self._last_flush = (0, time.monotonic())
         self._step = 0
         self.closed = False
+        self._no_forward = 0  # steps that stepped with no forward seen (compiled after watch)
         try:
             self._attach(named)
         except BaseException:
             self.hooks.remove()  # a failing watch() leaves no hook behind
             raise
-        if traced is not None:  # discovered on example inputs
+        if self.compiled:  # no trace: the compiled graph runs no Python per op
+            self.sites = []
+            self.journal.set_sites([])
+        elif traced is not None:  # discovered on example inputs
             self._discovered(traced)
 
     # -- hook plumbing ---------------------------------------------------------------------
     def _guard(self, where: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():  # traced by dynamo: compiled away, no graph break
+                return None
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - never raise into the training loop
@@ -158,9 +173,11 @@ class Recorder:
         self.hooks.forward(root, self._guard("forward", self._end_forward), always=True)
         if self.options.nonfinite:
             for name, module in named:
+                if self.compiled and name:
+                    continue  # inside the compiled graph
                 checks = self.nonfinite.checks(module)
                 if checks is not None:
-                    self._plan(name, module).check = checks
+                    self._plan(name, root if not name else module).check = checks
         for optimizer in self.optimizers:  # several: one step is all of them, up to log()
             self.hooks.step_pre(optimizer, self._guard("optimizer", self._before_step))
             self.hooks.step_post(optimizer, self._guard("optimizer", self._after_step))
@@ -205,19 +222,24 @@ class Recorder:
         """The run file's state as of now (host memory only)."""
         return self.journal.state(self.options.to_dict())
 
+    def _grad_mode(self) -> bool:
+        """Whether this is a training pass: inside a forward, the grad mode the root forward
+        started in (a reentrant checkpoint runs its blocks under ``no_grad``: still training)."""
+        return self._grad_forward if self._in_forward else torch.is_grad_enabled()
+
     def _recording(self) -> bool:
-        return not (self.closed or self._paused) and (
-            torch.is_grad_enabled() or self.options.record_eval
-        )
+        return not (self.closed or self._paused) and (self._grad_mode() or self.options.record_eval)
 
     def _training(self) -> bool:
         """A recorded forward that trains: only these feed the per-step site statistics
         (with ``record_eval`` a validation forward is checked for NaN/Inf, not averaged in)."""
-        return torch.is_grad_enabled() and self._recording()
+        return self._grad_mode() and self._recording()
 
     # -- forward ---------------------------------------------------------------------------
     def _begin_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         self._in_forward += 1
+        if self._in_forward == 1:
+            self._grad_forward = torch.is_grad_enabled()
         if self._in_forward > 1 or not self._recording():
             return
         if self.seg.stepped:  # no log() since the optimizer step: the step ended there
@@ -278,7 +300,7 @@ class Recorder:
         tracer at each addition, go into this step (one site per addition, in order)."""
         if not self.sites or not self._training():
             return
-        for i, add in enumerate(tracer.additions[: len(self.sites)]):
+        for i, add in enumerate(tracer.residuals()[: len(self.sites)]):
             if add.sums is not None:
                 n = int(np.prod(add.shape)) if add.shape else 1
                 self.magnitude.row_of_sums(self.seg, i, add.sums, n)
@@ -309,12 +331,17 @@ class Recorder:
         return hook
 
     def _untraced(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run a measurement; during the discovery forward, outside the trace."""
-        if self._tracer is None:
-            fn(*args)
-            return
-        with self._tracer.paused():
-            fn(*args)
+        """Run a measurement; during the discovery forward, outside the trace (and outside
+        the count of any AdditionTaps)."""
+        self._own += 1
+        try:
+            if self._tracer is None:
+                fn(*args)
+                return
+            with self._tracer.paused():
+                fn(*args)
+        finally:
+            self._own -= 1
 
     def _before(self, plan: _Plan, args: Any, kwargs: Any) -> None:
         plan.calls += 1
@@ -368,6 +395,7 @@ class Recorder:
         modules = dict(self.model.named_modules())
         for i, site in enumerate(sites):
             if not site.measurable:
+                self._tap_addition(i, site, modules)
                 continue
             for role in ("skip", "branch", "result", "source"):
                 tap = getattr(site, role)
@@ -376,6 +404,63 @@ class Recorder:
                     continue
                 plan = self._plan(tap.module, module)
                 (plan.taps_in if tap.where == "input" else plan.taps_out).append((i, role, tap))
+
+    def _tap_addition(self, i: int, site: Site, modules: dict[str, nn.Module]) -> None:
+        """Site ``i`` has no module boundary to tap: measure it at the addition, in its
+        owner's call (see ``AdditionTaps``)."""
+        owner = modules.get(site.owner)
+        if owner is None or site.owner not in self.module_index:
+            return
+        plan = self._plan(site.owner, owner)
+        if not plan.additions:  # the owner's own pair: enter before its forward, always leave
+            self.hooks.forward_pre(owner, self._guard("sites", self._enter_additions(plan)))
+            self.hooks.forward(
+                owner, self._guard("sites", self._leave_additions(plan)), always=True
+            )
+        call, ordinal, skip_first = site.at
+        plan.additions.append((i, call, ordinal, skip_first))
+
+    def _enter_additions(self, plan: _Plan) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+            mode = None  # one entry per call, so the leave hook always pops its own
+            if plan.forward_id == self._forward_id and self._in_forward and self._training():
+                targets = {o: (i, f) for i, c, o, f in plan.additions if c == plan.calls}
+                if targets:
+                    mode = AdditionTaps(
+                        targets,
+                        self._guard("sites", self._addition_measured),
+                        lambda: self._own > 0,
+                        lambda e: self.record_error("sites", e),
+                    )
+                    mode.__enter__()
+            plan.modes.append(mode)
+
+        return hook
+
+    def _leave_additions(self, plan: _Plan) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            mode = plan.modes.pop() if plan.modes else None
+            if mode is not None:
+                mode.__exit__(None, None, None)
+
+        return hook
+
+    def _addition_measured(
+        self,
+        i: int,
+        skip_ss: torch.Tensor,
+        branch_ss: torch.Tensor,
+        sum_ss: torch.Tensor,
+        total: torch.Tensor,
+        n: int,
+    ) -> None:
+        self.magnitude.row_of_sums(self.seg, i, (skip_ss, branch_ss, sum_ss), n)
+        if self._due_smoothing(self._step):
+            measured = self.smoothing(total)
+            if measured is not None:
+                self.seg.add_row(
+                    "smooth", i, (self.seg.put(measured[0]), self.seg.put(measured[1]))
+                )
 
     def _watch_layers(self) -> None:
         """No residual site: sample over-smoothing at the outputs of the repeated layers instead
@@ -491,6 +576,9 @@ class Recorder:
         self.transfer.submit(meta, flat, layout)
         if seg.stepped or self.optimizer is None:
             self._step += 1
+            if seg.stepped and not seg.forwards:
+                self._no_forward += 1
+                self.journal.set_meta("steps_without_forward", self._no_forward)
         self.drain()
         self._maybe_flush()
 
@@ -550,7 +638,17 @@ class Recorder:
 class _Plan:
     """What the forward hooks of one module do, and their state within the current forward."""
 
-    __slots__ = ("index", "check", "taps_in", "taps_out", "forward_id", "calls", "inputs")
+    __slots__ = (
+        "index",
+        "check",
+        "taps_in",
+        "taps_out",
+        "additions",
+        "modes",
+        "forward_id",
+        "calls",
+        "inputs",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -558,6 +656,9 @@ class _Plan:
         self.check: tuple[bool, bool, bool] | tuple[()] = ()
         self.taps_in: list[tuple[int, str, Any]] = []  # (site, role, tap)
         self.taps_out: list[tuple[int, str, Any]] = []
+        # sites measured at the addition: (site, call, ordinal, skip first); the open modes
+        self.additions: list[tuple[int, int, int, bool]] = []
+        self.modes: list[AdditionTaps | None] = []
         self.forward_id = -1
         self.calls = -1  # calls of the module in this forward (taps name the call they read)
         self.inputs: list[tuple[int, int] | None] = []  # input extrema slots, one per open call
@@ -577,6 +678,12 @@ class _GuardedHooks:
 
     def node(self, node: Any, fn: Callable[..., Any]) -> None:
         self._recorder.hooks.node(node, self._recorder._guard(self._where, fn))
+
+
+def compiled_module(model: nn.Module) -> nn.Module | None:
+    """The module ``torch.compile`` wrapped, when ``model`` is its ``OptimizedModule``."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else None
 
 
 def _parameter_names(model: nn.Module) -> list[str]:

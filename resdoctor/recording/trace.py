@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.pytree import Path, iter_tensors
 
-_ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
+ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
 # ops that can turn finite inputs into NaN/Inf (or whose derivative can), by torch name
 NAN_PRONE = frozenset(
     {
@@ -109,6 +109,12 @@ class Addition:
     shape: tuple[int, ...]
     # ||skip||^2, ||branch||^2, ||sum||^2 at the addition (0-d, device), with measure_adds
     sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    key: int = -1  # the source's origin before parameter-free ops (see Tracer.residuals)
+    # where the addition runs: the owner's call, and how many additions (``add``, ``+``,
+    # ``+=``, any module's) that call had run when this one ran, this one included
+    call: int = 0
+    ordinal: int = 0
+    skip_first: bool = True  # the skip is the addition's first operand
 
 
 class Tracer(TorchFunctionMode):
@@ -126,7 +132,11 @@ class Tracer(TorchFunctionMode):
         self._customs: dict[int, Any] = {}  # custom autograd nodes already attributed
         self.measure_adds = False  # also reduce each addition's operands (the traced step)
         self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int, _Node]] = {}
+        # origin node -> the (module, call)s whose additions had an operand from it
+        self._added_in: dict[int, set[tuple[str, int]]] = {}
         self._stack: list[str] = []
+        self._adds = 0  # addition calls so far; _starts: the count when each open call began
+        self._starts: list[int] = []
         self._calls: dict[str, list[int]] = {}
         self._names = {id(m): n for n, m in model.named_modules()}
         self._hooks = hooks if hooks is not None else HookSet()
@@ -179,6 +189,7 @@ class Tracer(TorchFunctionMode):
             for _, t in iter_tensors((args, kwargs)):  # made by the caller's code, not this one
                 self._custom_op(t)
             self._stack.append(name)
+            self._starts.append(self._adds)
             calls = self._calls.setdefault(name, [])
             calls.append(len(calls))
             k = calls[-1]
@@ -202,6 +213,7 @@ class Tracer(TorchFunctionMode):
                 self._node(t).taps.append(Tap(name, "output", path, k))
             if self._stack and self._stack[-1] == name:
                 self._stack.pop()
+                self._starts.pop()
 
         return hook
 
@@ -248,6 +260,8 @@ class Tracer(TorchFunctionMode):
         except Exception as e:  # noqa: BLE001
             self.failed = e
             return func(*args, **kwargs)
+        if name in ADD_NAMES:
+            self._adds += 1
         out = func(*args, **kwargs)  # the model's own errors propagate untouched
         try:
             if name in NAN_PRONE and _prone(name, args, kwargs):
@@ -274,24 +288,60 @@ class Tracer(TorchFunctionMode):
         results = [t for _, t in iter_tensors(out, depth=2)]
         for t in results:
             self._new(t, parents, data, param_op)
-        if name in _ADD_NAMES and len(inputs) >= 2 and len(results) == 1:
+        if name in ADD_NAMES and len(inputs) >= 2 and len(results) == 1:
             sums = None if before is None else (*before, _sum_squares(results[0]))
             self._on_add(inputs[0], inputs[1], self._node(results[0]), sums)
 
     # -- classification --------------------------------------------------------------------
+    def residuals(self) -> list[Addition]:
+        """The residual additions, less those of a side input: a tensor added in several
+        blocks (edge features, a timestep or position embedding, GCNII's initial
+        representation) is no skip; a skip comes from the stream the block was given."""
+        return [a for a in self.additions if len(self._added_in.get(a.key, ())) < 2]
+
     def _on_add(self, a: _Node, b: _Node, result: _Node, sums: Any = None) -> None:
         if not (a.data and b.data and a.floating and b.floating and a.shape == b.shape):
             return
         if result.shape != a.shape:
             return
+        module = self._stack[-1] if self._stack else ""
+        where = (module, self._calls[module][-1] if module in self._calls else 0)
+        ordinal = self._adds - (self._starts[-1] if self._starts else 0)
+        for operand in (a, b):
+            self._added_in.setdefault(self._origin(operand).idx, set()).add(where)
         found = self._classify(a, b)
         if found is None:
             return
         kind, skip, branch, source = found
-        module = self._stack[-1] if self._stack else ""
         if sums is not None and skip is b:
             sums = (sums[1], sums[0], sums[2])
-        self.additions.append(Addition(module, kind, skip, branch, result, source, a.shape, sums))
+        key = self._origin(source).idx
+        self.additions.append(
+            Addition(
+                module,
+                kind,
+                skip,
+                branch,
+                result,
+                source,
+                a.shape,
+                sums,
+                key,
+                where[1],
+                ordinal,
+                skip is a,
+            )
+        )
+
+    def _origin(self, node: _Node) -> _Node:
+        """``node`` before parameter-free ops of one floating operand (scaling, slicing,
+        gathering, dropout): ``alpha * x0[:n]`` comes from ``x0``."""
+        while not node.param_op:
+            floating = [p for p in node.parents if self.nodes[p].floating]
+            if len(floating) != 1:
+                break
+            node = self.nodes[floating[0]]
+        return node
 
     def _classify(self, a: _Node, b: _Node) -> tuple[str, _Node, _Node, _Node] | None:
         for skip, branch in ((a, b), (b, a)):
@@ -372,7 +422,7 @@ def _sum_squares(t: torch.Tensor) -> torch.Tensor:
 def _operand_sums(name: str, tensors: list[torch.Tensor]) -> tuple[Any, Any] | None:
     """``(||a||^2, ||b||^2)`` of a same-shape floating addition, before it runs (an in-place
     ``a += b`` overwrites ``a``)."""
-    if name not in _ADD_NAMES or len(tensors) < 2:
+    if name not in ADD_NAMES or len(tensors) < 2:
         return None
     a, b = tensors[0], tensors[1]
     if not (a.is_floating_point() and b.is_floating_point() and a.shape == b.shape):

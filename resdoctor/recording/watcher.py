@@ -17,6 +17,13 @@ from resdoctor.recording.options import Options
 from resdoctor.recording.recorder import Recorder
 from resdoctor.recording.trace import Tracer
 
+COMPILED = (
+    "resdoctor: the model is torch.compile'd. Recorded: loss, per-module gradient and "
+    "parameter norms, update ratios, NaN/Inf in the model's inputs, output and gradients. Not "
+    "recorded: residual sites, activations and where inside the model a NaN was made (the "
+    "compiled graph runs no hooks). For those, watch the uncompiled model on a diagnostic run."
+)
+
 
 class Watcher:
     """Records training health of one model into a run file; see ``resdoctor.watch``.
@@ -76,6 +83,8 @@ class Watcher:
             rank=rank,
             world_size=world,
         )
+        if self.recorder.compiled and not quiet:
+            warnings.warn(COMPILED, stacklevel=2)
         self.context = Context(self.recorder, self.path, self.options)
         try:
             if world > 1:

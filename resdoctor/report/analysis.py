@@ -105,6 +105,31 @@ def coverage_notes(run: Run) -> list[str]:
     """What the run could not measure, said up front: residual sites found but never measured,
     and errors resdoctor caught while recording (a verdict is only as good as its signals)."""
     notes = []
+    if run.state.get("compiled"):
+        notes.append(
+            "torch.compile'd model: only its boundary was hooked (loss, gradients, updates, "
+            "NaN/Inf in its inputs and output); residual sites, activations and NaN origins "
+            "inside it were not recorded"
+        )
+    unseen = int(run.state.get("steps_without_forward") or 0)
+    if unseen:
+        notes.append(
+            f"{unseen} of {run.steps} steps ran no forward pass resdoctor could see (a model "
+            "compiled after watch() runs its hooks inside the compiled graph, where they are "
+            "skipped): watch the compiled module instead, or the uncompiled one"
+        )
+    if not len(run.sites) and not run.state.get("compiled"):
+        layers = list(run.state.get("layers") or [])
+        where = (
+            f"; over-smoothing was sampled at the outputs of its {len(layers)} repeated layers "
+            f"({layers[0]} .. {layers[-1]}) instead"
+            if layers
+            else ", nor was over-smoothing"
+        )
+        notes.append(
+            "no residual signals: no residual addition (skip + branch on the model's stream) "
+            "was found, so branch ratio, stream growth and gradient share were not measured" + where
+        )
     if len(run.sites):
         measured = run.measured("branch_ratio")  # a measured NaN counts as measured
         names = list(run.sites["name"])

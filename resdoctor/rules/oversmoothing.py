@@ -24,6 +24,7 @@ def oversmoothing(
     depth_rise: float = 0.1,
     min_sites: int = 2,
     min_rows: int = 2,
+    min_samples: int = 3,
 ) -> list[Finding]:
     """Similarity at the deepest site near 1 (and Dirichlet energy near 0), worse than at the
     first site.
@@ -39,10 +40,12 @@ def oversmoothing(
             smoothing that gets worse with depth, not similar inputs.
         min_sites: sites with a smoothing measurement needed.
         min_rows: consecutive measurements needed for the onset.
+        min_samples: measurements (steps sampled) needed at all: one sample of an untrained
+            model says nothing about training.
     """
     tl = timeline(run)
     sim = site_frame(run, "smoothing", tl).dropna(axis=1, how="all").dropna(how="all")
-    if sim.shape[1] < min_sites or sim.empty:
+    if sim.shape[1] < min_sites or len(sim) < max(min_samples, 1):
         return []
     en = site_frame(run, "smoothing_energy", tl)
     en = en.reindex(index=sim.index, columns=sim.columns)
@@ -81,7 +84,7 @@ def oversmoothing(
             location=collapse,
             phase="forward",
             evidence=evidence,
-            fixes=tuple(_fixes(run, list(sim.columns), collapse)),
+            fixes=tuple(_fixes(run, list(sim.columns), collapse, similarity)),
             rule="oversmoothing",
             thresholds={"similarity": similarity, "energy": energy, "depth_rise": depth_rise},
         )
@@ -92,7 +95,7 @@ def _num(x: Any) -> float | None:
     return sig(float(x), 3) if x is not None and np.isfinite(x) else None
 
 
-def _fixes(run: Run, sites: list[str], collapse: str) -> list[Fix]:
+def _fixes(run: Run, sites: list[str], collapse: str, similarity: float) -> list[Fix]:
     # residual sites name their owning blocks; a model without sites was sampled at its layers
     owners = [s["owner"] for s in site_dicts(run, sites)] or list(sites)
     blocks = sorted(set(owners), key=owners.index)
@@ -102,13 +105,31 @@ def _fixes(run: Run, sites: list[str], collapse: str) -> list[Fix]:
     cut = blocks.index(deep_owner) if deep_owner in blocks else len(blocks) - 1
     keep = max(1, cut)
     deep_sites = sites[sites.index(collapse) :]
+    shallower = fixes.reduce_depth(
+        blocks[keep:],
+        len(blocks),
+        keep,
+        f"Similarity passes the threshold at {collapse}: keep the first {keep} blocks.",
+    )
+    if run.architecture == "graph":  # message passing averages neighbours: GNN remedies
+        return [
+            fixes.initial_residual(deep_sites, alpha=0.1),
+            fixes.pairnorm(deep_sites, scale=1.0),
+            shallower,
+        ]
+    # attention / convolution / MLP stacks: rank collapse, countered by a dominant skip
+    records = site_dicts(run, deep_sites)
+    if not records:
+        return [shallower]
     return [
-        fixes.initial_residual(deep_sites, alpha=0.1),
-        fixes.pairnorm(deep_sites, scale=1.0),
-        fixes.reduce_depth(
-            blocks[keep:],
+        fixes.residual_scaling(
+            records,
             len(blocks),
-            keep,
-            f"Similarity passes the threshold at {collapse}: keep the first {keep} blocks.",
+            reason=(
+                f"Token/position similarity reaches {similarity:g} at {collapse}: the branches "
+                "overwrite the stream (rank collapse; Dong et al. 2021). Scaled branches keep "
+                "the skip, and with it the differences between positions, dominant."
+            ),
         ),
+        shallower,
     ]

@@ -3,6 +3,7 @@ the loss has not converged."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ def vanishing_gradients(
     converged_fraction: float = 0.05,
     min_modules: int = 4,
     min_rows: int = 3,
+    quiet_branch: float = 0.05,
 ) -> list[Finding]:
     """Per-parameter gradient RMS of the first quarter of layers (forward order) against the
     last quarter.
@@ -39,9 +41,12 @@ def vanishing_gradients(
             final level is at most this fraction of its initial level.
         min_modules: parameterised modules needed to compare early and late layers.
         min_rows: consecutive recorded steps below ``ratio`` for the onset.
+        quiet_branch: modules inside residual branches whose median branch ratio is below
+            this are left out: a zero-initialised or layer-scaled branch (gamma = 1e-6) scales
+            its own layers' gradients down by design, the stream's gradient does not vanish.
     """
     tl = timeline(run)
-    rms, early, late = _layer_rms(run, min_modules)
+    rms, early, late = _layer_rms(run, min_modules, _scaled_blocks(run, quiet_branch))
     rms = tl.healthy(rms)
     if rms.empty:
         return []
@@ -94,8 +99,23 @@ def vanishing_gradients(
     ]
 
 
-def _layer_rms(run: Run, min_modules: int) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Gradient RMS per parameter (step x module, forward order) and the early / late quarters."""
+def _scaled_blocks(run: Run, quiet: float) -> list[str]:
+    """Owners all of whose residual branches stay below ``quiet`` x the skip (median)."""
+    if not len(run.sites) or not run.has("branch_ratio"):
+        return []
+    ratio = run.series("branch_ratio").median()
+    owners: dict[str, bool] = {}
+    for site in run.site_records:
+        low = bool(ratio.get(site["name"], np.nan) < quiet)
+        owners[site["owner"]] = owners.get(site["owner"], True) and low
+    return [o for o, low in owners.items() if low and o]
+
+
+def _layer_rms(
+    run: Run, min_modules: int, scaled: Sequence[str] = ()
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Gradient RMS per parameter (step x module, forward order) and the early / late quarters;
+    modules inside the ``scaled`` blocks are left out."""
     mods = run.modules[
         (run.modules["params"] > 0)
         & (run.modules["order"] >= 0)
@@ -103,7 +123,8 @@ def _layer_rms(run: Run, min_modules: int) -> tuple[pd.DataFrame, list[str], lis
     ]
     mods = mods.sort_values("order")
     gn = run.series("grad_norm")
-    names = [n for n in mods["name"] if n in gn.columns]
+    inside = tuple(o + "." for o in scaled)
+    names = [n for n in mods["name"] if n in gn.columns and not n.startswith(inside)]
     if len(names) < min_modules:
         return pd.DataFrame(), [], []
     size = mods.set_index("name").loc[names, "params"].to_numpy(dtype=float)

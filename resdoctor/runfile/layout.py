@@ -99,6 +99,9 @@ class RunState(TypedDict, total=False):
     world_size: int
     path: str
     device: str
+    architecture: str  # "graph" | "transformer" | "convolutional" | "mlp" (optional)
+    compiled: bool  # watched a torch.compile'd module: only its boundary was hooked
+    steps_without_forward: int  # steps that stepped with no forward resdoctor saw
     options: dict[str, Any]
     steps: int
     modules: list[ModuleState]

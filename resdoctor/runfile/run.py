@@ -48,8 +48,23 @@ class Run:
             "world_size",
             "schema_version",
             "device",
+            "architecture",
         )
         return {k: self.state.get(k) for k in keys}
+
+    @property
+    def architecture(self) -> str:
+        """``graph``, ``transformer``, ``convolutional`` or ``mlp`` (what fixes fit it); files
+        written before it was recorded are judged by their module types."""
+        recorded = self.state.get("architecture")
+        if isinstance(recorded, str):
+            return recorded
+        types = " ".join(str(m.get("type", "")) for m in self.state["modules"]).lower()
+        if "gcn" in types or "gat" in types or "messagepassing" in types:
+            return "graph"
+        if "attention" in types:
+            return "transformer"
+        return "convolutional" if "conv" in types else "mlp"
 
     @property
     def world_size(self) -> int:

@@ -40,3 +40,37 @@ def test_real_residual_gcn_oversmooths(smooth_gcn):
 def test_healthy_runs_are_quiet(healthy, preact, zero_init):
     for run in (healthy, preact, zero_init):
         assert oversmoothing(run) == []
+
+
+def test_one_sample_is_not_enough():
+    """Issue 15: a stock ViT was flagged from one sample at step 10."""
+    collapsed = ([0.2, 0.5, 0.8, 0.97], [0.8, 0.5, 0.2, 0.02])
+    assert oversmoothing(_run(*collapsed, steps=2)) == []  # step 0 unmeasured: one sample
+    assert oversmoothing(_run(*collapsed, steps=3)) == []
+    assert oversmoothing(_run(*collapsed, steps=4))  # three samples
+    assert oversmoothing(_run(*collapsed, steps=2), min_samples=1)
+
+
+@pytest.mark.parametrize(
+    "module_type, codes",
+    [
+        ("GCNConv", ["initial-residual", "pairnorm", "reduce-depth"]),
+        ("ViTSelfAttention", ["residual-scaling", "reduce-depth"]),
+        ("Conv2d", ["residual-scaling", "reduce-depth"]),
+    ],
+)
+def test_fixes_fit_the_architecture(module_type, codes):
+    """No GNN remedies (initial residual, PairNorm) for a vision or language model."""
+    names = [f"s{i}" for i in range(4)]
+    sim, energy = [0.2, 0.5, 0.8, 0.97], [0.8, 0.5, 0.2, 0.02]
+    run = make_run(
+        10,
+        modules=[(n, module_type, 10) for n in names],
+        sites=names,
+        site_series={
+            "smoothing": {n: [None] + [v] * 9 for n, v in zip(names, sim)},
+            "smoothing_energy": {n: [None] + [v] * 9 for n, v in zip(names, energy)},
+        },
+    )
+    (f,) = oversmoothing(run)
+    assert [x.code for x in f.fixes] == codes
