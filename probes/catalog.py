@@ -274,6 +274,29 @@ _probe(
     scale=0.5,
 )
 
+_probe(
+    "llama-scale-dominance",
+    "hf",
+    "HF Llama (RMSNorm) scaling each branch by 8",
+    _t("branch-dominance oversmoothing"),
+    Recipe(steps=40, lr=3e-3, arch={"depth": 3, "residual_scale": 8.0}),
+    hf,
+    build=hf.llama,
+    remedy="residual-scaling",
+    scale=0.125,
+)
+_probe(
+    "llama-tinyscale-dead",
+    "hf",
+    "HF Llama (RMSNorm) scaling each branch by 1e-3 at a low LR: branches that never grow",
+    _t("dead-branch"),
+    Recipe(steps=60, lr=1e-4, arch={"depth": 3, "residual_scale": 1e-3}),
+    hf,
+    build=hf.llama,
+    remedy="residual-scaling",
+    scale=1.0,
+)
+
 # -- healthy controls (traps) -------------------------------------------------------------------
 _probe(
     "mlp-converged",
@@ -334,4 +357,13 @@ _probe(
     _t(),
     Recipe(steps=60, lr=1e-2, arch={"kind": "res", "depth": 8, "norm": True}),
     gnn,
+)
+_probe(
+    "llama-layerscale",
+    "hf",
+    "trap: HF Llama with learnable layer-scale 1e-3 on every branch, waking under AdamW",
+    _t(allow="dead-branch", traps="layer-scale"),  # measured low (0.02) but waking
+    Recipe(steps=80, lr=3e-3, arch={"depth": 3, "layer_scale": 1e-3}),
+    hf,
+    build=hf.llama,
 )

@@ -103,3 +103,61 @@ def bert(r: Recipe) -> Setup:
         for i, o in enumerate((f"{b}.attention.output", f"{b}.output")):
             taps.append(SiteTap(f"{o}#{i}", skip=At(o, "in", 1), result=At(f"{o}.LayerNorm", "in")))
     return Setup(model, data.tokens(seed=r.seed), data.cross_entropy, taps)
+
+
+class LayerScale(nn.Module):
+    """``gamma * x`` with a learnable per-channel gamma (CaiT / ConvNeXt layer-scale)."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        import torch
+
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: Any) -> Any:
+        return self.gamma * x
+
+
+def llama(r: Recipe) -> Setup:
+    """HF Llama (RMSNorm, pre-norm, SwiGLU; its RMSNorm's no-op ``.to(float32)`` once hid
+    every site). arch: depth, dim, heads, init_range, residual_scale (each branch's output
+    multiplied by a constant), layer_scale (a learnable layer-scale gamma initialised at it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    a: dict[str, Any] = {**DEFAULTS, **r.arch}
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=a["dim"],
+        intermediate_size=2 * a["dim"],
+        num_hidden_layers=a["depth"],
+        num_attention_heads=a["heads"],
+        num_key_value_heads=a["heads"],
+        max_position_embeddings=32,
+        initializer_range=a["init_range"],
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.config.use_cache = False
+    layers = [f"model.layers.{i}" for i in range(a["depth"])]
+    if a.get("layer_scale"):
+        for layer in model.model.layers:
+            layer.self_attn.o_proj = nn.Sequential(
+                layer.self_attn.o_proj, LayerScale(a["dim"], a["layer_scale"])
+            )
+            layer.mlp.down_proj = nn.Sequential(
+                layer.mlp.down_proj, LayerScale(a["dim"], a["layer_scale"])
+            )
+    if a.get("residual_scale", 1.0) != 1.0:
+        outs = [f"{b}.self_attn.o_proj" for b in layers] + [f"{b}.mlp.down_proj" for b in layers]
+        _scale_branches(model, outs, float(a["residual_scale"]))
+    taps = []
+    for b in layers:  # h = x + attn(norm1(x)); out = h + mlp(norm2(h))
+        taps += [
+            SiteTap(f"{b}#0", skip=At(b, "in"), result=At(f"{b}.post_attention_layernorm", "in")),
+            SiteTap(f"{b}#1", skip=At(f"{b}.post_attention_layernorm", "in"), result=At(b)),
+        ]
+    return Setup(
+        model, data.tokens(seed=r.seed), data.cross_entropy, taps, l1=float(a.get("l1", 0.0))
+    )
