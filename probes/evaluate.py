@@ -36,6 +36,16 @@ class Outcome:
     final_loss: float
     top_fix: dict[str, Any] | None
     seconds: float
+    root_cause: str | None = None  # the report's root cause code
+    primary: str | None = None  # the probe's own condition (its label's first code)
+    conflicts: list[str] = field(default_factory=list)  # fix parameters with two values
+
+    @property
+    def root_ok(self) -> bool | None:
+        """The report's root cause is the probe's primary condition (None for healthy)."""
+        if self.healthy or self.primary is None:
+            return None
+        return self.root_cause == self.primary
 
     @property
     def missed(self) -> list[str]:
@@ -105,9 +115,31 @@ def _finding_dict(f: Any) -> dict[str, Any]:
 
 
 def _diagnose(path: str) -> list[dict[str, Any]]:
+    return _report(path)[0]
+
+
+def _report(path: str) -> tuple[list[dict[str, Any]], str | None, dict[str, Any] | None, list[str]]:
+    """Findings, the root cause code, the plan's first fix and the fix-parameter conflicts."""
     import resdoctor
 
-    return [_finding_dict(f) for f in resdoctor.analyze(path).findings]
+    rep = resdoctor.analyze(path)
+    findings = [_finding_dict(f) for f in rep.findings]
+    top: dict[str, Any] | None = None
+    if rep.plan:
+        top = {"finding": rep.root_cause.code if rep.root_cause else None}
+        top.update({"code": rep.plan[0].code, "params": dict(rep.plan[0].params)})
+    return findings, rep.root_cause.code if rep.root_cause else None, top, conflicts(rep)
+
+
+def conflicts(rep: Any) -> list[str]:
+    """``code.param`` of every fix parameter that holds two different values in one report
+    (across the plan and every finding's fixes): there must be none."""
+    values: dict[str, set[str]] = {}
+    fixes = [*rep.plan, *(x for f in rep.findings for x in f.fixes)]
+    for fix in fixes:
+        for key, value in fix.params.items():
+            values.setdefault(f"{fix.code}.{key}", set()).add(repr(value))
+    return sorted(k for k, v in values.items() if len(v) > 1)
 
 
 def _found(findings: list[dict[str, Any]]) -> list[str]:
@@ -129,19 +161,12 @@ def _lead(findings: list[dict[str, Any]]) -> int | None:
     return int(fail["lead_steps"] or 0)
 
 
-def _top_fix(findings: list[dict[str, Any]]) -> dict[str, Any] | None:
-    for f in findings:  # worst first, as analyze() sorts them
-        if f["severity"] in FOUND and f["fixes"]:
-            return {"finding": f["code"], **f["fixes"][0]}
-    return None
-
-
 def evaluate_probe(probe: Probe, workdir: str, check_labels: bool = True) -> Outcome:
     """Record the probe under resdoctor, diagnose it, and (optionally) re-measure its label."""
     start = time.perf_counter()
     path = os.path.join(workdir, f"{probe.name}.pt")
     recorded = probe.record(path)
-    findings = _diagnose(path)
+    findings, root, top, clashes = _report(path)
     problems: list[str] = []
     measured: dict[str, dict[str, Any]] = {}
     loss = recorded.final_loss
@@ -173,8 +198,11 @@ def evaluate_probe(probe: Probe, workdir: str, check_labels: bool = True) -> Out
         problems,
         measured,
         loss,
-        _top_fix(findings),
+        top,
         time.perf_counter() - start,
+        root,
+        t.primary,
+        clashes,
     )
 
 
@@ -310,6 +338,9 @@ def summary(ev: Evaluation) -> dict[str, Any]:
         "mean_lead_steps": sum(leads) / len(leads) if leads else None,
         "lead_probes": len(leads),
         "label_problems": sum(bool(o.label_problems) for o in outs),
+        "root_cause_right": sum(bool(o.root_ok) for o in outs),
+        "root_cause_probes": sum(o.root_ok is not None for o in outs),
+        "fix_conflicts": sum(len(o.conflicts) for o in outs),
         "fixes_tried": len(ev.fixes),
         "fixes_applied": len(applied),
         "cured": sum(f.cured for f in ev.fixes),

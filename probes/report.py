@@ -41,14 +41,22 @@ def accuracy_table(ev: Evaluation) -> str:
                 o.family,
                 _codes(o.expect) if o.expect else "healthy",
                 _codes(o.found),
+                _root(o),
                 _loc(o),
                 lead,
                 verdict,
             ]
         )
     return _table(
-        ["probe", "family", "expected", "found", "localised exact", "lead", "result"], rows
+        ["probe", "family", "expected", "found", "root cause", "localised exact", "lead", "result"],
+        rows,
     )
+
+
+def _root(o: Any) -> str:
+    if o.root_ok is None:
+        return o.root_cause or "-"
+    return f"{o.root_cause or '-'} ({'right' if o.root_ok else 'label: ' + str(o.primary)})"
 
 
 def _pct(x: float | None) -> str:
@@ -124,6 +132,10 @@ def mismatches(ev: Evaluation) -> str:
                 f"- {o.probe}: false {code}, {_tool_says(o, code)} "
                 f"(measured {o.measured.get(code, {}).get('status', '?')}: {note})"
             )
+        if o.root_ok is False:
+            lines.append(f"- {o.probe}: root cause {o.root_cause}, label {o.primary}")
+        for clash in o.conflicts:
+            lines.append(f"- {o.probe}: fix parameter {clash} holds two values")
         if o.localised is False:
             t, got = o.onset or {}, o.located or {}
             lines.append(
@@ -146,11 +158,16 @@ def summary_text(ev: Evaluation) -> str:
             f"mean lead time, first warning -> first NaN/divergence: "
             f"{s['mean_lead_steps']:.1f} steps over {s['lead_probes']} failing runs"
         )
+    lines.append(
+        f"root cause = the probe's label: {s['root_cause_right']}/{s['root_cause_probes']} "
+        f"pathological probes; fix parameters with two values in one report: "
+        f"{s['fix_conflicts']}"
+    )
     if s["label_problems"]:
         lines.append(f"LABEL PROBLEMS: {s['label_problems']} probes (see --json)")
     if ev.fixes:
         lines.append(
-            f"top fix cures: {s['cured']}/{s['fixes_tried']} pathological probes "
+            f"first fix of the plan cures: {s['cured']}/{s['fixes_tried']} pathological probes "
             f"({_pct(s['cure_rate'])}; condition gone and final loss lower); applied "
             f"{s['fixes_applied']}; every expected code gone too: "
             f"{s['cured_all_codes']}"
@@ -195,6 +212,7 @@ def to_json(ev: Evaluation) -> dict[str, Any]:
             "missed": o.missed,
             "false": o.false,
             "localised": o.localised,
+            "root_ok": o.root_ok,
         }
         for o in ev.outcomes
     ]

@@ -111,16 +111,15 @@ def apply_fix(recipe: Recipe, fix: Any) -> Recipe:
 
 
 def top_fix(path: str) -> Any:
-    """The first fix of the worst finding of the run at ``path`` that the demo can apply."""
+    """The first fix of the report's plan, for the run at ``path``, that the demo can apply."""
     from resdoctor.report.analysis import analyze
 
-    for finding in analyze(path).findings:
-        for fix in finding.fixes:
-            try:
-                apply_fix(SICK, fix)
-            except (ValueError, KeyError, TypeError):
-                continue
-            return fix
+    for fix in analyze(path).plan:
+        try:
+            apply_fix(SICK, fix)
+        except (ValueError, KeyError, TypeError):
+            continue
+        return fix
     return None
 
 

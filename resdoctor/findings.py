@@ -44,6 +44,10 @@ class Finding:
     fixes: tuple[Fix, ...] = ()
     rule: str = ""
     thresholds: dict[str, Any] = field(default_factory=dict)
+    # the causal chain (report.diagnosis): findings that led here and that this led to, each
+    # {"code", "step", "location", "lead_steps"}
+    preceded_by: tuple[dict[str, Any], ...] = ()
+    leads_to: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,4 +62,6 @@ class Finding:
             "fixes": [f.to_dict() for f in self.fixes],
             "rule": self.rule,
             "thresholds": dict(self.thresholds),
+            "preceded_by": [dict(x) for x in self.preceded_by],
+            "leads_to": [dict(x) for x in self.leads_to],
         }

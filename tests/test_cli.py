@@ -41,16 +41,16 @@ def test_rich_output_has_verdict_findings_evidence_and_fixes(files):
     out = res.stdout
     for text in (
         "CRITICAL",
-        "nonfinite",
-        "exploding-gradients",
-        "b1.branch",
-        "evidence",
-        "lead_steps",
-        "fix 1:",
-        "clip_grad_norm_",
-        "timeline:",
+        "non-finite from step 20 in b1.branch (forward)",  # where it went non-finite
+        "Root cause  exploding-gradients",
+        "nonfinite@20",
+        "First fix  ",
+        "Timeline  exploding-gradients@10 -> loss-divergence@11 -> nonfinite@20",
     ):
         assert text in out, text
+    verbose = _invoke("analyze", files[0], "-v").stdout
+    for text in ("lead_steps", "Fix 2  ", "clip_grad_norm_", "timeline:"):
+        assert text in verbose, text
 
 
 def test_json_is_one_object_matching_the_schema(files):

@@ -21,6 +21,27 @@ def test_sick_demo_turns_to_nan_and_is_diagnosed_with_warning_signs_first(sick_p
     assert {"exploding-gradients", "loss-divergence"} <= set(rep.codes)
 
 
+def test_the_demo_report_fits_a_screen_and_opens_with_the_root_cause(sick_path):
+    """Issue 16: verdict, root cause, story, first fix with its snippet, the rest one line
+    each and the timeline, in at most 40 lines (it was 252)."""
+    from typer.testing import CliRunner
+
+    from resdoctor.cli.main import app
+
+    out = CliRunner().invoke(app, ["analyze", sick_path], env={"COLUMNS": "100"}).output
+    lines = out.rstrip("\n").splitlines()
+    assert len(lines) <= 40, out
+    rep = resdoctor.analyze(sick_path)
+    assert lines[2].startswith(f"Root cause  {rep.root_cause.code}")
+    assert "First fix  " + rep.plan[0].code in out and rep.plan[0].snippet.splitlines()[0] in out
+    assert "Timeline  " in out and "Also" in out
+    assert "{" not in out.split("Also")[1]  # no Python reprs (the snippet is above)
+    verbose = CliRunner().invoke(app, ["analyze", "-v", sick_path]).output
+    assert len(verbose.splitlines()) > len(lines) and all(f.code in verbose for f in rep.plan)
+    quiet = CliRunner().invoke(app, ["analyze", "-q", sick_path]).output.splitlines()
+    assert len(quiet) == 1 and quiet[0].startswith(f"CRITICAL {sick_path}: {rep.root_cause.code} ")
+
+
 def test_healthy_control_is_healthy(tmp_path):
     path = demo.record_demo(str(tmp_path / "ok.pt"), steps=20, healthy=True)
     assert path == str(tmp_path / "ok.pt")

@@ -26,6 +26,23 @@ app = typer.Typer(
 OPTIONAL_COMMANDS = ("probes.cli", "resdoctor.cli.attribute")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from resdoctor.version import __version__
+
+        typer.echo(f"resdoctor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """resdoctor: a training-health doctor for residual networks."""
+
+
 class FailOn(str, Enum):
     never = "never"
     info = "info"
@@ -55,6 +72,12 @@ def analyze(
     ),
     config: Path | None = typer.Option(None, "--config", help="TOML or JSON thresholds file."),
     snippets: bool = typer.Option(True, "--snippets/--no-snippets", help="Show fix code."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Every finding's evidence and every fix of the plan."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="One line per run: verdict and root cause (for scripts)."
+    ),
     wandb: bool = typer.Option(False, "--wandb", help="Attach the report to a W&B run."),
     wandb_project: str | None = typer.Option(None, "--wandb-project"),
     wandb_run_id: str | None = typer.Option(None, "--wandb-run-id"),
@@ -72,8 +95,13 @@ def analyze(
         _attach(reports, wandb_project, wandb_run_id)
     if as_json:
         typer.echo(json.dumps(_json(reports), allow_nan=False))
+    elif quiet:
+        from resdoctor.cli.render import one_line
+
+        for rep in reports:
+            typer.echo(one_line(rep))
     else:
-        _render_all(reports, snippets)
+        _render_all(reports, snippets, verbose)
     if fail_on is not FailOn.never and any(r.fails(fail_on.value) for r in reports):
         raise typer.Exit(1)
 
@@ -97,16 +125,18 @@ def _json(reports: list[Any]) -> dict[str, Any]:
     }
 
 
-def _render_all(reports: list[Any], snippets: bool) -> None:
+def _render_all(reports: list[Any], snippets: bool, verbose: bool = False) -> None:
+    """Several runs lead with what changed, then each report."""
     from resdoctor.cli import render as _render
     from resdoctor.report.compare import compare
 
     console = _console()
-    for rep in reports:
-        _render.report(console, rep, snippets=snippets)
-        console.print()
     for a, b in zip(reports, reports[1:], strict=False):
         _render.comparison(console, compare(a, b))
+        console.print()
+    for rep in reports:
+        _render.report(console, rep, snippets=snippets, verbose=verbose)
+        console.print()
 
 
 def _attach(reports: list[Any], project: str | None, run_id: str | None) -> None:

@@ -6,7 +6,6 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.padding import Padding
-from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
@@ -18,78 +17,144 @@ from resdoctor.report.compare import Comparison
 COLORS = {"healthy": "green", "info": "blue", "warning": "yellow", "critical": "red"}
 
 
-def report(console: Console, rep: Report, snippets: bool = True) -> None:
-    """Verdict, then findings by severity with evidence, location, step and fixes."""
-    color = COLORS[rep.verdict]
-    run = rep.run
-    head = Text.assemble(
-        (f" {rep.verdict.upper()} ", f"bold white on {color}"),
-        f"  {run.path or '<run>'}  ·  {run.steps} steps  ·  "
-        f"{len(run.sites)} residual sites  ·  {len(run.modules)} modules",
-    )
-    console.print(head)
+# the one parameter that says most about each fix, for the one-line "then" list
+KEY_PARAM = {
+    "lower-lr": ("factor", "x{}"),
+    "clip-gradients": ("max_norm", "max_norm {}"),
+    "lr-warmup": ("warmup_steps", "{} steps"),
+    "residual-scaling": ("scale", "alpha {}"),
+    "initial-residual": ("alpha", "alpha {}"),
+    "reduce-depth": ("depth", "to {} blocks"),
+}
+
+
+def report(console: Console, rep: Report, snippets: bool = True, verbose: bool = False) -> None:
+    """The verdict and where the run went non-finite; the root cause, its story and the first
+    fix of the plan (with its snippet); the other findings one line each; the timeline. With
+    ``verbose``: every finding's evidence and every fix of the plan."""
+    console.print(_header(rep))
     if not rep.findings:
         console.print(Text("No findings: training looks healthy.", style="green"))
-    for severity in ("critical", "warning", "info"):
-        for finding in rep.by_severity(severity):
-            console.print(_finding(finding, snippets))
+    elif rep.root_cause is not None:
+        _root_and_plan(console, rep, snippets, verbose)
+        _others(console, rep, verbose)
+    if len(rep.chain) > 1:  # the causal chain, compact (the note with locations: -v)
+        chain = " -> ".join(f"{f.code}@{f.step}" for f in rep.chain if f.step is not None)
+        console.print(Text.assemble(("Timeline  ", "bold"), chain))
     for note in rep.notes:
-        style = "bold" if note.startswith("timeline:") else "dim"
-        console.print(Text(f"· {note}", style=style))
+        if note.startswith("timeline:"):
+            if verbose:
+                console.print(Text(f"· {note}", style="dim"))
+        elif verbose or not _routine(note):
+            console.print(Text(f"· {note}", style="dim"))
 
 
-def _finding(f: Finding, snippets: bool) -> Panel:
-    color = COLORS[f.severity]
-    where = Table.grid(padding=(0, 2))
-    where.add_row(
-        "step",
-        str(f.step) if f.step is not None else "-",
-        "location",
-        f.location or "-",
-        "phase",
-        f.phase or "-",
+def _root_and_plan(console: Console, rep: Report, snippets: bool, verbose: bool) -> None:
+    root = rep.root_cause
+    assert root is not None
+    console.print(
+        Text.assemble(
+            ("Root cause  ", "bold"),
+            (root.code, f"bold {COLORS[root.severity]}"),
+            f"  {_when_where(root)}",
+        )
     )
-    parts: list[Any] = [where, Text(f.message)]
-    if f.evidence:
-        parts.append(_evidence(f.evidence))
-    for i, fix in enumerate(f.fixes):
-        parts.append(_fix(i + 1, fix, snippets and i == 0))  # the JSON has every snippet
-    return Panel(
-        Group(*parts),
-        title=Text(f"{f.severity} · {f.code}", style=f"bold {color}"),
-        subtitle=Text(f.title),
-        title_align="left",
-        border_style=color,
+    # the story opens with the root cause's title
+    console.print(Padding(Text(rep.story or root.title), (0, 0, 0, 2)))
+    if verbose:
+        console.print(Padding(Text(root.message), (0, 0, 0, 2)))
+        if root.evidence:
+            console.print(Padding(_evidence(root.evidence), (0, 0, 0, 2)))
+    if not rep.plan:
+        return
+    console.print(_fix("First fix", rep.plan[0], snippets, brief=not verbose))
+    rest = rep.plan[1:]
+    if rest and not verbose:
+        console.print(Text.assemble(("Then  ", "bold"), " · ".join(_fix_line(f) for f in rest)))
+    for i, fix in enumerate(rest if verbose else ()):
+        console.print(_fix(f"Fix {i + 2}", fix, snippets))
+
+
+def _others(console: Console, rep: Report, verbose: bool) -> None:
+    others = [f for f in rep.findings if f is not rep.root_cause]
+    if others:
+        console.print(Text("Also", style="bold"))
+    for f in others:
+        console.print(_finding_line(f))
+        if verbose:
+            console.print(Padding(Text(f.message), (0, 0, 0, 4)))
+            if f.evidence:
+                console.print(Padding(_evidence(f.evidence), (0, 0, 0, 4)))
+
+
+def one_line(rep: Report) -> str:
+    """``-q``: the verdict and the root cause, for scripts."""
+    head = f"{rep.verdict.upper()} {rep.run.path or '<run>'}"
+    root = rep.root_cause
+    if root is None:
+        return head
+    first = f"; first fix: {_fix_line(rep.plan[0])}" if rep.plan else ""
+    return f"{head}: {root.code} {_when_where(root)}: {root.title}{first}"
+
+
+def _routine(note: str) -> bool:
+    """Notes that only say a rule had nothing to read (shown with -v)."""
+    return ": skipped, needs " in note or note.endswith(": disabled")
+
+
+def _header(rep: Report) -> Text:
+    run = rep.run
+    steps = f"{run.steps} steps"
+    if rep.failure is not None:
+        where = rep.failure.get("location")
+        phase = rep.failure.get("phase")
+        at = f" in {where}" if where else ""
+        at += f" ({phase})" if phase else ""
+        steps += f", {rep.healthy_steps} healthy; non-finite from step {rep.failure['step']}{at}"
+    return Text.assemble(
+        (f" {rep.verdict.upper()} ", f"bold white on {COLORS[rep.verdict]}"),
+        f"  {run.path or '<run>'}  ·  {steps}  ·  "
+        f"{len(run.sites)} residual sites  ·  {len(run.modules)} modules",
     )
 
 
-def _evidence(evidence: dict[str, Any]) -> Table:
-    table = Table(
-        show_header=False,
-        box=None,
-        padding=(0, 1),
-        title="evidence",
-        title_justify="left",
-        title_style="bold",
+def _when_where(f: Finding) -> str:
+    bits: list[str] = [f.severity]
+    if f.step is not None:
+        bits.append(f"step {f.step}")
+    if f.location:
+        bits.append(f"in {f.location}" + (f" ({f.phase})" if f.code == "nonfinite" else ""))
+    return " · ".join(bits)
+
+
+def _finding_line(f: Finding) -> Text:
+    after = ""
+    if f.preceded_by:
+        cause = f.preceded_by[0]
+        lead = cause.get("lead_steps")
+        after = f"  <- {cause['code']}" + (f" (+{lead} steps)" if lead else "")
+    at = f"@{f.step}" if f.step is not None else ""
+    return Text.assemble(
+        "  ",
+        (f"{f.severity:<8}", COLORS[f.severity]),
+        (f" {f.code}{at}", "bold"),
+        f"  {f.title}",
+        (after, "dim"),
     )
-    table.add_column(style="cyan", no_wrap=True)
-    table.add_column()
-    for key, value in evidence.items():
-        if key == "sequence":
-            value = " -> ".join(f"{s['code']}@{s['step']}" for s in value)
-        table.add_row(key, _short(value))
-    return table
 
 
-def _short(value: Any, limit: int = 160) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _fix_line(fix: Fix) -> str:
+    key = KEY_PARAM.get(fix.code)
+    if key and fix.params.get(key[0]) is not None:
+        return f"{fix.code} ({key[1].format(num(fix.params[key[0]]))})"
+    return fix.code
 
 
-def _fix(n: int, fix: Fix, snippet: bool) -> Group:
+def _fix(label: str, fix: Fix, snippet: bool, brief: bool = False) -> Group:
+    detail = first_sentences(fix.detail) if brief else fix.detail
     lines: list[Any] = [
-        Text.assemble((f"fix {n}: ", "bold"), (fix.code, "bold magenta"), f"  {fix.title}"),
-        Padding(Text(fix.detail, style="dim"), (0, 0, 0, 2)),
+        Text.assemble((f"{label}  ", "bold"), (fix.code, "bold magenta"), f"  {fix.title}"),
+        Padding(Text(detail), (0, 0, 0, 2)),
     ]
     if snippet and fix.snippet:
         lines.append(
@@ -99,6 +164,51 @@ def _fix(n: int, fix: Fix, snippet: bool) -> Group:
             )
         )
     return Group(*lines)
+
+
+def _evidence(evidence: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="cyan", no_wrap=True)
+    table.add_column()
+    for key, value in evidence.items():
+        if key == "sequence":
+            value = " -> ".join(f"{s['code']}@{s['step']}" for s in value)
+        table.add_row(key, _short(show(value)))
+    return table
+
+
+def first_sentences(text: str, limit: int = 160) -> str:
+    """The opening sentences of ``text`` that fit ``limit`` characters (at least one)."""
+    out = ""
+    for sentence in text.replace(". ", ".\n").splitlines():
+        if out and len(out) + len(sentence) + 1 > limit:
+            break
+        out = f"{out} {sentence}".strip()
+    return out
+
+
+def num(x: Any) -> str:
+    """A number to 3 significant digits (ints as they are)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.3g}"
+
+
+def show(value: Any) -> str:
+    """Evidence as text people read: numbers to 3 significant digits, no Python reprs."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {show(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(show(v) for v in value)
+    if value is None:
+        return "-"
+    return num(value)
+
+
+def _short(value: str, limit: int = 160) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 def comparison(console: Console, cmp: Comparison) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resdoctor.findings import Fix
-from resdoctor.fixes.snippets import REPLACE_MODULE, branch_taps, names_literal, short_list, sig
+from resdoctor.fixes.snippets import branch_taps, names_literal, short_list, sig
 
 NORM_TYPES = (
     "LayerNorm",
@@ -22,47 +22,19 @@ NORM_TYPES = (
     "InstanceNorm3d",
 )
 
-WRAPPER = '''
-class BranchWrapper(nn.Module):
-    """Applies ``post`` to a residual branch's output (element ``index`` of a tuple output)."""
-
-    def __init__(self, inner: nn.Module, post: nn.Module, index: int | None = None) -> None:
-        super().__init__()
-        self.inner, self.post, self.index = inner, post, index
-
-    def forward(self, *args, **kwargs):
-        out = self.inner(*args, **kwargs)
-        if self.index is None:
-            return self.post(out)
-        out = list(out)
-        out[self.index] = self.post(out[self.index])
-        return tuple(out)
-'''.strip()
-
-SCALE = '''
-class Scale(nn.Module):
-    """Multiplies by alpha: learnable (SkipInit / ReZero) or fixed."""
-
-    def __init__(self, alpha: float, learnable: bool = True) -> None:
-        super().__init__()
-        value = torch.tensor(float(alpha))
-        if learnable:
-            self.alpha = nn.Parameter(value)
-        else:
-            self.register_buffer("alpha", value)
-
-    def forward(self, x):
-        return self.alpha * x
-'''.strip()
-
 ADD_NEW_PARAMS = (
     "if new_params:  # the wrappers' parameters are new: give them to the optimizer\n"
     '    optimizer.add_param_group({"params": new_params})\n'
 )
 
 
-def _header() -> str:
-    return "import torch\nfrom torch import nn\n\n\n" + WRAPPER + "\n\n\n" + REPLACE_MODULE
+HELPERS = "from resdoctor.fixes.helpers import {}\n"  # real modules: a snippet stays short
+
+
+def _header(*names: str) -> str:
+    return "from torch import nn\n\n" + HELPERS.format(
+        ", ".join(names or ("BranchWrapper", "replace_module"))
+    )
 
 
 def residual_scaling(
@@ -82,12 +54,18 @@ def residual_scaling(
     taps = [(m, i) for _, m, i in branch_taps(sites)]
     blocks = list(dict.fromkeys(str(s.get("owner", "")) for s in sites))
     alpha, formula = _alpha(n, deep_alpha, post_norm, branch_ratio, growth)
-    head = f"\n\n\n{SCALE}\n\n\nALPHA = {alpha}  # {formula}, N = {n} residual branches\n"
+    head = f"\nALPHA = {alpha}  # N = {n} branches; derivation: see the fix's detail\n"
     if taps:
-        snippet = _header() + head + _wrap_branches(taps, deep_beta if post_norm else None)
+        snippet = (
+            _header("BranchWrapper", "Scale", "replace_module")
+            + head
+            + _wrap_branches(taps, deep_beta if post_norm else None)
+        )
     else:  # no module output carries the branch: edit the blocks' forward by hand
         snippet = (
-            "import torch\nfrom torch import nn" + head + f"BLOCKS = {names_literal(blocks)}\n"
+            "from resdoctor.fixes.helpers import Scale\n"
+            + head
+            + f"BLOCKS = {names_literal(blocks)}\n"
             "# in each block: self.scale = Scale(ALPHA) in __init__, and in forward\n"
             "#     x = x + self.scale(branch(x))     instead of x + branch(x)\n"
         )
@@ -156,6 +134,15 @@ def _wrap_branches(taps: list[tuple[str, int | None]], beta: float | None) -> st
             f"        if p.dim() > 1:\n            p.data.mul_({beta})\n"
         )
     )
+    if beta is None and all(i is None for _, i in taps):  # the common case, in 4 lines
+        return (
+            f"BRANCHES = {names_literal(entries)}\n"
+            "scales = [Scale(ALPHA) for _ in BRANCHES]\n"
+            "for name, scale in zip(BRANCHES, scales):\n"
+            "    branch = model.get_submodule(name)\n"
+            "    replace_module(model, name, BranchWrapper(branch, scale))\n"
+            'optimizer.add_param_group({"params": [s.alpha for s in scales]})\n'
+        )
     return (
         f"BRANCHES = {names_literal(entries)}\n"
         "new_params = []\n"
@@ -177,7 +164,7 @@ def add_normalization(
 ) -> Fix:
     """Normalise each branch output (LayerNorm over features; BatchNorm2d for feature maps), or
     with ``before_activation`` the input of each branch's last activation."""
-    entries, names = [], []
+    entries, names, norms = [], [], []
     for site, module, index in branch_taps(sites):
         shape = list(site.get("shape") or [])
         if len(shape) == 4:
@@ -188,10 +175,14 @@ def add_normalization(
             continue
         entries.append(f"    ({module!r}, {index!r}, {norm}),\n")
         names.append(module)
+        norms.append((norm, index))
+    if len(set(norms)) == 1 and norms[0][1] is None:  # one norm for every branch: a loop
+        loop = f"for name in {names_literal(names)}:\n    index, norm = None, {norms[0][0]}\n"
+    else:
+        loop = "for name, index, norm in [\n" + "".join(entries) + "]:\n"
     body = (
-        "\n\n\nnew_params = []\nfor name, index, norm in [\n"
-        + "".join(entries)
-        + "]:\n"
+        "\nnew_params = []\n"
+        + loop
         + (_BEFORE_ACTIVATION if before_activation else _AFTER_BRANCH)
         + ADD_NEW_PARAMS
     )
@@ -375,7 +366,7 @@ def guard_op(
 def reduce_depth(blocks: Sequence[str], depth: int, keep: int, reason: str) -> Fix:
     """Drop ``blocks`` (residual blocks whose branch adds ~nothing): ``keep`` of ``depth`` stay."""
     snippet = (
-        "from torch import nn\n\n\n" + REPLACE_MODULE + "\n\n\n"
+        "from torch import nn\n\nfrom resdoctor.fixes.helpers import replace_module\n\n"
         f"for name in {names_literal(list(blocks))}:\n"
         "    # an identity-skip block whose branch adds ~0 computes ~x: drop it\n"
         "    replace_module(model, name, nn.Identity())\n"
@@ -389,22 +380,11 @@ def reduce_depth(blocks: Sequence[str], depth: int, keep: int, reason: str) -> F
     )
 
 
-LAYER_NORM_FOR = '''
-def norm_for(layer: nn.Module) -> nn.Module:
-    """BatchNorm2d after a convolution, LayerNorm after a linear layer."""
-    if isinstance(layer, nn.Conv2d):
-        return nn.BatchNorm2d(layer.out_channels)
-    if isinstance(layer, nn.Linear):
-        return nn.LayerNorm(layer.out_features)
-    raise TypeError(f"pick a normalisation for {type(layer).__name__} by hand")
-'''.strip()
-
-
 def add_normalization_layers(layers: Sequence[str], types: Sequence[str]) -> Fix:
     """Normalise the output of plain layers (LayerNorm after Linear, BatchNorm2d after Conv2d)."""
     usable = [n for n, t in zip(layers, types, strict=False) if t in ("Linear", "Conv2d")]
     snippet = (
-        "from torch import nn\n\n\n" + REPLACE_MODULE + "\n\n\n" + LAYER_NORM_FOR + "\n\n\n"
+        "from torch import nn\n\nfrom resdoctor.fixes.helpers import norm_for, replace_module\n\n"
         "new_params = []\n"
         f"for name in {names_literal(usable)}:\n"
         "    layer = model.get_submodule(name)\n"
@@ -428,14 +408,7 @@ def add_normalization_layers(layers: Sequence[str], types: Sequence[str]) -> Fix
 def add_residual(layers: Sequence[str]) -> Fix:
     """Wrap shape-preserving layers as ``x + layer(x)`` (He et al. 2016)."""
     snippet = (
-        "from torch import nn\n\n\n" + REPLACE_MODULE + "\n\n\n"
-        "class Residual(nn.Module):\n"
-        '    """x + inner(x): an identity path for the gradient."""\n\n'
-        "    def __init__(self, inner: nn.Module) -> None:\n"
-        "        super().__init__()\n"
-        "        self.inner = inner\n\n"
-        "    def forward(self, x):\n"
-        "        return x + self.inner(x)\n\n\n"
+        "from torch import nn\n\nfrom resdoctor.fixes.helpers import Residual, replace_module\n\n"
         f"for name in {names_literal(list(layers))}:\n"
         "    layer = model.get_submodule(name)\n"
         "    square = (isinstance(layer, nn.Linear) and layer.in_features == layer.out_features)"

@@ -36,15 +36,6 @@ def short_list(names: Sequence[str], limit: int = 6) -> str:
     return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
-REPLACE_MODULE = '''
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Swap the submodule at dotted path ``name`` for ``new``."""
-    parent, _, child = name.rpartition(".")
-    holder = model.get_submodule(parent) if parent else model
-    setattr(holder, child, new)
-'''.strip()
-
-
 def branch_taps(sites: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str, int | None]]:
     """(site, module, output index) of each site whose branch tensor is a module's output."""
     out: list[tuple[dict[str, Any], str, int | None]] = []

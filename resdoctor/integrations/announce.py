@@ -51,8 +51,12 @@ class Announcer:
         except Exception as e:  # noqa: BLE001 - a verdict is a courtesy, never an error
             ctx.record_error("announce", e)
             return
-        worst = report.findings[0] if report.findings else None
-        where = f": {worst.title}" if worst is not None and report.verdict != "healthy" else ""
+        root = report.root_cause
+        where = ""
+        if root is not None and report.verdict != "healthy":
+            where = f": {root.title}" + (
+                f"; first fix: {report.plan[0].code}" if report.plan else ""
+            )
         level = logging.INFO if report.verdict == "healthy" else logging.WARNING
         LOGGER.log(
             level,

@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from resdoctor.findings import SEVERITY_RANK, Finding
+from resdoctor.findings import SEVERITY_RANK, Finding, Fix
+from resdoctor.report.diagnosis import diagnose
 from resdoctor.runfile.run import Run
 from resdoctor.version import __version__
 
@@ -17,11 +18,24 @@ VERDICTS = ("healthy", "warning", "critical")
 
 @dataclass(frozen=True)
 class Report:
-    """Findings of every rule on one run, worst first."""
+    """Findings of every rule on one run: the root cause and its consequences first, then the
+    rest worst first; the story and the fix plan (see ``report.diagnosis``)."""
 
     run: Run
     findings: tuple[Finding, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. rules skipped for missing signals
+    root_cause: Finding | None = None
+    story: str = ""
+    plan: tuple[Fix, ...] = ()
+    chain: tuple[Finding, ...] = ()  # root cause and what it led to, by onset
+    failure: dict[str, Any] | None = None  # where the run first went non-finite
+
+    @property
+    def healthy_steps(self) -> int:
+        """Steps before the first non-finite value (every step when there is none)."""
+        if self.failure is None:
+            return self.run.steps
+        return min(int(self.failure["step"]), self.run.steps)
 
     @property
     def verdict(self) -> str:
@@ -57,6 +71,11 @@ class Report:
                 "findings": [f.to_dict() for f in self.findings],
                 "notes": list(self.notes),
                 "counts": {s: len(self.by_severity(s)) for s in ("critical", "warning", "info")},
+                "root_cause": self.root_cause.to_dict() if self.root_cause else None,
+                "story": self.story,
+                "plan": [f.to_dict() for f in self.plan],
+                "healthy_steps": self.healthy_steps,
+                "failure": self.failure,
             }
         )
 
@@ -90,15 +109,35 @@ def analyze(run: Run | str | os.PathLike[str], **kwargs: Any) -> Report:
 
     Keyword arguments tune thresholds (``**{"exploding-gradients.surge_factor": 20}`` or
     ``exploding_gradients={"surge_factor": 20}``) or name a ``config`` file / mapping; see
-    ``resdoctor.rules``. Findings come worst first, then by onset step.
+    ``resdoctor.rules``. The root cause and its consequences come first (by onset), then the
+    other findings worst first; ``report.plan`` is the one fix plan.
     """
     if not isinstance(run, Run):
         run = Run.load(run)
-    from resdoctor.rules import run_rules
+    from resdoctor.rules import run_rules, timeline
 
     findings, notes = run_rules(run, **kwargs)
     findings.sort(key=_order)
-    return Report(run, tuple(findings), tuple(coverage_notes(run) + notes))
+    d = diagnose(findings, run.architecture, run.steps)
+    tl = timeline(run)
+    failure = None
+    if tl.failure_step is not None:
+        at = tl.failure or {}
+        failure = {
+            "step": int(tl.failure_step),
+            "location": at.get("module"),
+            "phase": at.get("phase"),
+        }
+    return Report(
+        run,
+        d.findings,
+        tuple(coverage_notes(run) + notes),
+        d.root_cause,
+        d.story,
+        d.plan,
+        d.chain,
+        failure,
+    )
 
 
 def coverage_notes(run: Run) -> list[str]:

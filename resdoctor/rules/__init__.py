@@ -32,6 +32,7 @@ __all__ = [
     "rules",
     "run_rules",
     "settings",
+    "timeline",
 ]
 
 

@@ -72,14 +72,15 @@ def activation_growth(
         "fraction_of_steps": sig(float(hot.mean()), 3),
         "largest_jump_site": location,
     }
-    severe = worst >= critical_total or tl.failure_step is not None
+    severe = worst >= critical_total  # its own threshold, not the run's fate
     return [
         Finding(
             code="activation-growth",
             severity="critical" if severe else "warning",
-            title=(
+            title=(  # the worst total, which sets the severity, is in the title too
                 f"Residual stream grows x{at['factor']:.3g} per block "
-                f"({at['total']:.3g}x over depth)"
+                f"({at['total']:.3g}x over depth"
+                + (f", up to {worst:.3g}x)" if worst > 1.5 * at["total"] else ")")
             ),
             message=(
                 f"At step {onset} the stream RMS rises from {row.iloc[0]:.3g} at "

@@ -49,7 +49,7 @@ def branch_dominance(
     onsets = {c: int(above.index[above[c].to_numpy()][0]) for c in hit}
     first = min(hit, key=lambda c: (onsets[c], -float(br[c].max())))
     medians = br[hit].median()
-    severe = float(medians.max()) >= critical_ratio or tl.failure_step is not None
+    severe = float(medians.max()) >= critical_ratio  # its own threshold, not the run's fate
     evidence: dict[str, Any] = {
         "sites": hit,
         "median_ratio": compact(medians.to_dict()),
@@ -66,9 +66,10 @@ def branch_dominance(
             severity="critical" if severe else "warning",
             title=f"Residual branches dominate the skip path in {len(hit)} of {n} sites",
             message=(
-                f"||F(x)||/||x|| exceeds {ratio:g} at {short_list(hit, 4)}; {first} drifted "
-                f"first, at step {onsets[first]}. The identity highway is lost, so signals and "
-                "gradients are multiplied block after block."
+                f"||F(x)||/||x|| rises above {ratio:g} at {short_list(hit, 4)} (median "
+                f"{float(medians.max()):.3g}, max {float(br[hit].max().max()):.3g}); {first} "
+                f"drifted first, at step {onsets[first]}. The identity highway is lost, so "
+                "signals and gradients are multiplied block after block."
             ),
             step=onsets[first],
             location=first,

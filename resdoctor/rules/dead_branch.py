@@ -153,7 +153,8 @@ def _fixes(run: Run, dead: list[str], zero: bool) -> list[Fix]:
         and not (s.get("result") or {}).get("path")
     ]
     removable = sorted(set(removable), key=removable.index)
-    if removable:  # only once reviving them failed: a dead block is wasted depth
+    # only once reviving them failed: a dead block is wasted depth (never a cut below 2 blocks)
+    if removable and n - len(removable) >= 2:
         revive.append(
             fixes.reduce_depth(
                 removable, n, n - len(removable), "If they stay dead, their branches add ~nothing."

@@ -60,8 +60,9 @@ def exploding_gradients(
         onset = int(g.index[np.argmax(g.to_numpy() >= g.iloc[:k].median() * np.sqrt(growth))])
         peak = first_ratio = growth
     first_module, per_module = _modules(run, tl, onset, window, min_history, surge_factor)
+    # critical only past its own threshold: a precursor of a failure is not the failure
     failed = tl.failure_step is not None
-    severe = failed or peak >= critical_factor or growth >= critical_factor
+    severe = peak >= critical_factor or growth >= critical_factor
     evidence: dict[str, Any] = {
         "onset_step": onset,
         "grad_norm_at_onset": sig(float(g.loc[onset]), 3),
@@ -79,7 +80,8 @@ def exploding_gradients(
         Finding(
             code="exploding-gradients",
             severity="critical" if severe else "warning",
-            title=f"Gradient norm {kind} {times} at step {onset}",
+            title=f"Gradient norm {kind} {times} at step {onset}"  # the peak sets the severity
+            + (f", up to {peak:.3g}x" if peak > 1.5 * first_ratio else ""),
             message=(
                 f"The global gradient norm {kind} to {g.loc[onset]:.3g} at step {onset} "
                 f"({times} its recent level{where}); {len(surges)} surge step(s), up to "

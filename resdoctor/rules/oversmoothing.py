@@ -105,22 +105,29 @@ def _fixes(run: Run, sites: list[str], collapse: str, similarity: float) -> list
     cut = blocks.index(deep_owner) if deep_owner in blocks else len(blocks) - 1
     keep = max(1, cut)
     deep_sites = sites[sites.index(collapse) :]
-    shallower = fixes.reduce_depth(
-        blocks[keep:],
-        len(blocks),
-        keep,
-        f"Similarity passes the threshold at {collapse}: keep the first {keep} blocks.",
+    # a cut to fewer than 2 blocks is no model: then no depth cut is offered
+    shallower = (
+        [
+            fixes.reduce_depth(
+                blocks[keep:],
+                len(blocks),
+                keep,
+                f"Similarity passes the threshold at {collapse}: keep the first {keep} blocks.",
+            )
+        ]
+        if 2 <= keep < len(blocks)
+        else []
     )
     if run.architecture == "graph":  # message passing averages neighbours: GNN remedies
         return [
             fixes.initial_residual(deep_sites, alpha=0.1),
             fixes.pairnorm(deep_sites, scale=1.0),
-            shallower,
+            *shallower,
         ]
     # attention / convolution / MLP stacks: rank collapse, countered by a dominant skip
     records = site_dicts(run, deep_sites)
     if not records:
-        return [shallower]
+        return shallower
     return [
         fixes.residual_scaling(
             records,
@@ -131,5 +138,5 @@ def _fixes(run: Run, sites: list[str], collapse: str, similarity: float) -> list
                 "the skip, and with it the differences between positions, dominant."
             ),
         ),
-        shallower,
+        *shallower,
     ]

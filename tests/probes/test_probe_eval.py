@@ -125,3 +125,20 @@ def test_known_remedy_cures_a_dead_branch_probe(tmp_path):
     cure = verify_remedy(probe, out, str(tmp_path))
     assert cure is not None and cure.code == "add-normalization" and cure.applied
     assert cure.remaining == [] and cure.loss_after < cure.loss_before and cure.cured
+
+
+def test_root_cause_is_the_label_and_no_fix_parameter_has_two_values(fast_eval):
+    """Issue 16 on the fast probes (every probe: the slow test below and `probes eval`)."""
+    ev, _ = fast_eval
+    assert {o.probe: o.conflicts for o in ev.outcomes if o.conflicts} == {}
+    wrong = {o.probe: (o.root_cause, o.primary) for o in ev.outcomes if o.root_ok is False}
+    assert wrong == {}
+    assert all(o.root_cause is None for o in ev.outcomes if o.healthy)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PROBES_ALL"), reason="set PROBES_ALL=1 (about 2 min)")
+@pytest.mark.parametrize("name", [n for n in probes.names() if n not in probes.names(fast=True)])
+def test_every_other_report_has_one_value_per_fix_parameter(name, tmp_path):
+    out = evaluate_probe(probes.get(name), str(tmp_path), check_labels=False)
+    assert out.conflicts == []

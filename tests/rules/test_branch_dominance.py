@@ -49,7 +49,8 @@ def test_drift_into_a_nan_is_caught_and_the_first_drifter_named():
         events=[{"step": 19, "module": "a.branch", "phase": "forward"}],
     )
     (f,) = branch_dominance(run)
-    assert f.location == "a" and f.step == 15 and f.severity == "critical"
+    # a warning: its median (0.5) is far below critical_ratio; the NaN after it is its own finding
+    assert f.location == "a" and f.step == 15 and f.severity == "warning"
     assert set(f.evidence["sites"]) == {"a", "b"}
 
 
