@@ -102,6 +102,7 @@ class Recorder:
             "path": str(path),
             "device": str(next(model.parameters()).device) if groups else "cpu",
             "architecture": architecture(inner or model),
+            "optimizers": [type(o).__name__ for o in self.optimizers],
             "compiled": self.compiled,
         }
         self.journal = Journal(

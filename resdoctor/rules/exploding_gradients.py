@@ -53,11 +53,17 @@ def exploding_gradients(
     growth = float(g.iloc[-k:].median() / g.iloc[:k].median()) if len(g) >= 2 * k else 1.0
     if surges.empty and growth < growth_factor:
         return []
+    # unbounded growth starts where the norm first stands surge_factor x its early level (a
+    # slow climb has no surge step, and its midpoint would be late)
+    grown = g.to_numpy() >= g.iloc[:k].median() * min(surge_factor, np.sqrt(growth))
+    grew_at = int(g.index[np.argmax(grown)]) if growth >= growth_factor else None
     if not surges.empty:
         onset = int(surges.index[0])
         peak, first_ratio = float(surges.max()), float(surges.iloc[0])
+        if grew_at is not None and grew_at < onset:
+            onset, first_ratio = grew_at, float(g.loc[grew_at] / g.iloc[:k].median())
     else:
-        onset = int(g.index[np.argmax(g.to_numpy() >= g.iloc[:k].median() * np.sqrt(growth))])
+        onset = int(grew_at if grew_at is not None else g.index[0])
         peak = first_ratio = growth
     first_module, per_module = _modules(run, tl, onset, window, min_history, surge_factor)
     # critical only past its own threshold: a precursor of a failure is not the failure
@@ -122,10 +128,23 @@ def _modules(
     return str(candidates.idxmax()), compact(at.to_dict(), 5)
 
 
+# optimizers whose step divides by a running gradient scale: clipping the norm is largely
+# normalised away, the learning rate is what sets the step
+ADAPTIVE = (
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "Adamax",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "Adafactor",
+)
+
+
 def _fixes(run: Run, tl: Timeline, onset: int) -> list[Fix]:
-    out = [
-        f
-        for f in (clip_fix(run, tl, onset), lr_fix(run, tl, onset), warmup_fix(run, onset))
-        if f is not None
-    ]
-    return out
+    clip, lower = clip_fix(run, tl, onset), lr_fix(run, tl, onset)
+    adaptive = any(o in ADAPTIVE for o in run.optimizers)
+    first = (lower, clip) if adaptive else (clip, lower)
+    return [f for f in (*first, warmup_fix(run, onset)) if f is not None]

@@ -70,8 +70,10 @@ def loss_divergence(
         return []
     if not episodes:
         episodes = [(_tail_start(above), int(above.index[-1]), False)]
-    onset = episodes[0][0]
     unrecovered = (not episodes[-1][2]) or ends_failed
+    # a divergence starts with the excursion it never came back from; earlier excursions that
+    # recovered are oscillation before it (in the evidence)
+    onset = episodes[-1][0] if unrecovered else episodes[0][0]
     if not unrecovered and len(episodes) < oscillations:
         return []
     best_step = (

@@ -100,6 +100,7 @@ class RunState(TypedDict, total=False):
     path: str
     device: str
     architecture: str  # "graph" | "transformer" | "convolutional" | "mlp" (optional)
+    optimizers: list[str]  # class names of the watched optimizers (optional)
     compiled: bool  # watched a torch.compile'd module: only its boundary was hooked
     steps_without_forward: int  # steps that stepped with no forward resdoctor saw
     options: dict[str, Any]

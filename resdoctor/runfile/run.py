@@ -53,6 +53,11 @@ class Run:
         return {k: self.state.get(k) for k in keys}
 
     @property
+    def optimizers(self) -> list[str]:
+        """Class names of the watched optimizers (empty when none, or in older files)."""
+        return [str(o) for o in self.state.get("optimizers") or []]
+
+    @property
     def architecture(self) -> str:
         """``graph``, ``transformer``, ``convolutional`` or ``mlp`` (what fixes fit it); files
         written before it was recorded are judged by their module types."""

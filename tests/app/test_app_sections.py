@@ -34,10 +34,12 @@ def test_header_and_diagnosis(app, runs, kind: str) -> None:
     onset = run.nonfinite["step"].min() if len(run.nonfinite) else None
     assert _metric(at, "first NaN/Inf step") == ("–" if onset is None else str(onset))
     assert (onset is not None) == (kind == "sick")
-    # one block per finding, one copyable code block per fix snippet
+    # the root cause first, then one block per finding; each snippet of the plan once
     shown = [m.value for m in at.markdown if m.value.startswith("#### ")]
-    assert len(shown) == len(report.findings)
-    snippets = [x.snippet for f in report.findings for x in f.fixes if x.snippet]
+    assert len(shown) == len(report.findings) + (report.root_cause is not None)
+    if report.root_cause is not None:
+        assert shown[0].endswith(f"Root cause: `{report.root_cause.code}`")
+    snippets = [x.snippet for x in report.plan if x.snippet]
     assert [c.value.strip() for c in at.code] == [s.strip() for s in snippets]
     if not report.findings:
         assert "No findings" in texts(at)

@@ -73,3 +73,14 @@ def test_real_sick_run_explodes_before_the_nan(sick):
 def test_healthy_runs_are_quiet(healthy, converged, preact):
     for run in (healthy, converged, preact):
         assert exploding_gradients(run) == []
+
+
+@pytest.mark.parametrize("optimizer, first", [("SGD", "clip-gradients"), ("AdamW", "lower-lr")])
+def test_an_adaptive_optimizer_gets_the_lr_cut_first(sick, optimizer, first):
+    """Adam divides by its running gradient scale, so clipping is largely normalised away
+    (probe mlp-adam-explode: clipping did not cure it, the LR cut did)."""
+    from resdoctor.runfile.run import Run
+
+    run = Run({**sick.state, "optimizers": [optimizer]})  # the session fixture stays as it was
+    (f,) = exploding_gradients(run)
+    assert f.fixes[0].code == first

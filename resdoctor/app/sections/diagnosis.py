@@ -1,4 +1,5 @@
-"""Verdict, findings (evidence, thresholds) and fixes with copyable snippets."""
+"""The root cause, its story and the fix plan (copyable snippets, each once), then every
+finding with its evidence, thresholds and links."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import streamlit as st
 
 from resdoctor.app.data import Opened
 from resdoctor.findings import Finding, Fix
+from resdoctor.report.analysis import Report
 
 ICON = {
     "critical": ":red[:material/dangerous:]",
@@ -21,6 +23,7 @@ def render(opened: Opened) -> None:
         return
     if not report.findings:
         st.success("No findings: nothing in this run needs attention.")
+    _root_and_plan(report)
     for finding in report.findings:
         _finding(finding)
     if report.notes:
@@ -31,6 +34,21 @@ def render(opened: Opened) -> None:
     if len(errors):
         with st.expander(f"Internal recording errors ({len(errors)}); training went on"):
             st.dataframe(errors, hide_index=True)
+
+
+def _root_and_plan(report: Report) -> None:
+    root = report.root_cause
+    if root is None:
+        return
+    with st.container(border=True):
+        st.markdown(f"#### {ICON.get(root.severity, '')} Root cause: `{root.code}`")
+        st.markdown(report.story or root.title)
+        if report.plan:
+            _fix(report.plan[0], "First fix")
+        if len(report.plan) > 1:
+            with st.expander(f"The rest of the plan ({len(report.plan) - 1})"):
+                for i, fix in enumerate(report.plan[1:]):
+                    _fix(fix, f"Fix {i + 2}")
 
 
 def _finding(f: Finding) -> None:
@@ -50,12 +68,12 @@ def _finding(f: Finding) -> None:
                     st.caption(
                         "Fired with: " + ", ".join(f"{k}={v}" for k, v in f.thresholds.items())
                     )
-        if f.fixes:
-            _fix(f.fixes[0], "Suggested fix")
-        if len(f.fixes) > 1:
-            with st.expander(f"{len(f.fixes) - 1} more fix{'es' if len(f.fixes) > 2 else ''}"):
-                for fix in f.fixes[1:]:
-                    _fix(fix, "Also")
+        links = [f"after `{x['code']}` (+{x['lead_steps']} steps)" for x in f.preceded_by]
+        links += [f"led to `{x['code']}`" for x in f.leads_to]
+        if links:
+            st.caption(" · ".join(links))
+        if f.fixes:  # the snippets are in the plan above, once each
+            st.markdown("Fixes (in the plan): " + ", ".join(f"`{x.code}`" for x in f.fixes))
 
 
 def _fix(fix: Fix, label: str) -> None:
