@@ -57,27 +57,42 @@ def label(name: str) -> str:
     return name or ROOT
 
 
+def spread(n: int, k: int | None) -> np.ndarray:
+    """Indices of at most ``k`` of ``n`` items evenly spread over depth (first and last kept);
+    all of them when ``k`` is None."""
+    return np.arange(n) if k is None else _subsample(n, k)
+
+
 def step_metrics(
     last: dict[str, Any],
     modules: Sequence[str],
     sites: Sequence[str],
     prefix: str,
     signals: Iterable[str] = DEFAULT_SIGNALS,
+    per_signal: int | None = 12,
 ) -> dict[str, Any]:
-    """The W&B row of one step from ``Context.latest()``: ``{prefix}/step``, every scalar and, per
-    module or site, each of ``signals`` under ``{prefix}/{signal}/{name}``."""
+    """The W&B row of one step from ``Context.latest()``: ``{prefix}/step``, every scalar under
+    ``{prefix}/loss`` etc., and per module or site each of ``signals`` under
+    ``{prefix}/{signal}/{name}`` (sites: ``{prefix}/sites/{signal}/{name}``), for at most
+    ``per_signal`` modules / sites spread over depth (None: all). A site value measured as
+    NaN/Inf is logged as such; only a site not measured this step is left out."""
     out: dict[str, Any] = {f"{prefix}/step": int(last["step"])}
     out.update({f"{prefix}/{k}": float(v) for k, v in last.get("scalars", {}).items()})
     if last.get("skipped"):
         out[f"{prefix}/amp_skipped"] = 1
+    present = last.get("present") or {}
     for signal in signals:
         values = last.get(signal)
-        names = modules if signal in MODULE_SIGNALS else sites
+        per_module = signal in MODULE_SIGNALS
+        names = modules if per_module else sites
         if values is None or len(values) != len(names):
             continue
-        for name, v in zip(names, np.asarray(values, dtype=np.float64), strict=True):
-            if not np.isnan(v) or signal in MODULE_SIGNALS:  # site NaN = not measured this step
-                out[f"{prefix}/{signal}/{label(name)}"] = float(v)
+        values = np.asarray(values, dtype=np.float64)
+        mask = np.asarray(present.get(signal, ~np.isnan(values)), dtype=bool)
+        section = f"{prefix}/{signal}" if per_module else f"{prefix}/sites/{signal}"
+        for i in spread(len(names), per_signal):
+            if per_module or mask[i]:
+                out[f"{section}/{label(names[i])}"] = float(values[i])
     return out
 
 
@@ -201,19 +216,32 @@ def where(step: int | None, location: str | None, phase: str | None) -> str:
     return " ".join(p for p in parts if p)
 
 
-def alert_text(finding: Finding, run_path: str = "") -> tuple[str, str]:
-    """Title and text of the W&B alert for a finding: what, where, when, and the fixes."""
-    lines = [finding.message]
+ALERT_CHARS = 500
+
+
+def alert_text(finding: Finding, run_path: str = "", root_cause: bool = False) -> tuple[str, str]:
+    """Title and a short text (at most ``ALERT_CHARS``) of the W&B alert for a finding: what,
+    where and when, and the first fix; the snippet stays in the report."""
     at = where(finding.step, finding.location, finding.phase)
-    if at:
-        lines.append(f"First seen: {at}.")
-    for fix in finding.fixes[:2]:
-        lines.append(f"Fix ({fix.code}): {fix.title}. {fix.detail}")
-        if fix.snippet:
-            lines.append(f"```\n{fix.snippet}\n```")
+    head = ("Root cause: " if root_cause else "") + finding.title
+    if at and f"step {finding.step}" not in finding.title:  # titles often say when already
+        head += f" ({at})"
+    elif finding.location and finding.location not in finding.title:
+        head += f" in {finding.location}"
+    lines = [head]
+    if finding.fixes:
+        fix = finding.fixes[0]
+        lines.append(f"First fix ({fix.code}): {fix.title}.")
     if run_path:
-        lines.append(f"Full diagnosis: resdoctor analyze {run_path}")
-    return _title(finding.title), "\n".join(lines)[:3000]
+        lines.append(f"resdoctor analyze {run_path}")
+    return _title(finding.title), _cut("\n".join(lines), ALERT_CHARS)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, cut at a word with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 def event_alert(event: dict[str, Any], run_path: str = "") -> tuple[str, str]:

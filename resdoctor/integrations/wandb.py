@@ -154,8 +154,11 @@ class WandbLogger:
         charts: custom chart presets saved in W&B (see ``publish_report``).
         analyze_every: also run the rules every N steps while training (0: only at a NaN/Inf
             onset and at close); host-side, but it costs a diagnosis each time.
-        commit: False merges resdoctor's rows into your next ``wandb.log`` row; use it if you
-            pass ``step=`` to ``wandb.log`` yourself with a step that grows slower than ours.
+        commit: None (default): resdoctor's rows ride on your own ``wandb.log`` rows
+            (``commit=False``), so it never advances W&B's ``_step``; when you do not log to W&B
+            yourself it notices (``_step`` stood still since its last row) and commits its own.
+            True / False force either.
+        per_signal: modules or sites logged per signal, spread over depth (None: all of them).
         max_rows: rows at most in each panel table.
     """
 
@@ -169,7 +172,8 @@ class WandbLogger:
         alerts: bool = True,
         charts: Mapping[str, str] | None = None,
         analyze_every: int = 0,
-        commit: bool = True,
+        commit: bool | None = None,
+        per_signal: int | None = 12,
         max_rows: int = 20_000,
     ) -> None:
         if isinstance(run, Mapping):
@@ -182,6 +186,9 @@ class WandbLogger:
         self.target, self.every, self.prefix = run, max(1, int(every)), prefix
         self.signals, self.alerts_on, self.charts = tuple(signals), alerts, dict(charts or {})
         self.analyze_every, self.commit, self.max_rows = analyze_every, commit, max_rows
+        self.per_signal = per_signal
+        self._run_step: int | None = None  # W&B's _step right after our last row
+        self._pending = False  # our last row rides on a row nobody has committed yet
         self.alerts: list[dict[str, Any]] = []  # every alert sent, also in the run summary
         self._alerted: set[tuple[str, str | None]] = set()
         self._used: Any = None  # the run we log to (its metrics are defined)
@@ -262,16 +269,36 @@ class WandbLogger:
                     prefix=self.prefix,
                     charts=self.charts,
                     max_rows=self.max_rows,
-                    commit=self.commit,
+                    # at close: one row with the last step, committed by your wandb.finish()
+                    commit=bool(self.commit),
                 ),
             )
         self._alert_findings(run, ctx, report, self._new_onsets(ctx))
 
     # -- parts ---------------------------------------------------------------------------------
+    def _commit(self, run: Any) -> bool:
+        """Whether our row is a row of its own: only when you do not log to W&B yourself
+        (W&B's step stood still since our last row, which is then still pending)."""
+        if self.commit is not None:
+            return self.commit
+        still = self._run_step is not None and getattr(run, "step", None) == self._run_step
+        if still and self._pending:  # commit our previous row first, or this one replaces it
+            run.log({}, commit=True)
+            self._pending = False
+        return still
+
+    def _log(self, run: Any, row: dict[str, Any]) -> None:
+        commit = self._commit(run)
+        run.log(row, commit=commit)
+        self._pending = not commit
+        self._run_step = getattr(run, "step", None)
+
     def _log_step(self, run: Any, ctx: Context, latest: dict[str, Any]) -> None:
         sites = [s.name for s in ctx.sites or []]
-        row = panels.step_metrics(latest, ctx.param_modules, sites, self.prefix, self.signals)
-        run.log(row, commit=self.commit)
+        row = panels.step_metrics(
+            latest, ctx.param_modules, sites, self.prefix, self.signals, self.per_signal
+        )
+        self._log(run, row)
         self._logged = int(latest["step"])
 
     def _new_onsets(self, ctx: Context) -> list[dict[str, Any]]:
@@ -290,14 +317,9 @@ class WandbLogger:
             self._check(run, ctx, onsets, log_table=True)
 
     def _check(self, run: Any, ctx: Context, onsets: list[dict[str, Any]], log_table: bool) -> None:
-        """Diagnose now; log the findings table and alert new critical findings."""
-        report = _diagnose(ctx)
-        fresh = self._alert_findings(run, ctx, report, onsets)
-        if report is not None and (log_table or fresh):
-            table = _table(self._wandb, panels.findings_table(report.findings))
-            step = int(ctx.latest()["step"])
-            row = {f"{self.prefix}/findings": table, f"{self.prefix}/step": step}
-            self._safely(ctx, "findings", lambda: run.log(row, commit=self.commit))
+        """Diagnose now and alert new critical findings (the findings table is logged once,
+        with the report at close)."""
+        self._alert_findings(run, ctx, _diagnose(ctx), onsets)
 
     def _alert_findings(
         self, run: Any, ctx: Context, report: Any, onsets: list[dict[str, Any]]
@@ -307,11 +329,13 @@ class WandbLogger:
             return 0
         findings = report.findings if report is not None else ()
         critical = [f for f in findings if f.severity == "critical"]
+        root = report.root_cause if report is not None else None
+        if critical and root is not None and root not in critical:
+            critical.insert(0, root)  # the root cause first, whatever its own severity
         sent = 0
         for f in critical:
-            sent += self._alert(
-                run, ctx, (f.code, f.location), *panels.alert_text(f, ctx.path), finding=f
-            )
+            title, body = panels.alert_text(f, ctx.path, root_cause=f is root)
+            sent += self._alert(run, ctx, (f.code, f.location), title, body, finding=f)
         if onsets and not any(f.code == "nonfinite" for f in critical):
             e = onsets[0]
             title, text = panels.event_alert(e, ctx.path)

@@ -210,6 +210,8 @@ class Journal:
             "scalars": scalars,
             **vectors,
             **{k: v[0] for k, v in rows.items()},
+            # which site values were measured this step (a NaN there is a measured NaN)
+            "present": {k: v[1] for k, v in rows.items()},
         }
         self.steps += 1
 

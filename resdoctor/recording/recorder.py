@@ -256,6 +256,8 @@ class Recorder:
             # with sites=False only the module order is traced (no TorchFunctionMode)
             self._tracer = Tracer(self.model, self.hooks.group(), graph=self.options.sites)
             self._tracer.measure_adds = self.options.sites and self._training()
+            if self._tracer.measure_adds and self._due_smoothing(self._step):
+                self._tracer.measure_result = self.smoothing  # step 0 gets its smoothing too
             self._tracer.attach(root=False)
             self._tracer.__enter__()
 
@@ -305,6 +307,8 @@ class Recorder:
             if add.sums is not None:
                 n = int(np.prod(add.shape)) if add.shape else 1
                 self.magnitude.row_of_sums(self.seg, i, add.sums, n)
+            if add.measured is not None:  # smoothing of the sum
+                self.seg.add_row("smooth", i, tuple(map(self.seg.put, add.measured)))
 
     def _live(self, plan: _Plan) -> bool:
         """Inside a recorded forward; the plan's per-forward state is reset on first use."""

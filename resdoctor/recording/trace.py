@@ -110,6 +110,7 @@ class Addition:
     # ||skip||^2, ||branch||^2, ||sum||^2 at the addition (0-d, device), with measure_adds
     sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     key: int = -1  # the source's origin before parameter-free ops (see Tracer.residuals)
+    measured: Any = None  # Tracer.measure_result of the sum (the traced step's smoothing)
     # where the addition runs: the owner's call, and how many additions (``add``, ``+``,
     # ``+=``, any module's) that call had run when this one ran, this one included
     call: int = 0
@@ -131,6 +132,7 @@ class Tracer(TorchFunctionMode):
         self.nan_ops: dict[str, set[str]] = {}
         self._customs: dict[int, Any] = {}  # custom autograd nodes already attributed
         self.measure_adds = False  # also reduce each addition's operands (the traced step)
+        self.measure_result: Any = None  # and apply this to each residual sum (e.g. smoothing)
         self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int, _Node]] = {}
         # origin node -> the (module, call)s whose additions had an operand from it
         self._added_in: dict[int, set[tuple[str, int]]] = {}
@@ -290,7 +292,7 @@ class Tracer(TorchFunctionMode):
             self._new(t, parents, data, param_op)
         if name in ADD_NAMES and len(inputs) >= 2 and len(results) == 1:
             sums = None if before is None else (*before, _sum_squares(results[0]))
-            self._on_add(inputs[0], inputs[1], self._node(results[0]), sums)
+            self._on_add(inputs[0], inputs[1], self._node(results[0]), sums, results[0])
 
     # -- classification --------------------------------------------------------------------
     def residuals(self) -> list[Addition]:
@@ -299,7 +301,9 @@ class Tracer(TorchFunctionMode):
         representation) is no skip; a skip comes from the stream the block was given."""
         return [a for a in self.additions if len(self._added_in.get(a.key, ())) < 2]
 
-    def _on_add(self, a: _Node, b: _Node, result: _Node, sums: Any = None) -> None:
+    def _on_add(
+        self, a: _Node, b: _Node, result: _Node, sums: Any = None, total: Any = None
+    ) -> None:
         if not (a.data and b.data and a.floating and b.floating and a.shape == b.shape):
             return
         if result.shape != a.shape:
@@ -316,6 +320,9 @@ class Tracer(TorchFunctionMode):
         if sums is not None and skip is b:
             sums = (sums[1], sums[0], sums[2])
         key = self._origin(source).idx
+        measured = None
+        if self.measure_result is not None and isinstance(total, torch.Tensor):
+            measured = self.measure_result(total.detach())
         self.additions.append(
             Addition(
                 module,
@@ -326,10 +333,11 @@ class Tracer(TorchFunctionMode):
                 source,
                 a.shape,
                 sums,
-                key,
-                where[1],
-                ordinal,
-                skip is a,
+                key=key,
+                measured=measured,
+                call=where[1],
+                ordinal=ordinal,
+                skip_first=skip is a,
             )
         )
 

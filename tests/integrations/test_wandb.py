@@ -201,9 +201,12 @@ def test_step_signals_under_stable_keys_on_their_own_axis(wb, tmp_path):
     assert [r["resdoctor/step"] for r in ours] == [0, 5, 10, 15, 20, 22]  # + the last at close
     globs = {m.glob_name: m.step_metric for m in out.metrics if m.glob_name}
     assert globs == {"resdoctor/*": "resdoctor/step"}
-    # the user's own rows are all there, in order: resdoctor did not fight their step
-    assert [r["user/metric"] for r in out.rows("user/metric")] == [float(i) for i in range(23)]
-    assert all(k.startswith("resdoctor/") or k.startswith("_") for r in ours for k in r)
+    # the user's own rows are all there, in order, at their own _step: resdoctor's rows ride on
+    # them (issue 17: it used to advance _step, 60 iterations landed on _step 1-69)
+    users = out.rows("user/metric")
+    assert [r["user/metric"] for r in users] == [float(i) for i in range(23)]
+    assert [r["_step"] for r in users] == list(range(23))
+    assert max(r["_step"] for r in out.history) <= 23  # + at most the report's row at finish
     row = ours[2]  # step 10
     modules = list(rec.series("grad_norm").columns)
     for m in modules:
@@ -212,10 +215,10 @@ def test_step_signals_under_stable_keys_on_their_own_axis(wb, tmp_path):
             rec.series("grad_norm").loc[10, m], rel=1e-6
         )
     for site in ["blocks.0", "blocks.1", "blocks.2"]:
-        assert row[f"resdoctor/branch_ratio/{site}"] == pytest.approx(
+        assert row[f"resdoctor/sites/branch_ratio/{site}"] == pytest.approx(
             rec.series("branch_ratio").loc[10, site], rel=1e-6
         )
-        assert f"resdoctor/stream_norm/{site}" in row
+        assert f"resdoctor/sites/stream_norm/{site}" in row
     assert row["resdoctor/loss"] == pytest.approx(rec.scalar("loss")[10], rel=1e-6)
     assert row["resdoctor/grad_norm_total"] > 0 and row["resdoctor/lr"] == 0.05
     assert "resdoctor/update_ratio/head" in row  # update_every=10 samples step 10
@@ -302,7 +305,8 @@ def test_nan_onset_alerts_during_training_with_the_fix(wb, tmp_path):
     assert alert.text == live["text"]
     assert alert.level == "ERROR" and len(alert.title) < 64
     assert "step 4" in alert.text and "blocks.1.branch.1" in alert.text
-    assert re.search(r"Fix\b", alert.text) and str(tmp_path / "run.pt") in alert.text
+    assert "First fix (" in alert.text and str(tmp_path / "run.pt") in alert.text
+    assert alert.text.startswith("Root cause: ") and len(alert.text) <= 500  # short (issue 17)
     # it was written while training: before rows of later steps and the close-time report
     at = next(i for i, r in enumerate(out.records) if r.alert.title == live["title"])
     assert at < out.first("resdoctor/report")
@@ -333,7 +337,7 @@ def test_analyze_every_alerts_other_critical_findings_while_training(wb, tmp_pat
     assert [a["code"] for a in live] == ["loss-divergence"]  # sent before close
     out = wb(run)
     [alert] = out.alerts
-    assert alert.title == live[0]["title"] and "Fix (" in alert.text
+    assert alert.title == live[0]["title"] and "First fix (" in alert.text
     assert out.records.index(next(r for r in out.records if r.alert.title)) < out.first(
         "resdoctor/report"
     )
@@ -384,8 +388,8 @@ def test_alert_for_a_critical_finding_carries_its_fix(wb, tmp_path):
     [alert] = out.alerts
     assert alert.title == "resdoctor: Exploding gradients"
     assert "step 7 in blocks.2" in alert.text
-    assert "Fix (clip-gradients): Clip gradients" in alert.text
-    assert "clip_grad_norm_(model.parameters(), 2.5)" in alert.text
+    assert "First fix (clip-gradients): Clip gradients" in alert.text
+    assert "clip_grad_norm_" not in alert.text  # the snippet stays in the report: <= 500 chars
     assert out.summary["resdoctor/alerts"][0]["code"] == "exploding-gradients"
 
 
@@ -602,3 +606,24 @@ def test_cuda_logging_and_live_alerts_add_no_sync(wb, tmp_path):
     assert resdoctor.load(tmp_path / "run.pt").errors.empty
     out = wb(run)
     assert len(out.rows("resdoctor/loss")) >= 6 and out.alerts
+
+
+def test_a_nan_at_step_3_run_has_its_site_signals_before_the_nan(wb, tmp_path):
+    """Issue 17: with wandb_every=10 only step 0 precedes the NaN; it must hold the site
+    signals (smoothing included), NaN values are logged as NaN, and _step is the user's."""
+    model, opt = mlp()
+    run = init()
+    with resdoctor.watch(model, opt, tmp_path / "run.pt", wandb=True, wandb_every=10) as doc:
+        train(model, opt, doc, 12, nan_at=3, user_run=run)
+    run.finish()
+    out = wb(run)
+    ours = {r["resdoctor/step"]: r for r in out.rows("resdoctor/step")}
+    first = ours[0]
+    for signal in ("branch_ratio", "stream_norm", "smoothing"):
+        keys = [k for k in first if k.startswith(f"resdoctor/sites/{signal}/")]
+        assert len(keys) == 3 and all(np.isfinite(first[k]) for k in keys), signal
+    late = ours[10]  # after the NaN: measured non-finite values are logged, not dropped
+    assert any(
+        not np.isfinite(v) for k, v in late.items() if k.startswith("resdoctor/sites/stream_norm/")
+    )
+    assert [r["_step"] for r in out.rows("user/metric")] == list(range(12))
