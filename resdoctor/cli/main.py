@@ -243,6 +243,29 @@ def merge(
     raise typer.Exit(merge_ranks([str(run)]))
 
 
+@app.command()
+@one_line_errors()
+def export(
+    run: Path = typer.Argument(..., help="The run file to export."),
+    tensorboard: Path = typer.Option(
+        ..., "--tensorboard", help="Log directory to write TensorBoard event files into."
+    ),
+) -> None:
+    """Write a saved run as TensorBoard event files (scalars, gradient-flow image, report)."""
+    from resdoctor.runfile.run import Run
+
+    try:
+        from resdoctor.integrations.tensorboard import export as to_tensorboard
+    except ImportError as e:  # pragma: no cover - tensorboard is a dev dependency here
+        fail(str(e))
+    loaded = Run.load(str(run))
+    try:
+        out = to_tensorboard(loaded, tensorboard)
+    except ImportError as e:
+        fail(str(e))
+    typer.echo(f"Wrote {out}. Next: tensorboard --logdir {out}", err=True)
+
+
 def _register_optional(name: str) -> None:
     """Add the commands of an optional module (``register(app)``) when it is installed."""
     try:

@@ -10,7 +10,16 @@ from typing import Any
 from resdoctor.recording.options import Options
 
 # watch() arguments that are not recording Options
-WATCH_ONLY = ("scaler", "example_inputs", "example_kwargs", "wandb", "wandb_every", "quiet")
+WATCH_ONLY = (
+    "scaler",
+    "example_inputs",
+    "example_kwargs",
+    "wandb",
+    "wandb_every",
+    "tensorboard",
+    "tensorboard_every",
+    "quiet",
+)
 
 
 def check_options(watch_options: dict[str, Any]) -> None:

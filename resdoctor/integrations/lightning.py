@@ -54,6 +54,8 @@ class ResDoctorCallback(Callback):
         optimizers = list(trainer.optimizers)
         options = dict(self.watch_options)
         options.setdefault("scaler", getattr(trainer.precision_plugin, "scaler", None))
+        if "tensorboard" not in options:  # the trainer's own TensorBoard writer, when it has one
+            options["tensorboard"] = _tensorboard_writer(trainer)
         try:
             self.watcher = watch(
                 pl_module,
@@ -120,6 +122,14 @@ class ResDoctorCallback(Callback):
         if ctx is not None and self._forward_open:
             self._forward_open = False
             ctx.end_forward(output)
+
+
+def _tensorboard_writer(trainer: Any) -> Any:
+    """The ``SummaryWriter`` of the trainer's ``TensorBoardLogger``, if it has one."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        if type(logger).__name__ == "TensorBoardLogger":
+            return logger.experiment
+    return None
 
 
 def _loss(outputs: Any, trainer: Any, pl_module: Any) -> torch.Tensor | float | None:

@@ -43,6 +43,8 @@ class Watcher:
         options: Options | None = None,
         wandb: Any = None,
         wandb_every: int = 10,
+        tensorboard: Any = None,
+        tensorboard_every: int = 10,
         quiet: bool = False,
         **settings: Any,
     ) -> None:
@@ -56,7 +58,9 @@ class Watcher:
         self.path = os.fspath(path)
         self.integrations: list[Integration] = []
         # built first: a bad setting fails before any hook is placed
-        extra = _optional_integrations(attribution, wandb, wandb_every, quiet)
+        extra = _optional_integrations(
+            attribution, wandb, wandb_every, quiet, tensorboard, tensorboard_every
+        )
         traced: Tracer | None = None
         if self.options.sites and (example_inputs is not None or example_kwargs):
             try:  # the example pass gives the sites, the forward order and the NaN-prone ops
@@ -197,10 +201,19 @@ def watch(
 
 
 def _optional_integrations(
-    attribution: dict[str, Any], wandb: Any, wandb_every: int, quiet: bool = False
+    attribution: dict[str, Any],
+    wandb: Any,
+    wandb_every: int,
+    quiet: bool = False,
+    tensorboard: Any = None,
+    tensorboard_every: int = 10,
 ) -> list[Integration]:
     """The integrations asked for by ``watch()`` keywords, built before any hook is placed."""
     found: list[Integration] = []
+    if tensorboard is not None and tensorboard is not False:
+        from resdoctor.integrations.tensorboard import TensorBoardLogger
+
+        found.append(TensorBoardLogger(tensorboard, every=tensorboard_every))
     if attribution.get("every"):
         from resdoctor.attribution.monitor import AttributionMonitor
 

@@ -49,11 +49,11 @@ def fit(tmp_path, **trainer_kwargs) -> tuple[Regression, L.Trainer, ResDoctorCal
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     module = Regression()
     callback = ResDoctorCallback(path=str(tmp_path / "run.pt"), flush_seconds=0)
+    trainer_kwargs.setdefault("logger", False)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
         max_steps=STEPS,
-        logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -132,3 +132,18 @@ def test_a_resdoctor_failure_does_not_stop_training(tmp_path) -> None:
     with pytest.warns(UserWarning, match="resdoctor: could not write"):
         _, trainer, callback = fit(blocker / "sub")  # run.pt cannot be written there
     assert trainer.global_step == STEPS and callback.watcher.closed
+
+
+def test_the_trainers_tensorboard_logger_gets_the_signals(tmp_path) -> None:
+    """Issue 17: Lightning users get TensorBoard through their existing logger."""
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path / "tb"), name="exp")
+    fit(tmp_path, logger=logger)
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "resdoctor/loss" in tags and "resdoctor.grad_norm/net.head" in tags
+    assert "resdoctor/report" in " ".join(acc.Tags()["tensors"])
