@@ -46,6 +46,17 @@ def onset_rule(step: int | None, label: str = "first NaN/Inf") -> alt.Chart | No
     return rule + text
 
 
+def robust_domain(values: pd.Series, q: float = 0.02) -> tuple[float, float] | None:
+    """The ``q`` to ``1 - q`` quantile range of the finite values (None when there are none)."""
+    finite = values[np.isfinite(values.to_numpy(dtype=np.float64))]
+    if finite.empty:
+        return None
+    lo, hi = float(finite.quantile(q)), float(finite.quantile(1 - q))
+    if hi <= lo:
+        hi = lo + (abs(lo) * 0.1 or 1.0)
+    return lo, hi
+
+
 def heatmap(
     cells: pd.DataFrame,
     *,
@@ -68,7 +79,11 @@ def heatmap(
     shown = shown.fillna(shown.min() if shown.notna().any() else 0.0)
     data = cells.drop(columns="depth").assign(shown=shown)
     title = f"log10 {value_title}" if log else value_title
-    scale = alt.Scale(scheme=cast(Any, scheme), domain=list(domain) if domain else alt.Undefined)
+    if domain is None:  # robust: one outlier must not paint the rest one colour
+        domain = robust_domain(shown[~cells["nonfinite"].astype(bool)])
+    scale = alt.Scale(
+        scheme=cast(Any, scheme), domain=list(domain) if domain else alt.Undefined, clamp=True
+    )
     color = alt.condition(
         "datum.nonfinite",
         alt.value(NONFINITE_COLOR),
@@ -101,7 +116,8 @@ def heatmap(
             ],
         )
     )
-    layers: list[alt.Chart] = [cells_chart]
+    zoom = alt.selection_interval(bind="scales", encodings=["x"])  # drag / wheel on steps
+    layers: list[alt.Chart] = [cells_chart.add_params(zoom)]
     rule = onset_rule(onset)
     if rule is not None:
         layers.append(rule)

@@ -6,6 +6,8 @@ Thin: pick the run(s), load them through the cache, draw the sections. No hooks,
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from resdoctor.app import data, source, ui
@@ -45,8 +47,12 @@ def main() -> None:
     if a is None:
         return
     b = _open(choice.compare, "Second run") if choice.compare else None
+    a, note = _window(a)
     ui.guarded("Header", header.render, a)
-    labels = list(SECTIONS) + (["Compare"] if b is not None else [])
+    if note:
+        st.caption(note)
+    # two runs: what changed comes first
+    labels = (["Compare"] if b is not None else []) + list(SECTIONS)
     for label, tab in zip(labels, st.tabs(labels, key="tab", bind="query-params"), strict=True):
         if tab.open is False:  # lazy: only the open tab computes and sends its charts
             continue
@@ -55,6 +61,27 @@ def main() -> None:
                 ui.guarded(label, comparison.render, a, b)
             else:
                 ui.guarded(label, SECTIONS[label], a)
+
+
+def _window(opened: data.Opened) -> tuple[data.Opened, str]:
+    """Charts show the finite window (up to a few steps past the first NaN/Inf) unless the
+    reader asks for every step; the note says so."""
+    window = opened.view.finite_window()
+    if window is opened.view:
+        return opened, ""
+    every = st.sidebar.toggle(
+        "Show the steps after the first NaN/Inf",
+        value=False,
+        help=f"Charts stop at step {window.until:,}: past the onset every value is NaN/Inf.",
+        key="all_steps",
+    )
+    if every:
+        return opened, ""
+    note = (
+        f"Charts show steps 0 to {window.until:,} of {opened.run.steps:,}: the run went "
+        f"non-finite at step {opened.view.first_onset():,} (sidebar: show every step)."
+    )
+    return dataclasses.replace(opened, view=window), note
 
 
 def _open(path: str, what: str) -> data.Opened | None:

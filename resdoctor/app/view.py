@@ -20,9 +20,22 @@ LABELS = {s.name: s.label for s in SIGNALS}
 class View:
     """Memoised, bounded frames of one run; every frame is small enough to send to a browser."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, until: int | None = None) -> None:
         self.run = run
+        self.until = until  # last step shown (None: every step)
         self._memo: dict[tuple[Any, ...], Any] = {}
+
+    def finite_window(self) -> View:
+        """The same run up to a few steps past the first NaN/Inf onset (the steps that can
+        be read: afterwards every cell is magenta and every scale is blown); itself when the
+        run never went non-finite or did so near its end."""
+        onset = self.first_onset()
+        if onset is None:
+            return self
+        until = onset + max(3, onset // 10)
+        if until >= self.run.steps - 1:
+            return self
+        return self._cached(("window", until), lambda: View(self.run, until))
 
     def _cached(self, key: tuple[Any, ...], make: Any) -> Any:
         if key not in self._memo:
@@ -46,7 +59,10 @@ class View:
 
         def make() -> pd.DataFrame:
             df = self.run.series(signal)
-            return df[self.depth_order(signal)] if not df.empty else df
+            if df.empty:
+                return df
+            df = df[self.depth_order(signal)]
+            return df[df.index <= self.until] if self.until is not None else df
 
         return self._cached(("table", signal), make)
 
@@ -55,6 +71,8 @@ class View:
         measured = self.run.measured(signal)
         if measured.empty and not self.run.columns(signal):
             return None
+        if self.until is not None:
+            measured = measured[measured.index <= self.until]
         return measured[self.depth_order(signal)].to_numpy()
 
     def has(self, signal: str) -> bool:
@@ -66,7 +84,7 @@ class View:
         return self._cached(
             ("heatmap", signal),
             lambda: downsample.heatmap_frame(
-                self.table(signal), last_step=self.run.steps, present=self.present(signal)
+                self.table(signal), last_step=self.last_step, present=self.present(signal)
             ),
         )
 
@@ -104,12 +122,19 @@ class View:
             return cols
         return [cols[i] for i in np.unique(np.linspace(0, len(cols) - 1, k).round().astype(int))]
 
+    @property
+    def last_step(self) -> int:
+        """One past the last step shown."""
+        return self.run.steps if self.until is None else min(self.until + 1, self.run.steps)
+
     # -- scalars and events --------------------------------------------------------------------
     def scalars(self) -> pd.DataFrame:
         """(step, name, value) of every logged scalar, bounded per scalar."""
 
         def make() -> pd.DataFrame:
             df = self.run.scalars()
+            if self.until is not None:
+                df = df[df.index <= self.until]
             budget = downsample.MAX_LINE_POINTS * max(1, len(df.columns))
             return downsample.line_frame(df, max_points=budget)
 
@@ -128,5 +153,8 @@ class View:
         """Skipped AMP steps as marks (step, step_end, count), bounded."""
         return self._cached(
             ("skipped",),
-            lambda: downsample.event_marks(self.run.skipped_steps, total_steps=self.run.steps),
+            lambda: downsample.event_marks(
+                self.run.skipped_steps[self.run.skipped_steps < self.last_step],
+                total_steps=self.last_step,
+            ),
         )

@@ -39,7 +39,8 @@ def report(console: Console, rep: Report, snippets: bool = True, verbose: bool =
         _root_and_plan(console, rep, snippets, verbose)
         _others(console, rep, verbose)
     if len(rep.chain) > 1:  # the causal chain, compact (the note with locations: -v)
-        chain = " -> ".join(f"{f.code}@{f.step}" for f in rep.chain if f.step is not None)
+        timed = sorted((f for f in rep.chain if f.step is not None), key=lambda f: f.step or 0)
+        chain = " -> ".join(f"{f.code}@{f.step}" for f in timed)
         console.print(Text.assemble(("Timeline  ", "bold"), chain))
     for note in rep.notes:
         if note.startswith("timeline:"):
@@ -220,7 +221,7 @@ def comparison(console: Console, cmp: Comparison) -> None:
             (va, COLORS[va]),
             " -> ",
             (vb, COLORS[vb]),
-            "  " + ("improved" if cmp.improved else "not improved"),
+            "  " + cmp.outcome,
         )
     )
     codes = Table(show_header=True, box=None, padding=(0, 2))

@@ -37,6 +37,15 @@ class Comparison:
         return vb < va or (vb == va and len(self.b.codes) < len(self.a.codes))
 
     @property
+    def outcome(self) -> str:
+        """``better``, ``worse`` or ``unchanged``: by verdict, then by finding codes left."""
+        va, vb = VERDICTS.index(self.a.verdict), VERDICTS.index(self.b.verdict)
+        if vb != va:
+            return "better" if vb < va else "worse"
+        na, nb = len(self.a.codes), len(self.b.codes)
+        return "unchanged" if na == nb else ("better" if nb < na else "worse")
+
+    @property
     def summary(self) -> str:
         parts = [f"{self.a.verdict} -> {self.b.verdict}"]
         if self.resolved:
@@ -61,6 +70,7 @@ class Comparison:
                     "codes": self.b.codes,
                 },
                 "improved": self.improved,
+                "outcome": self.outcome,
                 "summary": self.summary,
                 "resolved": list(self.resolved),
                 "new": list(self.new),
@@ -74,7 +84,14 @@ def compare(a: Report, b: Report) -> Comparison:
     """Compare report ``a`` (before) with report ``b`` (after)."""
     ca, cb = a.codes, b.codes
     persisting = tuple(
-        {"code": c, "before": _worst(a, c), "after": _worst(b, c)} for c in ca if c in cb
+        {
+            "code": c,
+            "before": _worst(a, c),
+            "after": _worst(b, c),
+            "change": _severity_change(_worst(a, c), _worst(b, c)),
+        }
+        for c in ca
+        if c in cb
     )
     ma, mb = metrics(a.run), metrics(b.run)
     table = {}
@@ -89,6 +106,11 @@ def compare(a: Report, b: Report) -> Comparison:
         persisting,
         table,
     )
+
+
+def _severity_change(before: str, after: str) -> str:
+    rb, ra = SEVERITY_RANK[before], SEVERITY_RANK[after]
+    return "unchanged" if ra == rb else ("better" if ra < rb else "worse")
 
 
 def _worst(report: Report, code: str) -> str:

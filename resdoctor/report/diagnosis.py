@@ -4,12 +4,12 @@ one or two sentences, and one fix plan (DESIGN.md section 6).
 How the chain is built. ``CAUSES`` lists which condition can produce which (growth of the
 stream makes gradients explode, exploding gradients make the loss diverge, a diverging loss
 goes non-finite, dominant branches wash positions together...). Finding A *precedes* B when A
-can cause B and A began no later than B (a sampled signal, over-smoothing, gets its sampling
-interval of slack). The root cause is the most upstream finding: when the run failed (a
-critical NaN/Inf or loss divergence), an ancestor of that failure with no cause of its own,
-else the failure itself; when it did not, the finding that explains most of the others. A NaN
-made by the input batch or the loss computation is its own root: no state of the model
-causes a bad batch.
+can cause B and A began no later than B (``ONSET_SLACK``: over-smoothing is sampled, a
+gradient surge is detected late by its 10x threshold). The root cause is the most upstream
+finding: when the run failed (a critical NaN/Inf or loss divergence), an ancestor of that
+failure with no cause of its own, else the failure itself; when it did not, the finding that
+explains most of the others. A NaN made by the input batch or the loss computation is its
+own root: no state of the model causes a bad batch.
 
 The plan takes the fixes of the root cause first, then those of its consequences in order,
 then the rest, each fix code once with the parameters of its first occurrence; every
@@ -40,7 +40,10 @@ GRAPH_CAUSES: dict[str, tuple[str, ...]] = {
     "vanishing-gradients": (),
     "oversmoothing": ("vanishing-gradients", "exploding-gradients", "activation-growth"),
 }
-SAMPLED_SLACK = {"oversmoothing": 10}  # steps a sampled signal's onset may lag its cause
+# steps a cause's detected onset may come after its effect's: over-smoothing is sampled every
+# smoothing_every (10) steps; a gradient surge is detected at 10x its trailing median, while
+# the loss divergence it drives is seen on a rolling median as soon as it clears the noise
+ONSET_SLACK = {"oversmoothing": 10, "exploding-gradients": 10}
 OWN_ORIGIN = ("input", "loss")  # a NaN made here has no cause inside the model
 
 
@@ -100,7 +103,7 @@ def _can_cause(causes: dict[str, tuple[str, ...]], a: Finding, b: Finding) -> bo
         return False
     if a.step is None or b.step is None:
         return True
-    return a.step <= b.step + SAMPLED_SLACK.get(a.code, 0)
+    return a.step <= b.step + ONSET_SLACK.get(a.code, 0)
 
 
 def _root(
@@ -193,10 +196,17 @@ def story(chain: Sequence[Finding], steps: int | None = None) -> str:
     first = f"{root.title} {when}" + (f" {_where(root)}" if _where(root) else "") + "."
     if len(chain) == 1:
         return first
-    then = ", then ".join(
-        f"{f.code} at step {f.step}" + (f" {_where(f)}" if f.location else "")
-        if f.step is not None
-        else f.code
-        for f in chain[1:]
-    )
-    return f"{first} It led to {then}."
+
+    def said(f: Finding) -> str:
+        at = f" at step {f.step}" if f.step is not None else ""
+        return f"{f.code}{at}" + (f" {_where(f)}" if f.location else "")
+
+    # an effect seen before its cause was detected (a surge is detected late) goes alongside it
+    along = [f for f in chain[1:] if f.step is not None and root.step and f.step < root.step]
+    after = [f for f in chain[1:] if f not in along]
+    parts = []
+    if along:
+        parts.append("It came with " + ", ".join(said(f) for f in along))
+    if after:
+        parts.append(("and led to " if along else "It led to ") + ", then ".join(map(said, after)))
+    return f"{first} {' '.join(parts)}."

@@ -48,6 +48,63 @@ def record(path: Path, *, lr: float, norm: bool, steps: int = 30) -> str:
     return str(path)
 
 
+def record_nan3(path: Path, steps: int = 200, fixed: bool = False) -> str:
+    """A residual MLP whose weight turns NaN at step 3 and that trains on for ``steps``."""
+    import torch
+    import torch.nn.functional as F
+
+    import resdoctor
+    from resdoctor.models import ResidualMLP
+
+    torch.manual_seed(0)
+    model = ResidualMLP(depth=4, dim=16)
+    opt = torch.optim.SGD(model.parameters(), 0.02)
+    x, y = torch.randn(16, 16), torch.randn(16, 1)
+    with resdoctor.watch(model, opt, path, quiet=True) as doctor:
+        for i in range(steps):
+            if i == 3 and not fixed:
+                with torch.no_grad():
+                    model.blocks[1].branch[1].weight.fill_(float("nan"))
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    return str(path)
+
+
+def record_transformer(path: Path, steps: int = 30) -> str:
+    import torch
+    import torch.nn.functional as F
+
+    import resdoctor
+    from resdoctor.models import TinyTransformer
+
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab=32, dim=32, depth=2, heads=4)
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    ids = torch.randint(0, 32, (4, 16))
+    with resdoctor.watch(model, opt, path, quiet=True) as doctor:
+        for _ in range(steps):
+            logits = model(ids[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, 32), ids[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def first_screen_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("first-screen")
+    return {
+        "nan3": record_nan3(folder / "nan3.pt"),
+        "fixed": record_nan3(folder / "fixed.pt", fixed=True),
+        "transformer": record_transformer(folder / "transformer.pt"),
+    }
+
+
 def record_edge_cases(folder: Path) -> dict[str, str]:
     """A plain (non-residual) MLP run, and a run closed before its first step."""
     import torch

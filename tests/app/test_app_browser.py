@@ -104,7 +104,7 @@ def test_app_in_headless_chromium(
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(server)
-        page.get_by_text("Verdict: critical").wait_for(timeout=60_000)  # the sick run
+        page.get_by_text("Verdict: critical").first.wait_for(timeout=60_000)  # the sick run
         page.get_by_role("tab", name="Compare").wait_for(timeout=60_000)
         assert page.get_by_role("tab").count() == 7
         page.screenshot(path=str(tmp_path / "diagnosis.png"))
@@ -117,11 +117,51 @@ def test_app_in_headless_chromium(
         assert "Traceback" not in page.content()
         # auto-refresh from the link: rewrite the file as the recorder does, the page follows
         page.goto(f"{server}/?run={live}&refresh=2s")
-        page.get_by_text("Verdict: critical").wait_for(timeout=60_000)
+        page.get_by_text("Verdict: critical").first.wait_for(timeout=60_000)
         shutil.copy(runs["healthy"], tmp_path / "next.pt")
         os.replace(tmp_path / "next.pt", live)
-        page.get_by_text("Verdict: healthy").wait_for(timeout=30_000)
+        page.get_by_text("Verdict: healthy").first.wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "refreshed.png"))
         browser.close()
     assert not [e for e in errors if "vega" in e.lower() or "spec" in e.lower()], errors
     assert (tmp_path / "gradient-flow.png").stat().st_size > 20_000
+
+
+def _visible_without_scrolling(page, locator) -> bool:
+    box = locator.bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 900
+
+
+def test_first_screen_of_a_nan_at_step_3_run_a_healthy_transformer_and_a_comparison(
+    server: str, chromium: str, first_screen_runs: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 17: without scrolling, the verdict, the onset and a drawn chart of the finite
+    window (the loss up to a few steps past the NaN, not 200 magenta steps)."""
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        for name, query, verdict in (
+            ("nan3", f"run={first_screen_runs['nan3']}", "critical"),
+            ("transformer", f"run={first_screen_runs['transformer']}", "healthy"),
+            (
+                "compare",
+                f"run={first_screen_runs['nan3']}&compare={first_screen_runs['fixed']}",
+                "critical",
+            ),
+        ):
+            page.goto(f"{server}/?{query}")
+            banner = page.get_by_text(f"Verdict: {verdict}").first
+            banner.wait_for(timeout=60_000)
+            page.wait_for_function(f"{DRAWN} >= 1", timeout=60_000)
+            page.screenshot(path=str(tmp_path / f"first-screen-{name}.png"))
+            assert _visible_without_scrolling(page, banner), name
+            chart = page.locator(".vega-embed").first
+            assert _visible_without_scrolling(page, chart), name
+            if name != "transformer":
+                onset = page.get_by_text("went non-finite at step 3").first
+                assert _visible_without_scrolling(page, onset), name
+                root = page.get_by_text("Root cause:").first
+                assert _visible_without_scrolling(page, root), name
+            if name == "compare":
+                assert page.get_by_text("Better").first.is_visible()
+        browser.close()

@@ -35,12 +35,15 @@ def render(a: Opened, b: Opened) -> None:
 def _differences(diff: dict[str, Any]) -> None:
     """Render ``Comparison.to_dict()``: the summary, finding codes as badges, the metric table."""
     if diff.get("summary"):
-        better = diff.get("improved")
-        st.markdown(f"**{'Improved' if better else 'Not improved'}:** {diff['summary']}")
+        outcome = diff.get("outcome") or ("better" if diff.get("improved") else "unchanged")
+        color = {"better": "green", "worse": "red"}.get(outcome, "gray")
+        st.markdown(f"### :{color}[{outcome.capitalize()}] &nbsp; {diff['summary']}")
     chips = [f":green-badge[resolved: {c}]" for c in diff.get("resolved", [])]
     chips += [f":red-badge[new: {c}]" for c in diff.get("new", [])]
+    badge = {"better": "green", "worse": "red"}
     chips += [
-        f":orange-badge[persisting: {p.get('code')} ({p.get('before')} → {p.get('after')})]"
+        f":{badge.get(p.get('change', ''), 'orange')}-badge[{p.get('change', 'persisting')}: "
+        f"{p.get('code')} ({p.get('before')} → {p.get('after')})]"
         for p in diff.get("persisting", [])
     ]
     if chips:

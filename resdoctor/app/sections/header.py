@@ -7,6 +7,7 @@ import time
 
 import streamlit as st
 
+from resdoctor.app import charts, ui
 from resdoctor.app.data import Opened
 
 COLOR = {"healthy": "green", "warning": "orange", "critical": "red"}
@@ -30,6 +31,12 @@ def render(opened: Opened) -> None:
             "No step recorded yet. If training is running, turn on auto-refresh in the "
             "sidebar: the file is rewritten every flush_every steps or flush_seconds."
         )
+    if report is not None and report.root_cause is not None:
+        root = report.root_cause
+        first = f" · first fix: **{report.plan[0].title}** (`{report.plan[0].code}`)"
+        st.markdown(
+            f"**Root cause:** `{root.code}` — {root.title}" + (first if report.plan else "")
+        )
     c = st.columns(6)
     c[0].metric("steps", f"{run.steps:,}")
     c[1].metric("modules with parameters", len(opened.view.depth_order("grad_norm")))
@@ -37,6 +44,27 @@ def render(opened: Opened) -> None:
     c[3].metric("non-finite onsets", len(run.nonfinite))
     c[4].metric("first NaN/Inf step", _or_dash(opened.view.first_onset()))
     c[5].metric("skipped AMP steps", f"{len(run.skipped_steps):,}")
+    _loss(opened)
+
+
+def _loss(opened: Opened) -> None:
+    """The loss over the steps shown (the finite window of a run that went NaN), onset marked:
+    what happened, at a glance, before any tab."""
+    frame = opened.view.scalars()
+    if frame.empty or "loss" not in set(frame["name"]):
+        return
+    part = frame[frame["name"] == "loss"]
+    positive = bool((part["value"] > 0).all())
+    ui.show(
+        charts.lines(
+            part,
+            y_title="loss",
+            log=positive,
+            onset=opened.view.first_onset(),
+            height=150,
+            steps=opened.view.last_step,
+        )
+    )
 
 
 def verdict_banner(verdict: str, severities: list[str]) -> None:

@@ -32,7 +32,7 @@ def render(opened: Opened) -> None:
                     log=log and _positive(part),
                     onset=onset,
                     height=240,
-                    steps=opened.run.steps,
+                    steps=view.last_step,
                 )
             )
     others = frame[~frame["name"].isin(MAIN)]
@@ -44,7 +44,7 @@ def render(opened: Opened) -> None:
                 y_title="value",
                 log=log and _positive(others),
                 onset=onset,
-                steps=opened.run.steps,
+                steps=view.last_step,
             )
         )
     _skipped(opened)
@@ -61,7 +61,7 @@ def _skipped(opened: Opened) -> None:
         "a long run of them is not)"
     )
     title = "skipped" if int(marks["count"].max()) == 1 else "skipped per bucket"
-    ui.show(charts.event_bars(marks, title=title, steps=opened.run.steps))
+    ui.show(charts.event_bars(marks, title=title, steps=opened.view.last_step))
 
 
 def _positive(part: object) -> bool:
