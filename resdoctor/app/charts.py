@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import altair as alt
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 NONFINITE_COLOR = "#e4007c"
+THRESHOLD_COLOR = "#b25f00"
 ONSET_COLOR = "#d62728"
 CANVAS = {"embedOptions": {"renderer": "canvas"}}  # thousands of marks: canvas, not SVG
 STEP_AXIS = alt.Axis(title="step", format="~s", tickMinStep=1)
@@ -121,7 +123,7 @@ def heatmap(
     rule = onset_rule(onset)
     if rule is not None:
         layers.append(rule)
-    height = int(min(640, max(220, 22 * len(order) + 70)))  # + x axis and title
+    height = int(min(1400, max(220, 18 * len(order) + 70)))  # every label readable
     return alt.layer(*layers).properties(height=height, usermeta=CANVAS)
 
 
@@ -134,9 +136,11 @@ def lines(
     color_title: str = "",
     height: int = 280,
     steps: int | None = None,
+    thresholds: Sequence[tuple[float, str]] = (),
 ) -> alt.LayerChart:
     """One line per name over steps (x from 0 to ``steps`` when given, so panels line up);
-    click the legend to highlight, drag to zoom on steps."""
+    click the legend to highlight, drag to zoom on steps; ``thresholds`` (value, label) are
+    the rules' lines, drawn dotted."""
     pick = alt.selection_point(fields=["name"], bind="legend")
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     x_scale = alt.Scale(domain=[0, steps], nice=False) if steps else alt.Undefined
@@ -165,7 +169,21 @@ def lines(
     chart = chart.add_params(alt.selection_interval(bind="scales", encodings=["x"]))
     rule = onset_rule(onset)
     layers = [chart] if rule is None else [chart, rule]
+    layers += threshold_rules(thresholds)
     return alt.layer(*layers).properties(height=height)
+
+
+def threshold_rules(thresholds: Sequence[tuple[float, str]]) -> list[alt.Chart]:
+    """Horizontal dotted lines where a rule fires, labelled with the rule."""
+    if not thresholds:
+        return []
+    df = pd.DataFrame({"value": [v for v, _ in thresholds], "label": [t for _, t in thresholds]})
+    base = alt.Chart(df).encode(y=alt.Y("value:Q"))
+    rule = base.mark_rule(color=THRESHOLD_COLOR, strokeDash=[2, 3], strokeWidth=1.5)
+    text = base.mark_text(align="left", dx=4, dy=-5, color=THRESHOLD_COLOR).encode(
+        x=alt.value(0), text="label:N"
+    )
+    return [rule, text]
 
 
 def profile(

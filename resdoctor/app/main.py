@@ -71,7 +71,7 @@ def _window(opened: data.Opened) -> tuple[data.Opened, str]:
         return opened, ""
     every = st.sidebar.toggle(
         "Show the steps after the first NaN/Inf",
-        value=False,
+        value=st.query_params.get("steps") == "all",  # a shareable link: ?steps=all
         help=f"Charts stop at step {window.until:,}: past the onset every value is NaN/Inf.",
         key="all_steps",
     )

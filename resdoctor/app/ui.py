@@ -8,10 +8,10 @@ from typing import Any
 import altair as alt
 import streamlit as st
 
-from resdoctor.app.view import LABELS, View
+from resdoctor.app.view import DERIVED, LABELS, View
 
 
-def show(chart: alt.Chart | alt.LayerChart) -> None:
+def show(chart: alt.Chart | alt.LayerChart | alt.FacetChart) -> None:
     """Draw a chart at the container's width (streamlit sends its data as Arrow, not JSON)."""
     st.altair_chart(chart, width="stretch")
 
@@ -59,7 +59,7 @@ def step_slider(view: View, signal: str, key: str, label: str = "Step") -> int |
 
 def bucket_note(view: View, signal: str, cells: int | None = None) -> None:
     """Caption saying what the chart was drawn from and how much was drawn."""
-    stride = view.run.stride(signal)
+    stride = view.run.stride(DERIVED.get(signal, signal))
     rows = len(view.table(signal))
     text = (
         f"Drawn from {rows:,} recorded rows over {view.run.steps:,} steps (each row averages "
@@ -68,3 +68,32 @@ def bucket_note(view: View, signal: str, cells: int | None = None) -> None:
     if cells is not None:
         text += f"; {cells:,} cells"
     st.caption(text + ".")
+
+
+def threshold(report: Any, code: str, param: str) -> float | None:
+    """Where rule ``code`` fires on ``param``: the value a finding of this run used, else the
+    rule's default (what the charts draw, so the lines match the diagnosis)."""
+    for f in report.findings if report is not None else ():
+        if f.code == code and isinstance(f.thresholds.get(param), (int, float)):
+            return float(f.thresholds[param])
+    from resdoctor.rules import rules
+
+    for r in rules():
+        if r.code == code and isinstance(r.defaults.get(param), (int, float)):
+            return float(r.defaults[param])
+    return None
+
+
+def flagged(report: Any, names: list[str]) -> list[str]:
+    """``names`` (sites or modules) that a finding points at: its location or its evidence's
+    site lists, root cause first."""
+    hit: list[str] = []
+    for f in report.findings if report is not None else ():
+        found = [f.location] if f.location else []
+        for key in ("sites", "first_site", "collapse_site", "first_module"):
+            value = f.evidence.get(key)
+            found += value if isinstance(value, list) else [value] if value else []
+        for n in found:
+            if n in names and n not in hit:
+                hit.append(n)
+    return hit

@@ -15,6 +15,10 @@ from resdoctor.runfile.run import Run
 from resdoctor.runfile.signals import MODULE_SIGNALS, SIGNALS
 
 LABELS = {s.name: s.label for s in SIGNALS}
+# derived in the view: gradient RMS per parameter (what vanishing-gradients compares), so rows
+# do not stripe by module size
+DERIVED = {"grad_rms": "grad_norm"}
+LABELS["grad_rms"] = "gradient RMS per parameter ‖∇W‖/√n"
 
 
 class View:
@@ -44,11 +48,22 @@ class View:
 
     # -- tables in depth order ---------------------------------------------------------------
     def depth_order(self, signal: str) -> list[str]:
-        """Columns of ``signal`` in forward (depth) order: modules by completion, sites by index."""
+        """Columns of ``signal`` in forward (depth) order: modules by completion, sites by index.
+        A module never called itself (``nn.MultiheadAttention``'s ``out_proj``, used through its
+        weight) takes its parent's place, just before it."""
+        signal = DERIVED.get(signal, signal)
         cols = self.run.columns(signal)
         if signal in MODULE_SIGNALS:
             order = dict(zip(self.run.modules["name"], self.run.modules["order"], strict=False))
-            rank = {c: (order.get(c, -1) < 0, order.get(c, -1), i) for i, c in enumerate(cols)}
+
+            def at(name: str) -> float:
+                while order.get(name, -1) < 0 and name:
+                    name = name.rpartition(".")[0]
+                    if order.get(name, -1) >= 0:
+                        return order[name] - 0.5
+                return float(order.get(name, -1))
+
+            rank = {c: (at(c) < 0, at(c), i) for i, c in enumerate(cols)}
         else:
             index = dict(zip(self.run.sites["name"], self.run.sites["index"], strict=False))
             rank = {c: (c not in index, index.get(c, 0), i) for i, c in enumerate(cols)}
@@ -58,16 +73,21 @@ class View:
         """Step x name of ``signal`` (bucket means), columns in depth order; empty if absent."""
 
         def make() -> pd.DataFrame:
-            df = self.run.series(signal)
+            df = self.run.series(DERIVED.get(signal, signal))
             if df.empty:
                 return df
             df = df[self.depth_order(signal)]
+            if signal == "grad_rms":
+                size = dict(zip(self.run.modules["name"], self.run.modules["params"], strict=False))
+                n = np.array([max(int(size.get(c, 1)), 1) for c in df.columns], dtype=np.float64)
+                df = df / np.sqrt(n)
             return df[df.index <= self.until] if self.until is not None else df
 
         return self._cached(("table", signal), make)
 
     def present(self, signal: str) -> np.ndarray | None:
         """Measured cells of ``table(signal)`` (a measured NaN counts), from the file's counts."""
+        signal = DERIVED.get(signal, signal)
         measured = self.run.measured(signal)
         if measured.empty and not self.run.columns(signal):
             return None

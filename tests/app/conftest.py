@@ -164,9 +164,13 @@ def app() -> Callable[..., Any]:
     """``app(run=..., compare=..., tab=..., argv=[...])`` -> a ran AppTest."""
     from streamlit.testing.v1 import AppTest
 
-    def make(argv: list[str] | None = None, **query: str) -> AppTest:
+    def make(argv: list[str] | None = None, window: bool = False, **query: str) -> AppTest:
+        """``window=False`` opens every step (``?steps=all``); True: the default finite
+        window of a run that went NaN."""
         if argv is not None:
             sys.argv = [MAIN, *argv]
+        if not window:
+            query.setdefault("steps", "all")
         at = AppTest.from_file(MAIN, default_timeout=120)
         for k, v in query.items():
             at.query_params[k] = v
@@ -213,7 +217,9 @@ def chart_data(at: Any) -> list[tuple[dict[str, Any], list[Any]]]:
                 out.append((json.loads(proto.spec), frames))
             walk(child)
 
-    walk(at.main)
+    tabs = list(at.tabs)
+    for root in tabs or [at.main]:  # the section's charts (the header's loss chart is apart)
+        walk(root)
     return out
 
 

@@ -54,7 +54,10 @@ def test_gradient_flow_heatmap_marks_the_nan_onset(app, runs, kind: str) -> None
     cells = max(frames, key=len)
     modules = run.series("grad_norm").shape[1]
     assert len(cells) == modules * 30  # a small run is drawn exactly: every module, every step
+    # coloured by the per-parameter RMS the vanishing rule uses: ||grad W|| / sqrt(n)
+    size = dict(zip(run.modules["name"], run.modules["params"]))
     grads = run.series("grad_norm")
+    grads = grads / [max(size[c], 1) ** 0.5 for c in grads.columns]
     finite = cells[~cells["nonfinite"]]
     row = finite[(finite["step"] == 5) & (finite["name"] == grads.columns[0])]
     assert row["value"].item() == pytest.approx(grads.iloc[5, 0])
@@ -189,4 +192,18 @@ def test_runs_without_sites_or_steps(app, edge_runs, kind: str) -> None:
     assert notes.count(no_sites) == 3  # sites, activation growth, over-smoothing
     assert ("No step recorded yet" in " ".join(notes)) == (kind == "empty")
     if kind == "empty":
-        assert any(n.startswith("Not recorded in this run: `grad_norm`") for n in notes)
+        assert any(n.startswith("Not recorded in this run: `grad_rms`, `grad_norm`") for n in notes)
+
+
+def test_a_nan_run_opens_on_its_finite_window(app, runs) -> None:
+    """Issue 17: a run that went NaN shows, by default, its steps up to a few past the onset
+    (afterwards every cell is magenta); ?steps=all shows every step."""
+    run = resdoctor.load(runs["sick"])
+    onset = int(run.nonfinite["step"].min())
+    at = app(run=runs["sick"], tab="Gradient flow", window=True)
+    _clean(at)
+    cells = max(chart_data(at)[0][1], key=len)
+    assert onset < cells["step"].max() < run.steps - 1
+    assert f"the run went non-finite at step {onset}" in texts(at)
+    full = app(run=runs["sick"], tab="Gradient flow")
+    assert max(chart_data(full)[0][1], key=len)["step"].max() == run.steps - 1

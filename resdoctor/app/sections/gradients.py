@@ -8,7 +8,7 @@ from resdoctor.app import charts, ui
 from resdoctor.app.data import Opened
 from resdoctor.app.view import LABELS
 
-SIGNALS = ("grad_norm", "update_ratio", "param_norm")
+SIGNALS = ("grad_rms", "grad_norm", "update_ratio", "param_norm")
 
 
 def render(opened: Opened) -> None:

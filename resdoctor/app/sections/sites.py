@@ -29,9 +29,12 @@ def render(opened: Opened) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Over time**")
-        names = st.multiselect(
-            "Sites", view.depth_order(signal), view.spread(signal), key=f"sites_{signal}"
-        )
+        order = view.depth_order(signal)
+        flagged = ui.flagged(opened.report, order)  # the findings' sites first
+        default = (flagged + [n for n in view.spread(signal) if n not in flagged])[:6]
+        names = st.multiselect("Sites", order, default, key=f"sites_{signal}")
+        if flagged:
+            st.caption("Pre-selected: " + ", ".join(flagged[:6]) + " (named by the findings).")
         frame = view.lines(signal, tuple(names))
         if len(frame):
             ui.show(
@@ -41,6 +44,7 @@ def render(opened: Opened) -> None:
                     log=log,
                     onset=view.first_onset(),
                     color_title="site",
+                    thresholds=_thresholds(opened, signal),
                 )
             )
     with right:
@@ -69,3 +73,15 @@ def render(opened: Opened) -> None:
             )
         )
         ui.bucket_note(view, signal, cells=len(cells))
+
+
+def _thresholds(opened: Opened, signal: str) -> list[tuple[float, str]]:
+    """The rules' lines on this signal: where branch-dominance and dead-branch fire."""
+    if signal != "branch_ratio":
+        return []
+    out = []
+    for code in ("branch-dominance", "dead-branch"):
+        value = ui.threshold(opened.report, code, "ratio")
+        if value is not None:
+            out.append((value, f"{code} ({value:g})"))
+    return out

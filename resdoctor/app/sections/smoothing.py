@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import altair as alt
 import streamlit as st
 
 from resdoctor.app import charts, ui
@@ -35,7 +36,10 @@ def render(opened: Opened) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Similarity by depth**")
-        ui.show(charts.profile(view.snapshots("smoothing"), y_title="cosine similarity"))
+        limit = ui.threshold(opened.report, "oversmoothing", "similarity")
+        chart = charts.profile(view.snapshots("smoothing"), y_title="cosine similarity")
+        lines = [(limit, f"oversmoothing ({limit:g})")] if limit is not None else []
+        ui.show(alt.layer(chart, *charts.threshold_rules(lines)))  # where the rule fires
     with right:
         if view.has("smoothing_energy"):
             st.markdown("**Dirichlet energy by depth** (→ 0: collapse)")
