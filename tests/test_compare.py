@@ -23,7 +23,9 @@ def test_resolved_new_and_persisting_codes():
     b = _report(run, ("dead-branch", "critical"), ("oversmoothing", "warning"))
     cmp = compare(a, b)
     assert cmp.resolved == ("nonfinite",) and cmp.new == ("oversmoothing",)
-    assert cmp.persisting == ({"code": "dead-branch", "before": "warning", "after": "critical"},)
+    assert cmp.persisting == (
+        {"code": "dead-branch", "before": "warning", "after": "critical", "change": "worse"},
+    )
     assert not cmp.improved  # still critical, same number of codes
 
 

@@ -245,7 +245,8 @@ def test_errors_inside_resdoctor_are_recorded_not_raised(tmp_path):
         for _ in range(4):
             doctor.log(loss=mlp_step(model, opt, x, y))
     errors = resdoctor.load(tmp_path / "e.pt").errors
-    assert errors.iloc[0]["type"] == "RuntimeError" and errors.iloc[0]["count"] >= 3
+    bugs = errors[errors["type"] == "RuntimeError"]
+    assert len(bugs) and bugs["count"].sum() >= 3  # the traced step's too: "smoothing"
 
 
 def test_unknown_option_is_a_clear_error(tmp_path):

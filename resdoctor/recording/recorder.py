@@ -272,6 +272,8 @@ class Recorder:
             tracer, self._tracer = self._tracer, None
             tracer.__exit__(None, None, None)
             tracer.detach()
+            if tracer.measure_failed is not None:
+                self.record_error("smoothing", tracer.measure_failed)
             if self._forward_ok:  # else the trace is partial: discover on the next forward
                 self._discovered(tracer)
                 self._traced_magnitudes(tracer)

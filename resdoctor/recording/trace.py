@@ -133,6 +133,7 @@ class Tracer(TorchFunctionMode):
         self._customs: dict[int, Any] = {}  # custom autograd nodes already attributed
         self.measure_adds = False  # also reduce each addition's operands (the traced step)
         self.measure_result: Any = None  # and apply this to each residual sum (e.g. smoothing)
+        self.measure_failed: Exception | None = None
         self._ids: dict[int, tuple[weakref.ref[torch.Tensor], int, _Node]] = {}
         # origin node -> the (module, call)s whose additions had an operand from it
         self._added_in: dict[int, set[tuple[str, int]]] = {}
@@ -322,7 +323,10 @@ class Tracer(TorchFunctionMode):
         key = self._origin(source).idx
         measured = None
         if self.measure_result is not None and isinstance(total, torch.Tensor):
-            measured = self.measure_result(total.detach())
+            try:  # a failing measurement loses that measurement, never the discovery
+                measured = self.measure_result(total.detach())
+            except Exception as e:  # noqa: BLE001
+                self.measure_failed = e
         self.additions.append(
             Addition(
                 module,
