@@ -119,11 +119,10 @@ def _fixes(run: Run, sites: list[str], collapse: str, similarity: float) -> list
         else []
     )
     if run.architecture == "graph":  # message passing averages neighbours: GNN remedies
-        return [
-            fixes.initial_residual(deep_sites, alpha=0.1),
-            fixes.pairnorm(deep_sites, scale=1.0),
-            *shallower,
-        ]
+        remedies = [fixes.initial_residual(deep_sites, alpha=0.1), fixes.pairnorm(deep_sites)]
+        if not len(run.sites):  # no skip to re-inject x0 along: a drop-in PairNorm layer first
+            remedies.reverse()
+        return [*remedies, *shallower]
     # attention / convolution / MLP stacks: rank collapse, countered by a dominant skip
     records = site_dicts(run, deep_sites)
     if not records:

@@ -74,3 +74,28 @@ def test_fixes_fit_the_architecture(module_type, codes):
     )
     (f,) = oversmoothing(run)
     assert [x.code for x in f.fixes] == codes
+
+
+def test_a_plain_gnn_gets_pairnorm_first(tmp_path):
+    """No residual site: nothing to re-inject x0 along, so the drop-in PairNorm comes first
+    (probe gcn-plain-deep: initial residual left it smoothed, PairNorm cured it)."""
+    import torch
+
+    import resdoctor
+    from tests import _models
+
+    torch.manual_seed(0)
+    model = _models.PlainGCN(layers=8)
+    x, edges = _models.graph(nodes=12, edges=60)
+    opt = torch.optim.SGD(model.parameters(), 1e-3)
+    with resdoctor.watch(model, opt, tmp_path / "g.pt", smoothing_every=1) as doctor:
+        for _ in range(12):
+            loss = model(x, edges).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    run = resdoctor.load(tmp_path / "g.pt")
+    assert len(run.sites) == 0 and run.architecture == "graph"
+    found = oversmoothing(run, similarity=0.5, energy=1.0, depth_rise=-1.0)
+    assert found and found[0].fixes[0].code == "pairnorm"
