@@ -297,6 +297,17 @@ _probe(
     scale=1.0,
 )
 
+# -- spikes ---------------------------------------------------------------------------------------
+_probe(
+    "preln-bad-batches",
+    "pre-ln",
+    "pre-LN transformer meeting three batches from another distribution (scrambled tokens)",
+    _t("loss-spike", "grad-spike"),  # the gradient norm spikes x2-3: borderline
+    Recipe(steps=80, lr=3e-3, arch={"depth": 4, "bad_batches": (40, 55, 70)}),
+    transformer,
+    cause="three corrupt batches at steps 40, 55 and 70: the loss spikes and recovers",
+)
+
 # -- healthy controls (traps) -------------------------------------------------------------------
 _probe(
     "mlp-converged",

@@ -137,6 +137,22 @@ def corrupt(batch: Batch, step: int, sample: int, where: str = "input") -> Batch
     return batch_at
 
 
+def scrambled(batch: Batch, steps: tuple[int, ...], vocab: int = 64, seed: int = 0) -> Batch:
+    """``batch`` with its tokens (inputs and targets) mapped through a fixed random
+    permutation of the vocabulary at ``steps``: a batch from another distribution (a corrupt
+    shard), on which a trained model is confidently wrong, and the loss spikes."""
+    perm = torch.randperm(vocab, generator=_gen(seed + 77))
+    bad = set(steps)
+
+    def batch_at(s: int) -> tuple[tuple[Any, ...], Any]:
+        inputs, target = batch(s)
+        if s not in bad:
+            return inputs, target
+        return (perm[inputs[0]], *inputs[1:]), perm[target]
+
+    return batch_at
+
+
 def finite_rows(batch: Batch) -> Batch:
     """The check-inputs / stable-loss fix: drop the samples whose input or target holds NaN/Inf."""
 

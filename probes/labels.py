@@ -225,7 +225,49 @@ def divergence(m: Measurement) -> Label:
     )
 
 
-RULES = (nonfinite, exploding, vanishing, dominance, dead, growth, smoothing, divergence)
+SPIKE = (2.0, 3.0)  # a step over the median of the 20 before it (x2 borderline, x3 present),
+# back under 1.5x that median within 10 steps, after the first 10% of the run
+
+
+def _spikes(x: np.ndarray, label: str, code: str) -> Label:
+    start = max(10, len(x) // 10)
+    worst, count = 1.0, 0
+    for t in range(start, len(x)):
+        base = float(np.median(x[t - 20 : t])) if t >= 20 else float(np.median(x[:t]))
+        if not (np.isfinite(x[t]) and base > 0):
+            continue
+        ratio = float(x[t] / base)
+        back = x[t + 1 : t + 11]
+        if ratio >= SPIKE[0] and len(back) and bool((back < 1.5 * base).any()):
+            worst, count = max(worst, ratio), count + (ratio >= SPIKE[1])
+    return Label(code, _status(worst, *SPIKE), worst, f"{count} {label} spikes >= x{SPIKE[1]:g}")
+
+
+def loss_spike(m: Measurement) -> Label:
+    loss = m.array("loss")
+    stop = m.onset.step if m.onset else len(loss)
+    return _spikes(loss[:stop], "loss", "loss-spike")
+
+
+def grad_spike(m: Measurement) -> Label:
+    g = m.array("grad")
+    stop = m.onset.step if m.onset else len(g)
+    total = np.sqrt(np.nansum(g[:stop] ** 2, axis=1)) if g.size else np.zeros(0)
+    return _spikes(total, "gradient-norm", "grad-spike")
+
+
+RULES = (
+    nonfinite,
+    exploding,
+    vanishing,
+    dominance,
+    dead,
+    growth,
+    smoothing,
+    divergence,
+    loss_spike,
+    grad_spike,
+)
 
 
 def labels(m: Measurement) -> dict[str, Label]:

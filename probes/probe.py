@@ -32,6 +32,8 @@ CODES = (
     "activation-growth",
     "oversmoothing",
     "loss-divergence",
+    "loss-spike",
+    "grad-spike",
 )
 
 

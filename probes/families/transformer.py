@@ -18,7 +18,8 @@ DEFAULTS: dict[str, Any] = {"depth": 4, "dim": 32, "heads": 4, "norm": "pre", "r
 
 def build(r: Recipe) -> Setup:
     """arch: depth, dim, heads, norm ("pre" | "post" | "none"; True means "pre"),
-    residual_scale, gate (block, init), guard_eps, l1."""
+    residual_scale, gate (block, init), guard_eps, l1, bad_batches (steps whose batch is
+    scrambled)."""
     a: dict[str, Any] = {**DEFAULTS, **r.arch}
     norm: Literal["pre", "post", "none"] = "pre" if a["norm"] is True else a["norm"]
     model = TinyTransformer(
@@ -34,9 +35,12 @@ def build(r: Recipe) -> Setup:
     if gate is not None and gate[0] < a["depth"]:
         block = model.blocks[gate[0]]
         block.mlp = Wrapped(block.mlp, Gate(gate[1], a.get("guard_eps")))
+    batches = data.tokens(seed=r.seed)
+    if a.get("bad_batches"):  # batches from another distribution at these steps
+        batches = data.scrambled(batches, tuple(a["bad_batches"]), seed=r.seed)
     return Setup(
         model,
-        data.tokens(seed=r.seed),
+        batches,
         data.cross_entropy,
         taps(a["depth"], norm),
         l1=float(a.get("l1", 0.0)),

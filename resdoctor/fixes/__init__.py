@@ -15,10 +15,11 @@ from resdoctor.fixes.arch import (
     guard_op,
     pre_activation,
     pre_layernorm,
+    qk_norm,
     reduce_depth,
     residual_scaling,
 )
-from resdoctor.fixes.data import check_inputs, stable_loss
+from resdoctor.fixes.data import check_inputs, skip_batch, stable_loss
 from resdoctor.fixes.graph import initial_residual, pairnorm
 from resdoctor.fixes.optim import clip_gradients, lower_lr, lr_warmup, mixed_precision
 
@@ -38,6 +39,8 @@ FIX_CODES = (
     "check-inputs",
     "stable-loss",
     "add-residual",
+    "skip-batch",
+    "qk-norm",
 )
 
 __all__ = [
@@ -56,7 +59,9 @@ __all__ = [
     "pairnorm",
     "pre_activation",
     "pre_layernorm",
+    "qk_norm",
     "reduce_depth",
     "residual_scaling",
+    "skip_batch",
     "stable_loss",
 ]

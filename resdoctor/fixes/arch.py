@@ -428,3 +428,28 @@ def add_residual(layers: Sequence[str]) -> Fix:
         snippet=snippet,
         params={"layers": list(layers)},
     )
+
+
+def qk_norm() -> Fix:
+    """Normalise queries and keys before the attention logits (QK-norm), plus a z-loss on the
+    output logits: the transformer remedies for logit growth that makes the loss spike."""
+    snippet = (
+        "from torch import nn\n"
+        "import torch.nn.functional as F\n\n"
+        "# in each attention block, after projecting q and k ([batch, heads, tokens, head_dim]):\n"
+        "#     q, k = self.q_norm(q), self.k_norm(k)   # self.q_norm = nn.LayerNorm(head_dim)\n\n"
+        "# and a z-loss on the output logits (PaLM: 1e-4):\n"
+        "z_loss = 1e-4 * torch.logsumexp(logits, dim=-1).pow(2).mean()\n"
+        "loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten()) + z_loss\n"
+    )
+    return Fix(
+        code="qk-norm",
+        title="Normalise queries and keys (QK-norm) and add a z-loss",
+        detail=(
+            "Attention logits that grow make the softmax saturate and the loss spike; "
+            "LayerNorm on q and k bounds them (Dehghani et al. 2023; Wortsman et al. 2023) and "
+            "a small z-loss keeps the output logits near 0 (Chowdhery et al. 2022)."
+        ),
+        snippet=snippet,
+        params={"z_loss": 1e-4},
+    )

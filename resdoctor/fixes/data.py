@@ -65,3 +65,31 @@ def stable_loss(seen_as: str) -> Fix:
         snippet=snippet,
         params={"seen_as": seen_as, "eps": 1e-7},
     )
+
+
+def skip_batch(what: str, sigmas: float, window: int) -> Fix:
+    """Skip the optimizer step when the loss (or gradient norm) spikes: the OLMo / PaLM
+    practice of dropping the offending batch instead of letting it move the weights."""
+    snippet = (
+        "from collections import deque\n\n"
+        f"recent = deque(maxlen={window})  # the last {window} step values\n\n"
+        "# each step, after loss.backward() (value: loss.item() or the total gradient norm)\n"
+        "mean = sum(recent) / len(recent) if recent else None\n"
+        "std = (sum((v - mean) ** 2 for v in recent) / len(recent)) ** 0.5 if recent else None\n"
+        f"if mean is not None and len(recent) >= 20 and value > mean + {sigmas:g} * std:\n"
+        "    optimizer.zero_grad()  # skip this batch: log its index to look at the data\n"
+        "else:\n"
+        "    optimizer.step()\n"
+        "    recent.append(value)\n"
+    )
+    return Fix(
+        code="skip-batch",
+        title=f"Skip the step when the {what} spikes ({sigmas:g} sigma)",
+        detail=(
+            f"A {what} {sigmas:g} sigma above the last {window} steps comes from one batch "
+            "(bad data) or a transient instability: skip that optimizer step and record the "
+            "batch (Chowdhery et al. 2022, PaLM, restarted around such batches)."
+        ),
+        snippet=snippet,
+        params={"sigmas": sigmas, "window": window, "signal": what},
+    )

@@ -34,6 +34,8 @@ CAUSES: dict[str, tuple[str, ...]] = {
     "loss-divergence": ("nonfinite",),
     "branch-dominance": ("oversmoothing", "vanishing-gradients", "activation-growth"),
     "vanishing-gradients": ("oversmoothing",),
+    "grad-spike": ("loss-spike", "loss-divergence", "nonfinite"),
+    "loss-spike": ("loss-divergence", "nonfinite"),
 }
 GRAPH_CAUSES: dict[str, tuple[str, ...]] = {
     **CAUSES,

@@ -45,6 +45,7 @@ def _load_builtins() -> None:
         loss_divergence,
         nonfinite,
         oversmoothing,
+        spikes,
         vanishing_gradients,
     )
 
