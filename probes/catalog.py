@@ -308,6 +308,19 @@ _probe(
     cause="three corrupt batches at steps 40, 55 and 70: the loss spikes and recovers",
 )
 
+_probe(
+    "mlp-tiny-lr-stalled",
+    "mlp",
+    "residual MLP with SGD at lr 1e-6: the loss stays at its start, gradients are fine",
+    _t("stalled-training"),
+    Recipe(steps=64, lr=1e-6, optimizer="sgd", momentum=0.0, arch={"depth": 4}),
+    mlp,
+    fast=True,
+    cause="a learning rate 10,000x too small",
+    remedy="raise-lr",
+    factor=100.0,
+)
+
 # -- healthy controls (traps) -------------------------------------------------------------------
 _probe(
     "mlp-converged",

@@ -256,6 +256,25 @@ def grad_spike(m: Measurement) -> Label:
     return _spikes(total, "gradient-norm", "grad-spike")
 
 
+STALL = (0.05, 0.02)  # the loss fell less than this share of its start (5% borderline, 2%)
+
+
+def stalled(m: Measurement) -> Label:
+    loss = m.array("loss")
+    stop = m.onset.step if m.onset else len(loss)
+    loss = loss[:stop]
+    if len(loss) < 30 or not np.all(np.isfinite(loss)):
+        return Label("stalled-training", "absent", math.nan, "too short or not finite")
+    k = 8  # the probes' data sets cycle through 8 batches: compare whole cycles
+    start, end = float(np.mean(loss[:k])), float(np.mean(loss[-k:]))
+    drop = (start - end) / abs(start) if start else 0.0
+    g = m.array("grad")
+    total = np.sqrt(np.nansum(g[:stop] ** 2, axis=1)) if g.size else np.ones(1)
+    moving = float(np.median(total)) > 1e-7 and float(total[-k:].mean() / total[:k].mean()) < 100
+    status = _status(drop, *STALL, up=False) if moving else "absent"
+    return Label("stalled-training", status, drop, f"loss {start:.4g} -> {end:.4g} ({drop:.1%})")
+
+
 RULES = (
     nonfinite,
     exploding,
@@ -267,6 +286,7 @@ RULES = (
     divergence,
     loss_spike,
     grad_spike,
+    stalled,
 )
 
 

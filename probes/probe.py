@@ -34,6 +34,7 @@ CODES = (
     "loss-divergence",
     "loss-spike",
     "grad-spike",
+    "stalled-training",
 )
 
 

@@ -106,8 +106,16 @@ def _mixed_precision(r: Recipe, p: dict[str, Any]) -> Recipe:
     return replace(r, amp="bf16" if "bf16" in dtype else "fp16")
 
 
-TRAINING_FIXES = frozenset({"clip-gradients", "lower-lr", "lr-warmup", "mixed-precision"})
+def _raise_lr(r: Recipe, p: dict[str, Any]) -> Recipe:
+    factor = float(param(p, "factor", default=10.0))
+    return replace(r, lr=r.lr * max(factor, 1.0))
+
+
+TRAINING_FIXES = frozenset(
+    {"clip-gradients", "lower-lr", "lr-warmup", "mixed-precision", "raise-lr"}
+)
 FIXES = {
+    "raise-lr": _raise_lr,
     "clip-gradients": _clip,
     "lower-lr": _lower_lr,
     "lr-warmup": _warmup,

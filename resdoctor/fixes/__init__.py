@@ -19,9 +19,16 @@ from resdoctor.fixes.arch import (
     reduce_depth,
     residual_scaling,
 )
-from resdoctor.fixes.data import check_inputs, skip_batch, stable_loss
+from resdoctor.fixes.data import check_inputs, overfit_batch, skip_batch, stable_loss
 from resdoctor.fixes.graph import initial_residual, pairnorm
-from resdoctor.fixes.optim import clip_gradients, lower_lr, lr_warmup, mixed_precision
+from resdoctor.fixes.optim import (
+    TARGET_UPDATE_RATIO,
+    clip_gradients,
+    lower_lr,
+    lr_warmup,
+    mixed_precision,
+    raise_lr,
+)
 
 FIX_CODES = (
     "clip-gradients",
@@ -41,10 +48,13 @@ FIX_CODES = (
     "add-residual",
     "skip-batch",
     "qk-norm",
+    "raise-lr",
+    "overfit-batch",
 )
 
 __all__ = [
     "FIX_CODES",
+    "TARGET_UPDATE_RATIO",
     "NORM_TYPES",
     "add_normalization",
     "add_normalization_layers",
@@ -56,10 +66,12 @@ __all__ = [
     "lower_lr",
     "lr_warmup",
     "mixed_precision",
+    "overfit_batch",
     "pairnorm",
     "pre_activation",
     "pre_layernorm",
     "qk_norm",
+    "raise_lr",
     "reduce_depth",
     "residual_scaling",
     "skip_batch",

@@ -93,3 +93,29 @@ def skip_batch(what: str, sigmas: float, window: int) -> Fix:
         snippet=snippet,
         params={"sigmas": sigmas, "window": window, "signal": what},
     )
+
+
+def overfit_batch() -> Fix:
+    """Check that the model can learn at all: overfit one fixed batch (Karpathy's recipe)."""
+    snippet = (
+        "x, y = next(iter(loader))  # one fixed batch\n"
+        "for step in range(200):\n"
+        "    optimizer.zero_grad()\n"
+        "    loss = loss_fn(model(x), y)\n"
+        "    loss.backward()\n"
+        "    optimizer.step()\n"
+        "print(float(loss))  # ~0 if the model, loss and labels fit together; if not: look at\n"
+        "# the labels (shuffled apart from the inputs?), the loss (targets' format) and the LR\n"
+    )
+    return Fix(
+        code="overfit-batch",
+        title="Check the model can overfit one batch",
+        detail=(
+            "A loss that stays at its initial level with healthy gradients is most often the "
+            "data or the loss: labels shuffled apart from inputs, a target in the wrong "
+            "format, a frozen or detached part of the model. Overfitting one fixed batch tells "
+            "which (Karpathy, 'A Recipe for Training Neural Networks', 2019)."
+        ),
+        snippet=snippet,
+        params={"steps": 200},
+    )

@@ -123,3 +123,27 @@ def mixed_precision(
         snippet=snippet,
         params=params,
     )
+
+
+def raise_lr(factor: float, update_ratio: float, current_lr: float | None = None) -> Fix:
+    """Multiply every learning rate by ``factor`` (> 1): updates far below ~1e-3 of the
+    weights per step move nothing."""
+    factor = sig(min(max(factor, 2.0), 100.0), 2)
+    new_lr = sig(current_lr * factor, 2) if current_lr else None
+    change = f"  # {current_lr:g} -> {new_lr:g}" if current_lr and new_lr else ""
+    return Fix(
+        code="raise-lr",
+        title=f"Raise the learning rate {factor:g}x" + (f" (to {new_lr:g})" if new_lr else ""),
+        detail=(
+            f"The median update ratio ||dW||/||W|| is {update_ratio:.2g} per step; ~"
+            f"{TARGET_UPDATE_RATIO:g} is the usual healthy level (Karpathy, CS231n): at this "
+            "rate the weights barely move."
+        ),
+        snippet=f'for group in optimizer.param_groups:\n    group["lr"] *= {factor!r}{change}\n',
+        params={
+            "factor": factor,
+            "update_ratio": sig(update_ratio),
+            "target_update_ratio": TARGET_UPDATE_RATIO,
+            **({"current_lr": sig(current_lr, 3), "new_lr": new_lr} if current_lr else {}),
+        },
+    )

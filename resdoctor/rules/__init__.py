@@ -46,6 +46,7 @@ def _load_builtins() -> None:
         nonfinite,
         oversmoothing,
         spikes,
+        stalled_training,
         vanishing_gradients,
     )
 
