@@ -266,13 +266,16 @@ def stalled(m: Measurement) -> Label:
     if len(loss) < 30 or not np.all(np.isfinite(loss)):
         return Label("stalled-training", "absent", math.nan, "too short or not finite")
     k = 8  # the probes' data sets cycle through 8 batches: compare whole cycles
-    start, end = float(np.mean(loss[:k])), float(np.mean(loss[-k:]))
-    drop = (start - end) / abs(start) if start else 0.0
+    means = np.convolve(loss, np.ones(k) / k, mode="valid")
+    start, best = float(means[0]), float(means.min())
+    drop = (start - best) / abs(start) if start else 0.0  # the progress ever made
     g = m.array("grad")
     total = np.sqrt(np.nansum(g[:stop] ** 2, axis=1)) if g.size else np.ones(1)
     moving = float(np.median(total)) > 1e-7 and float(total[-k:].mean() / total[:k].mean()) < 100
     status = _status(drop, *STALL, up=False) if moving else "absent"
-    return Label("stalled-training", status, drop, f"loss {start:.4g} -> {end:.4g} ({drop:.1%})")
+    return Label(
+        "stalled-training", status, drop, f"loss {start:.4g} -> best {best:.4g} ({drop:.1%})"
+    )
 
 
 RULES = (

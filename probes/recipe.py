@@ -132,10 +132,11 @@ FIXES = {
     "pairnorm": lambda r, p: r.with_arch(pairnorm=True),
     "add-residual": lambda r, p: r.with_arch(residual=True),
     "check-inputs": lambda r, p: r.with_arch(drop_bad_rows=True),
+    "skip-batch": lambda r, p: r.with_arch(bad_batches=()),  # those steps' batches skipped
     "stable-loss": lambda r, p: r.with_arch(drop_bad_rows=True),
 }
-DATA_FIXES = frozenset({"check-inputs", "stable-loss"})
-DATA_FAULT_KEYS = frozenset({"bad_input", "bad_target"})  # recipe.arch keys of a data fault
+DATA_FIXES = frozenset({"check-inputs", "stable-loss", "skip-batch"})
+DATA_FAULT_KEYS = frozenset({"bad_input", "bad_target", "bad_batches"})  # arch keys of a data fault
 
 
 def apply_fix(

@@ -105,6 +105,10 @@ class Journal:
         self._acc: _Accumulator | None = None
         self._order = {m["name"]: m["order"] for m in modules}
         self._names = [m["name"] for m in modules]
+        # module index (all modules) -> its column among the parameterised ones, -1 if none
+        column = {n: j for j, n in enumerate(param_modules)}
+        self._param_col = np.array([column.get(n, -1) for n in self._names], dtype=np.int64)
+        self._absmax: np.ndarray | None = None  # this step's max |output| per param module
         self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
 
     # -- what integrations read and add (through ``integration.Context``) -------------------
@@ -166,8 +170,26 @@ class Journal:
         if self._acc is None or self._acc.sites != len(self.sites):
             self._acc = _Accumulator(len(self.sites), len(self.layers))
         self._acc.add(blocks, meta.scalars)
+        self._fold_absmax(blocks)
         if skipped is not None:  # None: a micro-step of gradient accumulation, wait for the step
             self._commit(vectors, skipped)
+
+    def _fold_absmax(self, blocks: dict[str, Any]) -> None:
+        """Keep the forward check's output min/max as the per-module largest |value|."""
+        if "fwd" not in blocks or not len(self.param_modules):
+            return
+        idx, v = blocks["fwd"]
+        cols = self._param_col[idx]
+        keep = cols >= 0
+        if not keep.any():
+            return
+        with np.errstate(invalid="ignore"):
+            amax = np.nan_to_num(np.abs(v[keep, 2:4]).max(axis=1), nan=np.inf)
+        if self._absmax is None:
+            self._absmax = np.full(len(self.param_modules), np.nan)
+        current = np.where(np.isnan(self._absmax), -np.inf, self._absmax)
+        np.maximum.at(current, cols[keep], amax)
+        self._absmax = np.where(np.isinf(current) & (current < 0), np.nan, current)
 
     def _classify(self, meta: SegmentMeta, vectors: dict[str, np.ndarray]) -> bool | None:
         """False: a step; True: a step the GradScaler skipped; None: an accumulation micro-step."""
@@ -191,9 +213,13 @@ class Journal:
             rows["branch_ratio"] = (ratio, rows["skip_norm"][1])
             self.series["branch_ratio"].append(step, ratio, rows["skip_norm"][1])
         everywhere = np.ones(len(self.param_modules), bool)
+        if self._absmax is not None:
+            vectors = {**vectors, "act_absmax": self._absmax}
+            self._absmax = None
         for name in MODULE_SIGNALS:
             if name in vectors and len(vectors[name]) == len(self.param_modules):
-                self.series[name].append(step, vectors[name], everywhere)
+                present = ~np.isnan(vectors[name]) if name == "act_absmax" else everywhere
+                self.series[name].append(step, vectors[name], present)
         scalars = {k: float(np.mean(v)) for k, v in acc.scalars.items()}
         if "grad_norm" in vectors:
             scalars["grad_norm_total"] = float(np.sqrt(np.sum(vectors["grad_norm"] ** 2)))

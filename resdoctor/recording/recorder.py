@@ -103,6 +103,8 @@ class Recorder:
             "device": str(next(model.parameters()).device) if groups else "cpu",
             "architecture": architecture(inner or model),
             "optimizers": [type(o).__name__ for o in self.optimizers],
+            # the parameters' floating dtype; "autocast" is added at the first autocast forward
+            "param_dtype": _param_dtype(model),
             "compiled": self.compiled,
         }
         self.journal = Journal(
@@ -250,6 +252,10 @@ class Recorder:
         self._reset_sensors()
         self._pending.clear()
         self._forward_ok = False
+        if "autocast" not in self.journal.meta:
+            dtype = _autocast_dtype(self.journal.meta.get("device", "cpu"))
+            if dtype is not None:
+                self.journal.set_meta("autocast", dtype)
         if self.options.nonfinite and (args or kwargs):
             self.nonfinite.root_inputs(self.seg, args, kwargs, self._arg_names)
         if self.sites is None and self._tracer is None:
@@ -685,6 +691,26 @@ class _GuardedHooks:
 
     def node(self, node: Any, fn: Callable[..., Any]) -> None:
         self._recorder.hooks.node(node, self._recorder._guard(self._where, fn))
+
+
+def _param_dtype(model: nn.Module) -> str | None:
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return (
+        str(min(dtypes, key=lambda d: torch.finfo(d).bits)).removeprefix("torch.")
+        if dtypes
+        else None
+    )
+
+
+def _autocast_dtype(device: str) -> str | None:
+    """The autocast dtype in force for ``device`` ("float16", "bfloat16"), None when off."""
+    kind = device.split(":")[0] if device else "cpu"
+    try:
+        if not torch.is_autocast_enabled(kind):
+            return None
+        return str(torch.get_autocast_dtype(kind)).removeprefix("torch.")
+    except (TypeError, AttributeError, RuntimeError):  # an older torch or an unknown device
+        return None
 
 
 def compiled_module(model: nn.Module) -> nn.Module | None:

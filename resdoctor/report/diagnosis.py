@@ -29,7 +29,13 @@ FAILURES = ("nonfinite", "loss-divergence")
 # cause -> conditions it can produce (the ``graph`` architecture reverses vanishing/smoothing:
 # message passing averages neighbours first, and gradients vanish through the averaged layers)
 CAUSES: dict[str, tuple[str, ...]] = {
-    "activation-growth": ("exploding-gradients", "loss-divergence", "nonfinite"),
+    "activation-growth": (
+        "exploding-gradients",
+        "loss-divergence",
+        "nonfinite",
+        "precision-overflow",
+    ),
+    "precision-overflow": ("nonfinite",),
     "exploding-gradients": ("loss-divergence", "nonfinite"),
     "loss-divergence": ("nonfinite",),
     "branch-dominance": ("oversmoothing", "vanishing-gradients", "activation-growth"),

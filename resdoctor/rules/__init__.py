@@ -45,6 +45,7 @@ def _load_builtins() -> None:
         loss_divergence,
         nonfinite,
         oversmoothing,
+        precision_overflow,
         spikes,
         stalled_training,
         vanishing_gradients,

@@ -48,7 +48,7 @@ def find_spikes(
     """Spikes of ``s`` (indexed by step): above the median + ``sigmas`` robust sigma of the
     previous ``window`` values (at most a quarter of the run) and ``min_ratio`` x that median,
     after ``warmup`` steps; consecutive spiking steps are one spike (its peak). ``recovered``:
-    back under median + 3 sigma within ``recover_steps`` steps."""
+    back under 1.5x that median within ``recover_steps`` steps."""
     s = s.dropna()
     if len(s) <= min_history:
         return []
@@ -76,7 +76,8 @@ def find_spikes(
         k = i + int(np.argmax(values[i : j + 1]))
         base_mean, base_std = float(mean.iloc[i]), float(std.iloc[i])
         after = s[(s.index > steps[j]) & (s.index <= steps[j] + recover_steps)]
-        recovered = bool(len(after)) and bool((after < base_mean + 3 * base_std).any())
+        # back to its level: under 1.5x the median before it (a norm that stays up is a climb)
+        recovered = bool(len(after)) and bool((after < 1.5 * float(med.iloc[i])).any())
         out.append(
             Spike(
                 int(steps[k]),
@@ -128,18 +129,21 @@ def _finding(
         step=first.step,
         phase="loss" if code == "loss-spike" else "backward",
         evidence=evidence,
-        fixes=tuple(
-            f
-            for f in (  # the batch first (a spike that recovers is mostly data), then bounds
-                fixes.skip_batch(what, float(thresholds["sigmas"]), int(thresholds["window"])),
-                clip_fix(run, tl, first.step),
-                *extra_fixes,
-                lr_fix(run, tl, first.step),
-            )
-            if f is not None
-        ),
+        fixes=tuple(f for f in _order(run, tl, first, what, thresholds, extra_fixes) if f),
         thresholds=thresholds,
     )
+
+
+def _order(
+    run: Run, tl: Timeline, first: Spike, what: str, thresholds: dict[str, Any], extra: list[Fix]
+) -> list[Fix | None]:
+    """Spikes in a run that kept training are mostly data: skip the batch first, then bound
+    the step; spikes before the run went non-finite are instability: the LR first."""
+    skip = fixes.skip_batch(what, float(thresholds["sigmas"]), int(thresholds["window"]))
+    clip, lower = clip_fix(run, tl, first.step), lr_fix(run, tl, first.step)
+    if tl.failure_step is not None:
+        return [lower, clip, *extra, skip]
+    return [skip, clip, *extra, lower]
 
 
 def _attention(run: Run) -> list[Fix]:
@@ -156,7 +160,7 @@ def loss_spike(
     window: int = 128,
     min_ratio: float = 2.0,
     warmup_fraction: float = 0.1,
-    recover_steps: int = 50,
+    recover_steps: int = 10,
 ) -> list[Finding]:
     """The loss jumps above its trailing median + ``sigmas`` robust sigma (OLMo-core
     StabilityMonitor: 6 sigma over the last 128 steps).
@@ -166,8 +170,8 @@ def loss_spike(
         window: trailing steps for the median and MAD (at most a quarter of the run).
         min_ratio: also at least this many times the trailing median (a near-noiseless loss).
         warmup_fraction: the first share of the run is not judged: warm-up transients.
-        recover_steps: steps within which the loss must come back for the spike to count as
-            recovered.
+        recover_steps: steps within which the loss must come back under 1.5x its median for
+            the jump to be a spike (one that stays is loss-divergence).
     """
     tl = timeline(run)
     loss = tl.healthy_series(run.scalar("loss"))
@@ -180,6 +184,7 @@ def loss_spike(
         warmup=max(10, int(warmup_fraction * run.steps)),
         recover_steps=recover_steps,
     )
+    spikes = [x for x in spikes if x.recovered]  # a jump that stays is loss-divergence
     if not spikes:
         return []
     return [_finding("loss-spike", "loss", run, tl, spikes, len(loss), thresholds, _attention(run))]
@@ -193,7 +198,7 @@ def grad_spike(
     window: int = 128,
     min_ratio: float = 3.0,
     warmup_fraction: float = 0.1,
-    recover_steps: int = 50,
+    recover_steps: int = 10,
 ) -> list[Finding]:
     """The global gradient norm jumps above its trailing median + ``sigmas`` robust sigma
     and comes back (one that stays up is exploding-gradients).

@@ -28,11 +28,11 @@ def stalled_training(
     max_grad_growth: float = 100.0,
     min_grad: float = 1e-7,
 ) -> list[Finding]:
-    """The smoothed loss at the end is within ``min_drop`` of its start after ``min_steps``.
+    """The smoothed loss never fell ``min_drop`` below its start in ``min_steps`` or more.
 
     Args:
-        min_drop: the loss must fall by at least this share of its initial level (medians of
-            the first and last ``window_fraction`` of the steps).
+        min_drop: the loss must at some point fall by at least this share of its initial level
+            (rolling medians over ``window_fraction`` of the steps).
         min_steps: logged losses needed before a run can be called stalled.
         window_fraction: share of the steps in the first and last windows.
         max_grad_growth: gradients that grew this much are exploding, not stalled.
@@ -43,8 +43,11 @@ def stalled_training(
     if len(loss) < min_steps:
         return []
     k = max(3, int(window_fraction * len(loss)))
-    start, end = float(loss.iloc[:k].median()), float(loss.iloc[-k:].median())
-    drop = (start - end) / abs(start) if start else 0.0
+    smooth = loss.rolling(k, min_periods=k).median().dropna()
+    start, end = float(smooth.iloc[0]), float(smooth.iloc[-1])
+    best = float(smooth.min())
+    drop = (start - best) / abs(start) if start else 0.0  # the progress ever made: a run
+    # that learnt and then diverged is not stalled
     if not math.isfinite(drop) or drop >= min_drop:
         return []
     g = tl.healthy_series(grad_total(run))
@@ -57,6 +60,7 @@ def stalled_training(
     chance = _chance(start)
     evidence: dict[str, Any] = {
         "loss_start": sig(start, 4),
+        "loss_best": sig(best, 4),
         "loss_end": sig(end, 4),
         "drop": sig(drop, 3),
         "steps": int(loss.index[-1]) + 1,

@@ -101,6 +101,8 @@ class RunState(TypedDict, total=False):
     device: str
     architecture: str  # "graph" | "transformer" | "convolutional" | "mlp" (optional)
     optimizers: list[str]  # class names of the watched optimizers (optional)
+    param_dtype: str  # the narrowest floating dtype of the parameters ("float32", "float16")
+    autocast: str  # the autocast dtype seen in a forward ("float16", "bfloat16"), if any
     compiled: bool  # watched a torch.compile'd module: only its boundary was hooked
     steps_without_forward: int  # steps that stepped with no forward resdoctor saw
     options: dict[str, Any]

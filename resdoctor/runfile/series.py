@@ -105,6 +105,10 @@ class Series:
         """Plain containers and tensors only: loadable with ``weights_only=True``."""
         r = self._rows
         n = self._n[:r]
+        with np.errstate(over="ignore"):  # beyond float32's range reads inf, as in training
+            return self._state(r, n)
+
+    def _state(self, r: int, n: np.ndarray) -> SeriesState:
         return {
             "columns": list(self.columns),
             "stride": int(self.stride),

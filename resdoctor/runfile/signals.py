@@ -58,6 +58,14 @@ SIGNALS: tuple[Signal, ...] = (
         "update_every",
     ),
     Signal(
+        "act_absmax",
+        "module",
+        "abs",
+        "largest |value| in the module's output (the forward NaN/Inf check's min/max, kept): "
+        "the headroom left to float16's 65504",
+        "max |output|",
+    ),
+    Signal(
         "branch_ratio",
         "site",
         "ratio",
