@@ -25,7 +25,7 @@ def _train(path, autocast: bool, steps: int = 12):
     torch.manual_seed(0)
     model = Growing()
     with torch.no_grad():
-        for i, layer in enumerate(model.layers):
+        for layer in model.layers:
             layer.weight.mul_(1.5)  # every block multiplies the stream
     x = torch.randn(8, 16)
     peaks: list[dict[str, float]] = []
