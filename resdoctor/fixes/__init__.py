@@ -13,10 +13,12 @@ from resdoctor.fixes.arch import (
     add_normalization_layers,
     add_residual,
     guard_op,
+    leaky_relu,
     pre_activation,
     pre_layernorm,
     qk_norm,
     reduce_depth,
+    replace_activation,
     residual_scaling,
 )
 from resdoctor.fixes.data import check_inputs, overfit_batch, skip_batch, stable_loss
@@ -50,6 +52,8 @@ FIX_CODES = (
     "qk-norm",
     "raise-lr",
     "overfit-batch",
+    "leaky-relu",
+    "replace-activation",
 )
 
 __all__ = [
@@ -63,6 +67,7 @@ __all__ = [
     "clip_gradients",
     "guard_op",
     "initial_residual",
+    "leaky_relu",
     "lower_lr",
     "lr_warmup",
     "mixed_precision",
@@ -73,6 +78,7 @@ __all__ = [
     "qk_norm",
     "raise_lr",
     "reduce_depth",
+    "replace_activation",
     "residual_scaling",
     "skip_batch",
     "stable_loss",

@@ -453,3 +453,43 @@ def qk_norm() -> Fix:
         snippet=snippet,
         params={"z_loss": 1e-4},
     )
+
+
+def leaky_relu(layers: Sequence[str], slope: float = 0.01) -> Fix:
+    """Replace the dying ReLU modules by LeakyReLU: a dead unit still passes a gradient."""
+    snippet = (
+        "from torch import nn\n\nfrom resdoctor.fixes.helpers import replace_module\n\n"
+        f"for name in {names_literal(list(layers))}:\n"
+        f"    replace_module(model, name, nn.LeakyReLU({slope}))\n"
+    )
+    return Fix(
+        code="leaky-relu",
+        title=f"Use LeakyReLU({slope:g}) in {short_list(layers, 3)}",
+        detail=(
+            "A ReLU unit whose pre-activation is negative for every input passes no gradient "
+            "and never recovers; a small negative slope keeps it trainable (Maas et al. 2013; "
+            "Lu et al. 2019 on dying ReLU). A lower learning rate keeps units from dying."
+        ),
+        snippet=snippet,
+        params={"layers": list(layers), "negative_slope": slope},
+    )
+
+
+def replace_activation(layers: Sequence[str]) -> Fix:
+    """Replace saturating sigmoid / tanh hidden activations by GELU."""
+    snippet = (
+        "from torch import nn\n\nfrom resdoctor.fixes.helpers import replace_module\n\n"
+        f"for name in {names_literal(list(layers))}:  # hidden layers only: keep an output\n"
+        "    replace_module(model, name, nn.GELU())   # sigmoid that makes probabilities\n"
+    )
+    return Fix(
+        code="replace-activation",
+        title=f"Replace the saturating activations in {short_list(layers, 3)} by GELU",
+        detail=(
+            "Past |x| = 5 a sigmoid's derivative is below 0.007 and a tanh's below 2e-4: the "
+            "layers below learn nothing (Glorot & Bengio 2010). A non-saturating activation, or "
+            "a normalisation before the squashing one, brings the gradient back."
+        ),
+        snippet=snippet,
+        params={"layers": list(layers), "activation": "GELU"},
+    )

@@ -109,6 +109,8 @@ class Journal:
         column = {n: j for j, n in enumerate(param_modules)}
         self._param_col = np.array([column.get(n, -1) for n in self._names], dtype=np.int64)
         self._absmax: np.ndarray | None = None  # this step's max |output| per param module
+        self._unit_cols: dict[str, list[str]] = {"dead": [], "sat": []}
+        self._units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
 
     # -- what integrations read and add (through ``integration.Context``) -------------------
@@ -148,6 +150,36 @@ class Journal:
         for name in SMOOTHING:
             self.series[name] = Series(self.layers, self.capacity)
 
+    def set_units(self, dead: list[str], saturated: list[str]) -> None:
+        """Activation modules: ReLUs (dead units) and sigmoid / tanh (saturated inputs)."""
+        self._unit_cols = {"dead": list(dead), "sat": list(saturated)}
+        for kind, name in (("dead", "dead_units"), ("sat", "saturation")):
+            if self._unit_cols[kind]:
+                self.series[name] = Series(self._unit_cols[kind], self.capacity)
+        self._units = {k: (np.zeros(len(c)), np.zeros(len(c))) for k, c in self._unit_cols.items()}
+
+    def _fold_units(self, blocks: dict[str, Any]) -> None:
+        for kind in ("dead", "sat"):
+            cols = self._unit_cols[kind]
+            if not cols or kind not in blocks:
+                continue
+            idx, v = blocks[kind]
+            total, count = self._units[kind]
+            total += np.bincount(idx, v[:, 0], minlength=len(cols))
+            count += np.bincount(idx, minlength=len(cols))
+
+    def _commit_units(self, step: int) -> None:
+        for kind, name in (("dead", "dead_units"), ("sat", "saturation")):
+            cols = self._unit_cols[kind]
+            if not cols:
+                continue
+            total, count = self._units[kind]
+            if count.any():
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    self.series[name].append(step, total / np.maximum(count, 1), count > 0)
+            total[:] = 0
+            count[:] = 0
+
     def set_nan_ops(self, ops: dict[str, list[str]]) -> None:
         """NaN-prone ops (log, sqrt, div, custom autograd functions) each module's own code ran:
         where a ``guard-op`` fix can clamp an operand."""
@@ -171,6 +203,7 @@ class Journal:
             self._acc = _Accumulator(len(self.sites), len(self.layers))
         self._acc.add(blocks, meta.scalars)
         self._fold_absmax(blocks)
+        self._fold_units(blocks)
         if skipped is not None:  # None: a micro-step of gradient accumulation, wait for the step
             self._commit(vectors, skipped)
 
@@ -228,6 +261,7 @@ class Journal:
             s.add_columns(sorted(scalars))
             row = np.array([scalars.get(c, np.nan) for c in s.columns])
             s.append(step, row, present=np.array([c in scalars for c in s.columns]))
+        self._commit_units(step)
         if skipped:
             self.skipped.append(step)
         self.last = {

@@ -14,6 +14,8 @@ class Options:
         smoothing_every: sample over-smoothing every N steps (0 = off).
         update_every: measure the optimizer update ratio every N steps (0 = off).
         grad_share_every: measure the gradient branch share every N steps (0 = off).
+        units_every: measure dead ReLU units and saturated sigmoid/tanh inputs every N steps
+            (0 = off).
         sites: record residual-site signals (branch ratio, stream norm).
         nonfinite: check module outputs for NaN/Inf to locate the exact onset.
         flush_every: write the run file every N steps (0 = only at close).
@@ -27,6 +29,7 @@ class Options:
     smoothing_every: int = 10
     update_every: int = 10
     grad_share_every: int = 10
+    units_every: int = 10
     sites: bool = True
     nonfinite: bool = True
     flush_every: int = 500
@@ -47,7 +50,7 @@ class Options:
     @classmethod
     def everything(cls, **kwargs: Any) -> Options:
         """Every signal every step (the benchmarks' "all" configuration)."""
-        base = {"smoothing_every": 1, "update_every": 1, "grad_share_every": 1}
+        base = {"smoothing_every": 1, "update_every": 1, "grad_share_every": 1, "units_every": 1}
         return cls(**{**base, **kwargs})
 
     def to_dict(self) -> dict[str, Any]:

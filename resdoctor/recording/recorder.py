@@ -33,8 +33,10 @@ from resdoctor.recording.sensors import (
     NonFinite,
     SiteMagnitude,
     Smoothing,
+    Units,
     UpdateRatio,
 )
+from resdoctor.recording.sensors.units import kind as unit_kind
 from resdoctor.recording.trace import Tracer
 from resdoctor.runfile import io as runfile
 from resdoctor.runfile.layout import RunState
@@ -78,11 +80,17 @@ class Recorder:
         self.nonfinite = NonFinite()
         self.magnitude = SiteMagnitude()
         self.grad_share = GradShare(options.grad_share_every)
+        self.units = Units(options.units_every)
         self.decode = {s.kind: s.decode for s in (self.magnitude, self.grad_share)}
         # schedules are read once, when the plan is made
         self._due_smoothing = self.smoothing.needs.when
         self._due_grad_share = self.grad_share.needs.when
         self._due_update = self.updates.needs.when
+        self._due_units = self.units.needs.when
+        # activation modules: dead ReLU units and saturated sigmoid / tanh inputs
+        acts = [(n, m, unit_kind(m)) for n, m in named] if options.units_every else []
+        self._dead_cols = [n for n, _, k in acts if k == "dead"]
+        self._sat_cols = [n for n, _, k in acts if k == "sat"]
         modules = [
             {
                 "name": n or "<root>",
@@ -110,6 +118,7 @@ class Recorder:
         self.journal = Journal(
             modules, [n or "<root>" for n, _ in groups], options.capacity, options.max_events, meta
         )
+        self.journal.set_units(self._dead_cols, self._sat_cols)
         self.transfer = Transfer()
         self.seg = Segment()
         self.sites: list[Site] | None = None
@@ -168,8 +177,20 @@ class Recorder:
                 }
             )
 
+    def _unit_hook(self, what: str, col: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if not (self._in_forward and self._training() and self._due_units(self._step)):
+                return
+            if what == "dead" and isinstance(output, torch.Tensor):
+                self._untraced(self.units.dead, self.seg, col, output)
+            elif what == "sat" and args and isinstance(args[0], torch.Tensor):
+                self._untraced(self.units.saturated, self.seg, col, args[0])
+
+        return hook
+
     def _attach(self, named: list[tuple[str, nn.Module]]) -> None:
         root = self.model
+        modules_by_name = dict(named)
         self.hooks.forward_pre(root, self._guard("forward", self._begin_forward))
         # registered before the always-called hook: it runs only when the forward returned
         self.hooks.forward(root, self._guard("forward", self._forward_returned))
@@ -181,6 +202,11 @@ class Recorder:
                 checks = self.nonfinite.checks(module)
                 if checks is not None:
                     self._plan(name, root if not name else module).check = checks
+        if not self.compiled:
+            for cols, what in ((self._dead_cols, "dead"), (self._sat_cols, "sat")):
+                for col, name in enumerate(cols):
+                    hook = self._guard("units", self._unit_hook(what, col))
+                    self.hooks.forward(modules_by_name[name], hook)
         for optimizer in self.optimizers:  # several: one step is all of them, up to log()
             self.hooks.step_pre(optimizer, self._guard("optimizer", self._before_step))
             self.hooks.step_post(optimizer, self._guard("optimizer", self._after_step))

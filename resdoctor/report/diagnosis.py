@@ -36,12 +36,14 @@ CAUSES: dict[str, tuple[str, ...]] = {
         "precision-overflow",
     ),
     "precision-overflow": ("nonfinite",),
-    "exploding-gradients": ("loss-divergence", "nonfinite"),
+    "exploding-gradients": ("loss-divergence", "nonfinite", "grad-spike", "loss-spike"),
     "loss-divergence": ("nonfinite",),
     "branch-dominance": ("oversmoothing", "vanishing-gradients", "activation-growth"),
     "vanishing-gradients": ("oversmoothing",),
     "grad-spike": ("loss-spike", "loss-divergence", "nonfinite"),
     "loss-spike": ("loss-divergence", "nonfinite"),
+    "saturation": ("vanishing-gradients", "stalled-training"),
+    "dead-units": ("dead-branch", "stalled-training"),
 }
 GRAPH_CAUSES: dict[str, tuple[str, ...]] = {
     **CAUSES,

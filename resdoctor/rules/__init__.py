@@ -48,6 +48,7 @@ def _load_builtins() -> None:
         precision_overflow,
         spikes,
         stalled_training,
+        units,
         vanishing_gradients,
     )
 

@@ -138,12 +138,25 @@ def _order(
     run: Run, tl: Timeline, first: Spike, what: str, thresholds: dict[str, Any], extra: list[Fix]
 ) -> list[Fix | None]:
     """Spikes in a run that kept training are mostly data: skip the batch first, then bound
-    the step; spikes before the run went non-finite are instability: the LR first."""
+    the step; spikes in a run that went non-finite or ended far above its best loss are
+    instability: the LR first."""
     skip = fixes.skip_batch(what, float(thresholds["sigmas"]), int(thresholds["window"]))
     clip, lower = clip_fix(run, tl, first.step), lr_fix(run, tl, first.step)
-    if tl.failure_step is not None:
+    if tl.failure_step is not None or _ended_up(run):
         return [lower, clip, *extra, skip]
     return [skip, clip, *extra, lower]
+
+
+def _ended_up(run: Run) -> bool:
+    """The loss ended far above its best (twice its best rolling median): the run did not
+    come back from its instability."""
+    loss = run.scalar("loss").dropna()
+    loss = loss[np.isfinite(loss.to_numpy())]
+    if len(loss) < 10:
+        return False
+    k = max(3, len(loss) // 10)
+    smooth = loss.rolling(k, min_periods=k).median().dropna()
+    return bool(len(smooth)) and float(smooth.iloc[-1]) > 2 * float(smooth.min())
 
 
 def _attention(run: Run) -> list[Fix]:

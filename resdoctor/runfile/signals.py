@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Per = Literal["module", "site", "step"]
+Per = Literal["module", "site", "step", "activation"]
 # how ranks combine: "norm" (a module's shards: root of the summed squares; replicas: first),
 # "rms" (root mean square over ranks), "ratio" (sharded update ratio), "mean" (over ranks)
 Merge = Literal["norm", "rms", "ratio", "mean"]
@@ -117,6 +117,24 @@ SIGNALS: tuple[Signal, ...] = (
         "attribution share",
         "mean",
         "attribute_every",
+    ),
+    Signal(
+        "dead_units",
+        "activation",
+        "share",
+        "share of a ReLU module's units (features / channels) that output 0 for the whole batch",
+        "dead units",
+        "mean",
+        "units_every",
+    ),
+    Signal(
+        "saturation",
+        "activation",
+        "share",
+        "share of a sigmoid / tanh module's inputs beyond +-5 (the flat region)",
+        "saturated inputs",
+        "mean",
+        "units_every",
     ),
     Signal(
         "scalars",

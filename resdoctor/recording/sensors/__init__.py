@@ -11,6 +11,7 @@ it. Results are 0-d tensors pooled in the step's segment (one transfer per step)
 | ``Smoothing`` | site operands, or repeated layers' outputs | smoothing, smoothing_energy |
 | ``GradNorm`` | every gradient after backward | grad_norm (+ NaN/Inf check) |
 | ``UpdateRatio`` | parameters around optimizer.step() | update_ratio, param_norm |
+| ``Units`` | ReLU outputs, sigmoid/tanh inputs (sampled) | dead_units, saturation |
 """
 
 from resdoctor.recording.sensors.grad_norm import GradNorm
@@ -19,6 +20,7 @@ from resdoctor.recording.sensors.needs import Needs, every
 from resdoctor.recording.sensors.nonfinite import FINITE_PRESERVING, NonFinite
 from resdoctor.recording.sensors.site_magnitude import SiteMagnitude
 from resdoctor.recording.sensors.smoothing import Smoothing
+from resdoctor.recording.sensors.units import Units
 from resdoctor.recording.sensors.update_ratio import UpdateRatio
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "NonFinite",
     "SiteMagnitude",
     "Smoothing",
+    "Units",
     "UpdateRatio",
     "every",
 ]
