@@ -225,16 +225,24 @@ def divergence(m: Measurement) -> Label:
     )
 
 
-SPIKE = (2.0, 3.0)  # a step over the median of the 20 before it (x2 borderline, x3 present),
-# back under 1.5x that median within 10 steps, after the first 10% of the run
+SPIKE = (2.0, 3.0)  # a step over the median of the 20 before it (x2 borderline, x3 present)
+# and above it + 6 robust sigma (OLMo-core's 6 sigma), back under 1.5x that median within 10 steps, after
+# the first 10% of the run
 
 
 def _spikes(x: np.ndarray, label: str, code: str) -> Label:
     start = max(10, len(x) // 10)
     worst, count = 1.0, 0
     for t in range(start, len(x)):
-        base = float(np.median(x[t - 20 : t])) if t >= 20 else float(np.median(x[:t]))
-        if not (np.isfinite(x[t]) and base > 0):
+        past = x[max(0, t - 20) : t]
+        past = past[np.isfinite(past)]
+        if len(past) < 5 or not np.isfinite(x[t]):
+            continue
+        base = float(np.median(past))
+        # OLMo-core's bar, robust: above the recent median + 6 sigma (1.4826 MAD) of the 20
+        # steps before, so one spike does not hide the next
+        sigma = 1.4826 * float(np.median(np.abs(past - base)))
+        if base <= 0 or x[t] <= base + 6 * sigma:
             continue
         ratio = float(x[t] / base)
         back = x[t + 1 : t + 11]
@@ -278,6 +286,21 @@ def stalled(m: Measurement) -> Label:
     )
 
 
+DEAD_UNITS = (0.5, 0.7)  # the largest share of a ReLU layer's units dead on the whole batch,
+# median over the steps after the first 10% (DeepDiagnosis / AUTOTRAINER: 0.7)
+
+
+def dead_units(m: Measurement) -> Label:
+    d = m.array("dead")
+    stop = m.onset.step if m.onset else len(d)
+    d = d[len(d) // 10 : stop]
+    d = d[np.isfinite(d)]
+    if not d.size:
+        return Label("dead-units", "absent", math.nan, "no ReLU module")
+    share = float(np.median(d))
+    return Label("dead-units", _status(share, *DEAD_UNITS), share, f"median {share:.0%} dead")
+
+
 RULES = (
     nonfinite,
     exploding,
@@ -290,6 +313,7 @@ RULES = (
     loss_spike,
     grad_spike,
     stalled,
+    dead_units,
 )
 
 

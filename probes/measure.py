@@ -65,13 +65,15 @@ class Measurement:
     stream: list[np.ndarray] = field(default_factory=list)
     similarity: list[np.ndarray] = field(default_factory=list)
     act_grad: list[np.ndarray] = field(default_factory=list)  # ||dLoss/d(site output)||
+    dead: list[float] = field(default_factory=list)  # per step: the largest dead-unit share
+    # of any ReLU module (units that output 0 for the whole batch)
     skipped: list[int] = field(default_factory=list)
     onset: Onset | None = None
 
     def array(self, name: str) -> np.ndarray:
         """``loss`` [steps], ``grad`` [steps, modules] or a site signal [steps, sites]."""
         rows = getattr(self, name)
-        if name == "loss":
+        if name in ("loss", "dead"):
             return np.asarray(rows, dtype=np.float64)
         width = len(self.modules) if name == "grad" else len(self.sites)
         return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
@@ -162,10 +164,14 @@ class Measurer:
             if out is not None:
                 self._grad_taps.setdefault(out, []).append(i)
         self._act_grad = np.full(len(taps), np.nan)
+        self._dead = float("nan")
         self._attach()
 
     def _attach(self) -> None:
         wanted = {at for t in self.taps for at in t.ats}
+        for module in self.model.modules():
+            if isinstance(module, (nn.ReLU, nn.ReLU6)):
+                self._handles.append(module.register_forward_hook(self._relu))
         for name, module in self.model.named_modules():
             ats = [a for a in wanted if a.module == name]
             self._handles.append(
@@ -174,6 +180,14 @@ class Measurer:
             self._handles.append(
                 module.register_forward_hook(self._post(name, ats), with_kwargs=True)
             )
+
+    def _relu(self, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() >= 2 and output.numel():
+            x = output.detach()
+            unit = 1 if x.dim() == 4 else x.dim() - 1
+            alive = (x > 0).movedim(unit, 0).reshape(x.shape[unit], -1).any(dim=1)
+            share = 1.0 - float(alive.float().mean())
+            self._dead = share if np.isnan(self._dead) else max(self._dead, share)
 
     def _pre(self, name: str, ats: list[At]) -> Any:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -249,6 +263,7 @@ class Measurer:
         self._bwd.clear()
         self._values.clear()
         self._act_grad = np.full(len(self.taps), np.nan)
+        self._dead = float("nan")
 
     def check_loss(self, loss: float) -> None:
         """The loss is non-finite while every module output was finite: the loss made it."""
@@ -310,6 +325,7 @@ class Measurer:
         self.m.stream.append(stream)
         self.m.similarity.append(sim)
         self.m.act_grad.append(self._act_grad)
+        self.m.dead.append(self._dead)
 
     def _operands(self, tap: SiteTap) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
         get = self._values.get

@@ -35,6 +35,7 @@ CODES = (
     "loss-spike",
     "grad-spike",
     "stalled-training",
+    "dead-units",
 )
 
 

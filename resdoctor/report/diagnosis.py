@@ -39,16 +39,23 @@ CAUSES: dict[str, tuple[str, ...]] = {
     "exploding-gradients": ("loss-divergence", "nonfinite", "grad-spike", "loss-spike"),
     "loss-divergence": ("nonfinite",),
     "branch-dominance": ("oversmoothing", "vanishing-gradients", "activation-growth"),
-    "vanishing-gradients": ("oversmoothing",),
+    "vanishing-gradients": ("oversmoothing", "stalled-training"),
     "grad-spike": ("loss-spike", "loss-divergence", "nonfinite"),
     "loss-spike": ("loss-divergence", "nonfinite"),
     "saturation": ("vanishing-gradients", "stalled-training"),
-    "dead-units": ("dead-branch", "stalled-training"),
+    "dead-units": ("stalled-training",),  # -> dead-branch: plausible, not yet probed
+    "dead-branch": ("stalled-training",),
+    "oversmoothing": ("stalled-training",),
 }
 GRAPH_CAUSES: dict[str, tuple[str, ...]] = {
     **CAUSES,
-    "vanishing-gradients": (),
-    "oversmoothing": ("vanishing-gradients", "exploding-gradients", "activation-growth"),
+    "vanishing-gradients": ("stalled-training",),
+    "oversmoothing": (
+        "vanishing-gradients",
+        "exploding-gradients",
+        "activation-growth",
+        "stalled-training",
+    ),
 }
 # steps a cause's detected onset may come after its effect's: over-smoothing is sampled every
 # smoothing_every (10) steps; a gradient surge is detected at 10x its trailing median, while

@@ -75,12 +75,13 @@ def stalled_training(
         Finding(
             code="stalled-training",
             severity="warning",
-            title=f"The loss is stuck at {end:.3g} after {len(loss)} steps (-{drop:.1%})",
+            title=f"The loss never fell {min_drop:.0%} below its start ({start:.3g}) in "
+            f"{len(loss)} steps",
             message=(
                 f"The loss went from {start:.4g} to {end:.4g}{at_chance} while the gradients "
                 "are neither vanishing nor exploding: the weights move, nothing is learnt."
             ),
-            step=int(loss.index[0]),
+            step=None,  # no onset: it never moved
             phase="optimizer",
             evidence=evidence,
             fixes=tuple(_fixes(run, update)),
