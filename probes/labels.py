@@ -225,9 +225,10 @@ def divergence(m: Measurement) -> Label:
     )
 
 
-SPIKE = (2.0, 3.0)  # a step over the median of the 20 before it (x2 borderline, x3 present)
-# and above it + 6 robust sigma (OLMo-core's 6 sigma), back under 1.5x that median within 10 steps, after
-# the first 10% of the run
+# a step over the median of the 20 before it (x2 borderline, x3 present) and above it + 6
+# robust sigma (OLMo-core's 6 sigma), back under 1.5x that median within 10 steps, after the
+# first 10% of the run
+SPIKE = (2.0, 3.0)
 
 
 def _spikes(x: np.ndarray, label: str, code: str) -> Label:
