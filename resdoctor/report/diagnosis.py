@@ -141,27 +141,25 @@ def _root(
     return min(candidates, key=weight)
 
 
-def _ancestors(f: Finding, parents: dict[int, list[Finding]]) -> list[Finding]:
+def _reach(f: Finding, links: dict[int, list[Finding]]) -> dict[int, Finding]:
+    """Every finding reached from ``f`` along ``links`` (parents or children), ``f`` excluded."""
     seen: dict[int, Finding] = {}
-    todo = list(parents[id(f)])
+    todo = list(links[id(f)])
     while todo:
-        a = todo.pop()
-        if id(a) not in seen:
-            seen[id(a)] = a
-            todo.extend(parents[id(a)])
-    return list(seen.values())
+        g = todo.pop()
+        if id(g) not in seen and g is not f:
+            seen[id(g)] = g
+            todo.extend(links[id(g)])
+    return seen
+
+
+def _ancestors(f: Finding, parents: dict[int, list[Finding]]) -> list[Finding]:
+    return list(_reach(f, parents).values())
 
 
 def _descendants(f: Finding, children: dict[int, list[Finding]]) -> list[Finding]:
     """``f`` and everything it leads to, by onset (``f`` first)."""
-    seen: dict[int, Finding] = {id(f): f}
-    todo = list(children[id(f)])
-    while todo:
-        b = todo.pop()
-        if id(b) not in seen:
-            seen[id(b)] = b
-            todo.extend(children[id(b)])
-    rest = sorted((g for g in seen.values() if g is not f), key=lambda g: (_step(g), g.code))
+    rest = sorted(_reach(f, children).values(), key=lambda g: (_step(g), g.code))
     return [f, *rest]
 
 

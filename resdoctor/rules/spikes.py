@@ -134,6 +134,25 @@ def _finding(
     )
 
 
+def _recovered(
+    s: pd.Series,
+    run: Run,
+    thresholds: dict[str, Any],
+    warmup_fraction: float,
+    recover_steps: int,
+) -> list[Spike]:
+    """The spikes of ``s`` that came back: only those are spikes."""
+    spikes = find_spikes(
+        s,
+        window=int(thresholds["window"]),
+        sigmas=float(thresholds["sigmas"]),
+        min_ratio=float(thresholds["min_ratio"]),
+        warmup=max(10, int(warmup_fraction * run.steps)),
+        recover_steps=recover_steps,
+    )
+    return [x for x in spikes if x.recovered]
+
+
 def _order(
     run: Run, tl: Timeline, first: Spike, what: str, thresholds: dict[str, Any], extra: list[Fix]
 ) -> list[Fix | None]:
@@ -189,16 +208,8 @@ def loss_spike(
     tl = timeline(run)
     loss = tl.healthy_series(run.scalar("loss"))
     thresholds = {"sigmas": sigmas, "window": window, "min_ratio": min_ratio}
-    spikes = find_spikes(
-        loss,
-        window=window,
-        sigmas=sigmas,
-        min_ratio=min_ratio,
-        warmup=max(10, int(warmup_fraction * run.steps)),
-        recover_steps=recover_steps,
-    )
-    spikes = [x for x in spikes if x.recovered]  # a jump that stays is loss-divergence
-    if not spikes:
+    spikes = _recovered(loss, run, thresholds, warmup_fraction, recover_steps)
+    if not spikes:  # (a jump that stays is loss-divergence)
         return []
     return [_finding("loss-spike", "loss", run, tl, spikes, len(loss), thresholds, _attention(run))]
 
@@ -226,16 +237,8 @@ def grad_spike(
     tl = timeline(run)
     g = tl.healthy_series(grad_total(run))
     thresholds = {"sigmas": sigmas, "window": window, "min_ratio": min_ratio}
-    spikes = find_spikes(
-        g,
-        window=window,
-        sigmas=sigmas,
-        min_ratio=min_ratio,
-        warmup=max(10, int(warmup_fraction * run.steps)),
-        recover_steps=recover_steps,
-    )
-    spikes = [x for x in spikes if x.recovered]  # a surge that stays is exploding-gradients
-    if not spikes:
+    spikes = _recovered(g, run, thresholds, warmup_fraction, recover_steps)
+    if not spikes:  # (a surge that stays is exploding-gradients)
         return []
     return [
         _finding(
