@@ -181,13 +181,27 @@ def consume(journal: Journal, transfer: Transfer, meta: SegmentMeta, seg: Segmen
         journal.consume(done_meta, unpack(host, done_layout))
 
 
-def fast_commit(journal: Journal, v: dict[str, Any]) -> None:
+def absmax_row(journal: Journal, checked: list[int]) -> np.ndarray:
+    """``act_absmax`` of a finite step: the synthetic outputs span [-1, 1], so 1.0 for each
+    checked parameterised module (NaN: not checked), as ``Journal.consume`` folds it."""
+    names = [m["name"] for m in journal.modules]
+    column = {n: j for j, n in enumerate(journal.param_modules)}
+    row = np.full(len(journal.param_modules), np.nan)
+    for m in checked:
+        if names[m] in column:
+            row[column[names[m]]] = 1.0
+    return row
+
+
+def fast_commit(journal: Journal, v: dict[str, Any], absmax: np.ndarray | None = None) -> None:
     """Append one step's rows straight into the series, as ``Journal._commit`` would."""
     step, series = journal.steps, journal.series
     every = np.ones(len(journal.param_modules), bool)
     for name in ("grad_norm", "param_norm", "update_ratio"):
         if v[name] is not None:
             series[name].append(step, v[name], present=every)
+    if absmax is not None:
+        series["act_absmax"].append(step, absmax, present=~np.isnan(absmax))
     sites = np.ones(len(journal.sites), bool)
     site = np.abs(v["site"])  # the RMS of one forward is itself
     for j, name in enumerate(("skip_norm", "branch_norm", "stream_norm")):
@@ -243,6 +257,7 @@ def record(
     synth = Synthetic(shape, steps, seed, every=options.grad_share_every, skip_every=skip_every)
     rss0 = peak = _rss()
     journal = new_journal(shape, options)
+    absmax = absmax_row(journal, synth.checked)
     transfer = Transfer()
     t0 = time.perf_counter()
     host = 0.0  # time in the recorder's host side only, not in making up the numbers
@@ -254,7 +269,8 @@ def record(
             consume(journal, transfer, meta, seg)
         else:
             h0 = time.perf_counter()
-            fast_commit(journal, v)
+            # past the onset every checked output is NaN: its abs-max reads inf
+            fast_commit(journal, v, absmax if step < synth.nan_at else absmax * np.inf)
         host += time.perf_counter() - h0
         if step % 20_000 == 0:
             peak = max(peak, _rss())

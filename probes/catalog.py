@@ -327,6 +327,18 @@ _probe(
     factor=100.0,
 )
 
+_probe(
+    "preln-tiny-lr-stalled",
+    "pre-ln",
+    "pre-LN transformer with Adam at lr 1e-6: the loss stays where it started, gradients are fine",
+    _t("stalled-training"),
+    Recipe(steps=64, lr=1e-6, arch={"depth": 2}),
+    transformer,
+    cause="a learning rate 1,000x too small",
+    remedy="raise-lr",
+    factor=100.0,
+)
+
 # -- healthy controls (traps) -------------------------------------------------------------------
 _probe(
     "mlp-converged",
