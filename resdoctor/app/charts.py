@@ -67,8 +67,10 @@ def heatmap(
     onset: int | None = None,
     scheme: str = "viridis",
     domain: tuple[float, float] | None = None,
+    flagged: Sequence[str] = (),
 ) -> alt.LayerChart:
-    """Name x step heatmap; non-finite cells in magenta; the NaN onset as a dashed rule.
+    """Name x step heatmap; non-finite cells in magenta; the NaN onset as a dashed rule; the
+    rows a finding names (``flagged``) marked with a triangle at the left edge.
 
     One mark layer with a conditional colour (no filter transforms: streamlit evaluates
     expressions with an interpreter, once per datum), drawn on a canvas.
@@ -120,6 +122,15 @@ def heatmap(
     )
     zoom = alt.selection_interval(bind="scales", encodings=["x"])  # drag / wheel on steps
     layers: list[alt.Chart] = [cells_chart.add_params(zoom)]
+    marked = [n for n in flagged if n in order]
+    if marked:
+        first = float(cells["step"].min()) if len(cells) else 0.0
+        rows = pd.DataFrame({"name": marked, "step": first, "why": "named by a finding"})
+        layers.append(
+            alt.Chart(rows)
+            .mark_point(shape="triangle-right", size=90, filled=True, color=THRESHOLD_COLOR)
+            .encode(x=alt.X("step:Q"), y=alt.Y("name:N", sort=order), tooltip=["name:N", "label:N"])
+        )
     rule = onset_rule(onset)
     if rule is not None:
         layers.append(rule)

@@ -69,6 +69,11 @@ def test_gradient_flow_heatmap_marks_the_nan_onset(app, runs, kind: str) -> None
         assert bad_steps and bad_steps[0] <= onset and onset in bad_steps
         rules = [f for f in frames if "label" in f.columns]
         assert rules and rules[0]["step"].tolist() == [onset]
+        # the modules the findings name are marked on their rows (issue 17)
+        marks = [f for f in frames if "why" in f.columns]
+        report = resdoctor.analyze(run)
+        named = {f.location for f in report.findings} & set(grads.columns)
+        assert marks and named and named <= set(marks[0]["name"])
         assert at.dataframe[0].value["step"].min() == onset  # the exact onsets table
     else:
         assert bad_steps == []

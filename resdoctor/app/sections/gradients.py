@@ -23,7 +23,12 @@ def render(opened: Opened) -> None:
     if signal is None:
         return
     cells = view.heatmap(signal)
-    ui.show(charts.heatmap(cells, value_title=LABELS[signal], onset=view.first_onset()))
+    flagged = ui.flagged(opened.report, view.depth_order(signal))
+    ui.show(
+        charts.heatmap(cells, value_title=LABELS[signal], onset=view.first_onset(), flagged=flagged)
+    )
+    if flagged:
+        st.caption("▶ marks the modules a finding names: " + ", ".join(flagged[:6]) + ".")
     ui.bucket_note(view, signal, cells=len(cells))
     onsets = view.onsets()
     if len(onsets):

@@ -70,6 +70,7 @@ def render(opened: Opened) -> None:
                 log=log,
                 onset=view.first_onset(),
                 scheme="plasma",
+                flagged=ui.flagged(opened.report, view.depth_order(signal)),
             )
         )
         ui.bucket_note(view, signal, cells=len(cells))
