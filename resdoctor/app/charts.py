@@ -11,6 +11,7 @@ import pandas as pd
 
 NONFINITE_COLOR = "#e4007c"
 THRESHOLD_COLOR = "#b25f00"
+RUN_COLORS = ("#1f77b4", "#e6550d")  # run A blue, run B orange: never two shades of one hue
 ONSET_COLOR = "#d62728"
 CANVAS = {"embedOptions": {"renderer": "canvas"}}  # thousands of marks: canvas, not SVG
 STEP_AXIS = alt.Axis(title="step", format="~s", tickMinStep=1)
@@ -148,6 +149,7 @@ def lines(
     height: int = 280,
     steps: int | None = None,
     thresholds: Sequence[tuple[float, str]] = (),
+    colors: Sequence[str] = (),
 ) -> alt.LayerChart:
     """One line per name over steps (x from 0 to ``steps`` when given, so panels line up);
     click the legend to highlight, drag to zoom on steps; ``thresholds`` (value, label) are
@@ -169,6 +171,7 @@ def lines(
             title=color_title or None,
             sort=None,
             legend=alt.Legend() if frame["name"].nunique() > 1 else None,
+            scale=alt.Scale(range=list(colors)) if colors else alt.Undefined,
         ),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
         tooltip=[
@@ -205,14 +208,20 @@ def profile(
     color: str = "step",
     height: int = 280,
     reference: float | None = None,
+    colors: Sequence[str] = (),
 ) -> alt.LayerChart:
-    """Value by depth (x = site or module in forward order), one line per ``color`` value."""
+    """Value by depth (x = site or module in forward order), one line per ``color`` value
+    (``colors``: their palette, e.g. one colour per compared run)."""
     order = frame.drop_duplicates("name").sort_values("depth")["name"].tolist()
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     color_enc = (
         alt.Color("step:O", title="step", scale=alt.Scale(scheme="blues"))
         if color == "step"
-        else alt.Color(f"{color}:N", title=None)
+        else alt.Color(
+            f"{color}:N",
+            title=None,
+            scale=alt.Scale(range=list(colors)) if colors else alt.Undefined,
+        )
     )
     chart = (
         alt.Chart(_shown(frame, log))

@@ -39,6 +39,13 @@ def test_compare_two_runs_from_the_command_line(app, runs) -> None:
     assert first_nan["before"] == resdoctor.load(runs["sick"]).nonfinite["step"].min()
     frames = [f for _, fs in chart_data(at) for f in fs if "name" in f]
     assert any(set(f["name"]) == {"A: sick.pt", "B: healthy.pt"} for f in frames)
+    # the two runs in two hues (issue 17: they were two shades of blue)
+    import json
+
+    from resdoctor.app.charts import RUN_COLORS
+
+    specs = [json.dumps(spec) for spec, _ in chart_data(at)]
+    assert any(json.dumps(list(RUN_COLORS)) in spec for spec in specs)
 
 
 def test_text_box_folder_picker_and_query_string(app, runs) -> None:

@@ -81,6 +81,7 @@ def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
                     y_title="loss",
                     log=bool((loss["value"] > 0).all()),
                     steps=max(a.run.steps, b.run.steps),
+                    colors=charts.RUN_COLORS,
                 )
             )
     with right:
@@ -100,6 +101,7 @@ def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
                     log=bool((prof["value"] > 0).all()),
                     color="run",
                     reference=1.0,
+                    colors=charts.RUN_COLORS,
                 )
             )
     grads = pd.concat(
@@ -109,7 +111,13 @@ def _overlays(a: Opened, b: Opened, names: dict[str, str]) -> None:
     if len(grads):
         st.markdown("**Gradient norm by module** (last step with finite values)")
         ui.show(
-            charts.profile(grads, y_title="‖∇W‖", log=bool((grads["value"] > 0).all()), color="run")
+            charts.profile(
+                grads,
+                y_title="‖∇W‖",
+                log=bool((grads["value"] > 0).all()),
+                color="run",
+                colors=charts.RUN_COLORS,
+            )
         )
 
 
