@@ -339,6 +339,21 @@ _probe(
     factor=100.0,
 )
 
+_probe(
+    "mlp-tanh-saturated",
+    "mlp",
+    "plain 6-layer tanh MLP with every weight scaled x5: the tanh inputs sit beyond +-5",
+    _t("saturation grad-spike", "exploding-gradients"),
+    Recipe(
+        steps=60,
+        lr=1e-3,
+        arch={"residual": False, "depth": 6, "activation": "tanh", "init_gain": 5.0},
+    ),
+    mlp,
+    cause="an initialisation 5x too large for a tanh network",
+    remedy="replace-activation",
+)
+
 # -- healthy controls (traps) -------------------------------------------------------------------
 _probe(
     "mlp-converged",

@@ -302,6 +302,21 @@ def dead_units(m: Measurement) -> Label:
     return Label("dead-units", _status(share, *DEAD_UNITS), share, f"median {share:.0%} dead")
 
 
+SATURATED = (0.3, 0.5)  # the largest share of a sigmoid / tanh module's inputs beyond +-5,
+# median over the steps after the first 10% (DeepDiagnosis' saturated activation)
+
+
+def saturated(m: Measurement) -> Label:
+    x = m.array("saturated")
+    stop = m.onset.step if m.onset else len(x)
+    x = x[len(x) // 10 : stop]
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return Label("saturation", "absent", math.nan, "no sigmoid / tanh module")
+    share = float(np.median(x))
+    return Label("saturation", _status(share, *SATURATED), share, f"median {share:.0%} saturated")
+
+
 RULES = (
     nonfinite,
     exploding,
@@ -315,6 +330,7 @@ RULES = (
     grad_spike,
     stalled,
     dead_units,
+    saturated,
 )
 
 

@@ -67,13 +67,15 @@ class Measurement:
     act_grad: list[np.ndarray] = field(default_factory=list)  # ||dLoss/d(site output)||
     dead: list[float] = field(default_factory=list)  # per step: the largest dead-unit share
     # of any ReLU module (units that output 0 for the whole batch)
+    saturated: list[float] = field(default_factory=list)  # per step: the largest share of a
+    # sigmoid / tanh module's inputs beyond +-5
     skipped: list[int] = field(default_factory=list)
     onset: Onset | None = None
 
     def array(self, name: str) -> np.ndarray:
         """``loss`` [steps], ``grad`` [steps, modules] or a site signal [steps, sites]."""
         rows = getattr(self, name)
-        if name in ("loss", "dead"):
+        if name in ("loss", "dead", "saturated"):
             return np.asarray(rows, dtype=np.float64)
         width = len(self.modules) if name == "grad" else len(self.sites)
         return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
@@ -165,6 +167,7 @@ class Measurer:
                 self._grad_taps.setdefault(out, []).append(i)
         self._act_grad = np.full(len(taps), np.nan)
         self._dead = float("nan")
+        self._saturated = float("nan")
         self._attach()
 
     def _attach(self) -> None:
@@ -172,6 +175,8 @@ class Measurer:
         for module in self.model.modules():
             if isinstance(module, (nn.ReLU, nn.ReLU6)):
                 self._handles.append(module.register_forward_hook(self._relu))
+            if isinstance(module, (nn.Sigmoid, nn.Tanh)):
+                self._handles.append(module.register_forward_hook(self._squash))
         for name, module in self.model.named_modules():
             ats = [a for a in wanted if a.module == name]
             self._handles.append(
@@ -188,6 +193,11 @@ class Measurer:
             alive = (x > 0).movedim(unit, 0).reshape(x.shape[unit], -1).any(dim=1)
             share = 1.0 - float(alive.float().mean())
             self._dead = share if np.isnan(self._dead) else max(self._dead, share)
+
+    def _squash(self, module: nn.Module, args: Any, output: Any) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].numel():
+            share = float((args[0].detach().abs() > 5).float().mean())
+            self._saturated = share if np.isnan(self._saturated) else max(self._saturated, share)
 
     def _pre(self, name: str, ats: list[At]) -> Any:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -264,6 +274,7 @@ class Measurer:
         self._values.clear()
         self._act_grad = np.full(len(self.taps), np.nan)
         self._dead = float("nan")
+        self._saturated = float("nan")
 
     def check_loss(self, loss: float) -> None:
         """The loss is non-finite while every module output was finite: the loss made it."""
@@ -326,6 +337,7 @@ class Measurer:
         self.m.similarity.append(sim)
         self.m.act_grad.append(self._act_grad)
         self.m.dead.append(self._dead)
+        self.m.saturated.append(self._saturated)
 
     def _operands(self, tap: SiteTap) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
         get = self._values.get

@@ -36,6 +36,7 @@ CODES = (
     "grad-spike",
     "stalled-training",
     "dead-units",
+    "saturation",
 )
 
 

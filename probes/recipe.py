@@ -133,6 +133,8 @@ FIXES = {
     "add-residual": lambda r, p: r.with_arch(residual=True),
     "check-inputs": lambda r, p: r.with_arch(drop_bad_rows=True),
     "skip-batch": lambda r, p: r.with_arch(bad_batches=()),  # those steps' batches skipped
+    "replace-activation": lambda r, p: r.with_arch(activation="gelu"),
+    "leaky-relu": lambda r, p: r.with_arch(activation="gelu"),  # no ReLU left to die
     "stable-loss": lambda r, p: r.with_arch(drop_bad_rows=True),
 }
 DATA_FIXES = frozenset({"check-inputs", "stable-loss", "skip-batch"})

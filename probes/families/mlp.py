@@ -14,7 +14,15 @@ from probes.train import Setup
 from resdoctor.models import ResidualMLP
 
 FIXES = frozenset(
-    {"residual-scaling", "add-normalization", "pre-layernorm", "reduce-depth", "add-residual"}
+    {
+        "residual-scaling",
+        "add-normalization",
+        "pre-layernorm",
+        "reduce-depth",
+        "add-residual",
+        "replace-activation",
+        "leaky-relu",
+    }
 )
 DEFAULTS: dict[str, Any] = {
     "depth": 8,
@@ -44,9 +52,21 @@ def _dead_branches(model: ResidualMLP, bias: float, norm: bool) -> None:
         branch.extend([*tail, nn.ReLU()])
 
 
+def _init(model: ResidualMLP, a: dict[str, Any]) -> None:
+    """``init="kaiming"``: He init on every branch layer, no residual scaling; ``init_gain``:
+    every branch layer's weights scaled (large pre-activations)."""
+    for block in model.blocks:
+        for layer in cast(nn.Sequential, block.branch):
+            if isinstance(layer, nn.Linear):
+                if a.get("init") == "kaiming":
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                if a.get("init_gain"):
+                    layer.weight.data.mul_(float(a["init_gain"]))
+
+
 def build(r: Recipe) -> Setup:
     """arch: depth, dim, norm, residual, activation, residual_scale, gate (block, init),
-    guard_eps, dead_bias, task ("teacher" | "linear"), init ("kaiming")."""
+    guard_eps, dead_bias, task ("teacher" | "linear"), init ("kaiming"), init_gain."""
     a: dict[str, Any] = {**DEFAULTS, **r.arch}
     if not a["residual"] and float(a["residual_scale"]) != 1.0:
         raise FixNotApplicable("residual-scaling: this MLP has no residual connections")
@@ -61,11 +81,7 @@ def build(r: Recipe) -> Setup:
         activation=ACTIVATIONS[a["activation"]],
         scale=float(a["residual_scale"]),
     )
-    if a.get("init") == "kaiming":  # He init on every branch layer, no residual scaling
-        for block in model.blocks:
-            for layer in cast(nn.Sequential, block.branch):
-                if isinstance(layer, nn.Linear):
-                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    _init(model, a)
     if dead is not None:
         _dead_branches(model, float(dead), bool(a["norm"]))
     gate = a.get("gate")
