@@ -354,6 +354,21 @@ _probe(
     remedy="replace-activation",
 )
 
+_probe(
+    "mlp-sigmoid-saturated",
+    "mlp",
+    "plain 6-layer sigmoid MLP with every weight scaled x8: the sigmoid inputs sit beyond +-5",
+    _t("saturation"),
+    Recipe(
+        steps=60,
+        lr=1e-3,
+        arch={"residual": False, "depth": 6, "activation": "sigmoid", "init_gain": 8.0},
+    ),
+    mlp,
+    cause="an initialisation 8x too large for a sigmoid network",
+    remedy="replace-activation",
+)
+
 # -- healthy controls (traps) -------------------------------------------------------------------
 _probe(
     "mlp-converged",
