@@ -351,7 +351,7 @@ _probe(
     ),
     mlp,
     cause="an initialisation 5x too large for a tanh network",
-    remedy="replace-activation",
+    remedy="xavier-init",
 )
 
 _probe(
@@ -366,7 +366,7 @@ _probe(
     ),
     mlp,
     cause="an initialisation 8x too large for a sigmoid network",
-    remedy="replace-activation",
+    remedy="xavier-init",
 )
 
 # -- healthy controls (traps) -------------------------------------------------------------------

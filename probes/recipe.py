@@ -134,6 +134,7 @@ FIXES = {
     "check-inputs": lambda r, p: r.with_arch(drop_bad_rows=True),
     "skip-batch": lambda r, p: r.with_arch(bad_batches=()),  # those steps' batches skipped
     "replace-activation": lambda r, p: r.with_arch(activation="gelu"),
+    "xavier-init": lambda r, p: r.with_arch(init_gain=None),  # the default (Glorot-like) init
     "leaky-relu": lambda r, p: r.with_arch(activation="gelu"),  # no ReLU left to die
     "stable-loss": lambda r, p: r.with_arch(drop_bad_rows=True),
 }

@@ -22,6 +22,7 @@ FIXES = frozenset(
         "add-residual",
         "replace-activation",
         "leaky-relu",
+        "xavier-init",
     }
 )
 DEFAULTS: dict[str, Any] = {

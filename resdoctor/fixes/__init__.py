@@ -20,6 +20,7 @@ from resdoctor.fixes.arch import (
     reduce_depth,
     replace_activation,
     residual_scaling,
+    xavier_init,
 )
 from resdoctor.fixes.data import check_inputs, overfit_batch, skip_batch, stable_loss
 from resdoctor.fixes.graph import initial_residual, pairnorm
@@ -54,6 +55,7 @@ FIX_CODES = (
     "overfit-batch",
     "leaky-relu",
     "replace-activation",
+    "xavier-init",
 )
 
 __all__ = [
@@ -82,4 +84,5 @@ __all__ = [
     "residual_scaling",
     "skip_batch",
     "stable_loss",
+    "xavier_init",
 ]

@@ -493,3 +493,30 @@ def replace_activation(layers: Sequence[str]) -> Fix:
         snippet=snippet,
         params={"layers": list(layers), "activation": "GELU"},
     )
+
+
+def xavier_init(layers: Sequence[str]) -> Fix:
+    """Re-initialise the layers feeding saturated sigmoid / tanh modules with Glorot's scale."""
+    snippet = (
+        "from torch import nn\n\n"
+        f"SATURATED = {names_literal(list(layers))}  # the sigmoid / tanh modules\n"
+        "modules = dict(model.named_modules())\n"
+        "names = list(modules)\n"
+        "for act in SATURATED:  # the Linear / Conv just before each one\n"
+        "    before = [modules[n] for n in names[: names.index(act)]\n"
+        "              if isinstance(modules[n], (nn.Linear, nn.Conv2d))]\n"
+        "    if before:\n"
+        "        gain = nn.init.calculate_gain(type(modules[act]).__name__.lower())\n"
+        "        nn.init.xavier_uniform_(before[-1].weight, gain=gain)\n"
+    )
+    return Fix(
+        code="xavier-init",
+        title=f"Re-initialise the layers before {short_list(layers, 3)} with Glorot's scale",
+        detail=(
+            "Inputs beyond |x| = 5 at a sigmoid or tanh come from weights too large for it: "
+            "Glorot initialisation keeps the pre-activations at unit variance (Glorot & Bengio "
+            "2010), in the range where these activations pass a gradient."
+        ),
+        snippet=snippet,
+        params={"layers": list(layers)},
+    )

@@ -125,7 +125,8 @@ def saturation(
     if not layers:
         return []
     thresholds = {"share": share, "min_fraction": min_fraction}
-    out = [fixes.replace_activation(layers)]
+    # the scale first (an init too large is the usual cause), then the activation itself
+    out = [fixes.xavier_init(layers), fixes.replace_activation(layers)]
     return [
         _finding("saturation", run, df, layers, share, "of the inputs saturated", out, thresholds)
     ]

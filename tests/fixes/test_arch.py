@@ -182,3 +182,20 @@ def test_add_normalization_before_the_last_activation_revives_dead_relus():
     h = model.proj(x)
     assert (model.blocks[0](h) - h).abs().max() > 0  # alive again
     _step(model, opt, x)
+
+
+def test_xavier_init_rescales_the_layers_before_saturated_activations():
+    import torch
+    from torch import nn
+
+    from resdoctor import fixes
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Sigmoid())
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.mul_(50.0)
+    fix = fixes.xavier_init(["1", "3"])
+    exec(compile(fix.snippet, "<fix>", "exec"), {"model": model})
+    bound = (6 / 16) ** 0.5  # Glorot uniform bound for 8 -> 8, times the activation's gain
+    assert model[0].weight.abs().max() <= bound * nn.init.calculate_gain("tanh") + 1e-6
+    assert model[2].weight.abs().max() <= bound * nn.init.calculate_gain("sigmoid") + 1e-6

@@ -70,7 +70,7 @@ def test_saturated_tanh(tmp_path, gain, fires):
     found = saturation(run)
     assert bool(found) is fires
     if fires:
-        assert found[0].fixes[0].code == "replace-activation"
+        assert [x.code for x in found[0].fixes] == ["xavier-init", "replace-activation"]
         assert max(truth[found[0].location]) >= 0.5
 
 
