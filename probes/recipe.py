@@ -106,6 +106,13 @@ def _mixed_precision(r: Recipe, p: dict[str, Any]) -> Recipe:
     return replace(r, amp="bf16" if "bf16" in dtype else "fp16")
 
 
+def _xavier(r: Recipe, p: dict[str, Any]) -> Recipe:
+    """Back to the default (Glorot-like) init: only a recipe that scaled its weights changes."""
+    if not r.arch.get("init_gain"):
+        raise FixNotApplicable("xavier-init: this recipe keeps the default initialisation")
+    return r.with_arch(init_gain=None)
+
+
 def _raise_lr(r: Recipe, p: dict[str, Any]) -> Recipe:
     factor = float(param(p, "factor", default=10.0))
     return replace(r, lr=r.lr * max(factor, 1.0))
@@ -134,7 +141,7 @@ FIXES = {
     "check-inputs": lambda r, p: r.with_arch(drop_bad_rows=True),
     "skip-batch": lambda r, p: r.with_arch(bad_batches=()),  # those steps' batches skipped
     "replace-activation": lambda r, p: r.with_arch(activation="gelu"),
-    "xavier-init": lambda r, p: r.with_arch(init_gain=None),  # the default (Glorot-like) init
+    "xavier-init": _xavier,
     "leaky-relu": lambda r, p: r.with_arch(activation="gelu"),  # no ReLU left to die
     "stable-loss": lambda r, p: r.with_arch(drop_bad_rows=True),
 }
