@@ -291,15 +291,23 @@ DEAD_UNITS = (0.5, 0.7)  # the largest share of a ReLU layer's units dead on the
 # median over the steps after the first 10% (DeepDiagnosis / AUTOTRAINER: 0.7)
 
 
+def _median_share(
+    m: Measurement, name: str, code: str, band: tuple[float, float], none: str, what: str
+) -> Label:
+    """The median, over the steps after the first 10% and before the onset, of a per-step
+    share measured at activation modules (absent when no such module ran)."""
+    x = m.array(name)
+    stop = m.onset.step if m.onset else len(x)
+    x = x[len(x) // 10 : stop]
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return Label(code, "absent", math.nan, none)
+    share = float(np.median(x))
+    return Label(code, _status(share, *band), share, f"median {share:.0%} {what}")
+
+
 def dead_units(m: Measurement) -> Label:
-    d = m.array("dead")
-    stop = m.onset.step if m.onset else len(d)
-    d = d[len(d) // 10 : stop]
-    d = d[np.isfinite(d)]
-    if not d.size:
-        return Label("dead-units", "absent", math.nan, "no ReLU module")
-    share = float(np.median(d))
-    return Label("dead-units", _status(share, *DEAD_UNITS), share, f"median {share:.0%} dead")
+    return _median_share(m, "dead", "dead-units", DEAD_UNITS, "no ReLU module", "dead")
 
 
 SATURATED = (0.3, 0.5)  # the largest share of a sigmoid / tanh module's inputs beyond +-5,
@@ -307,14 +315,9 @@ SATURATED = (0.3, 0.5)  # the largest share of a sigmoid / tanh module's inputs 
 
 
 def saturated(m: Measurement) -> Label:
-    x = m.array("saturated")
-    stop = m.onset.step if m.onset else len(x)
-    x = x[len(x) // 10 : stop]
-    x = x[np.isfinite(x)]
-    if not x.size:
-        return Label("saturation", "absent", math.nan, "no sigmoid / tanh module")
-    share = float(np.median(x))
-    return Label("saturation", _status(share, *SATURATED), share, f"median {share:.0%} saturated")
+    return _median_share(
+        m, "saturated", "saturation", SATURATED, "no sigmoid / tanh module", "saturated"
+    )
 
 
 RULES = (
