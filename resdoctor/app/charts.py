@@ -49,12 +49,23 @@ def onset_rule(step: int | None, label: str = "first NaN/Inf") -> alt.Chart | No
     return rule + text
 
 
-def robust_domain(values: pd.Series, q: float = 0.02) -> tuple[float, float] | None:
-    """The ``q`` to ``1 - q`` quantile range of the finite values (None when there are none)."""
+# on a log10 colour scale the palette spans at least this many decades: a healthy run whose
+# values stay within 0.8-1.26 sits in the middle of the palette instead of painting it end to end
+MIN_LOG_SPAN = 1.0
+
+
+def robust_domain(
+    values: pd.Series, q: float = 0.02, min_span: float = 0.0
+) -> tuple[float, float] | None:
+    """The ``q`` to ``1 - q`` quantile range of the finite values (None when there are none),
+    widened about its middle to at least ``min_span``."""
     finite = values[np.isfinite(values.to_numpy(dtype=np.float64))]
     if finite.empty:
         return None
     lo, hi = float(finite.quantile(q)), float(finite.quantile(1 - q))
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
     if hi <= lo:
         hi = lo + (abs(lo) * 0.1 or 1.0)
     return lo, hi
@@ -85,7 +96,9 @@ def heatmap(
     data = cells.drop(columns="depth").assign(shown=shown)
     title = f"log10 {value_title}" if log else value_title
     if domain is None:  # robust: one outlier must not paint the rest one colour
-        domain = robust_domain(shown[~cells["nonfinite"].astype(bool)])
+        domain = robust_domain(
+            shown[~cells["nonfinite"].astype(bool)], min_span=MIN_LOG_SPAN if log else 0.0
+        )
     scale = alt.Scale(
         scheme=cast(Any, scheme), domain=list(domain) if domain else alt.Undefined, clamp=True
     )

@@ -77,6 +77,15 @@ def _cell_text(nonfinite: bool, log10: float | None) -> str:
     return "NaN/Inf" if nonfinite else "zero" if log10 is None else f"log10 {log10:.2f}"
 
 
+def heatmap_page(flow: TableData) -> str:
+    """The gradient-flow heatmap alone, as a page for its own W&B panel."""
+    heat = heatmap_svg(flow) or "<p>No gradient norms were recorded.</p>"
+    return (
+        f"<div style='{_STYLE}'><b>resdoctor: gradient flow</b> (log10 gradient norm per "
+        f"module, input at the top; columns are steps; red = NaN/Inf)<br>{heat}</div>"
+    )
+
+
 def heatmap_svg(flow: TableData, max_cols: int = 120, cell_h: int = 12) -> str:
     """SVG heatmap of a gradient-flow table (rows: modules by depth, columns: steps)."""
     if not flow.rows:

@@ -16,7 +16,7 @@ from typing import Any
 
 from resdoctor.findings import Finding
 from resdoctor.integrations import _wandb_panels as panels
-from resdoctor.integrations._wandb_html import report_html
+from resdoctor.integrations._wandb_html import heatmap_page, report_html
 from resdoctor.recording.integration import Context
 
 __all__ = ["CHART_FIELDS", "WandbLogger", "attach_report", "publish_report", "vega_spec"]
@@ -105,6 +105,8 @@ def publish_report(
             wandb, panels.site_table(report.run, max_rows=max_rows)
         ),
         f"{prefix}/report": wandb.Html(report_html(report, flow), inject=False),
+        # the heatmap as its own panel, with no custom-chart preset to save first
+        f"{prefix}/charts/gradient_flow": wandb.Html(heatmap_page(flow), inject=False),
         **_builtin_charts(wandb, report.run, prefix),
     }
     for name, spec in (charts or {}).items():

@@ -108,6 +108,19 @@ def test_app_in_headless_chromium(
         page.get_by_role("tab", name="Compare").wait_for(timeout=60_000)
         assert page.get_by_role("tab").count() == 7
         page.screenshot(path=str(tmp_path / "diagnosis.png"))
+        # a finding card links to the chart that shows it: the button selects that tab
+        page.get_by_role("tab", name="Diagnosis").click()
+        link = page.get_by_role("button", name="See it in Gradient flow").first
+        link.wait_for(timeout=60_000)
+        link.click()
+        selected = page.get_by_role("tab", name="Gradient flow")
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('[role=tab]')).some(t => "
+            "t.textContent.includes('Gradient flow') && t.getAttribute('aria-selected') == 'true')",
+            timeout=60_000,
+        )
+        assert selected.get_attribute("aria-selected") == "true"
+        page.wait_for_function(f"{DRAWN} >= 1", timeout=60_000)
         for tab, charts in TABS.items():
             page.get_by_role("tab", name=tab).click()
             page.wait_for_function(f"{DRAWN} >= {charts}", timeout=60_000)

@@ -212,3 +212,40 @@ def test_a_nan_run_opens_on_its_finite_window(app, runs) -> None:
     assert f"the run went non-finite at step {onset}" in texts(at)
     full = app(run=runs["sick"], tab="Gradient flow")
     assert max(chart_data(full)[0][1], key=len)["step"].max() == run.steps - 1
+
+
+def test_every_builtin_finding_links_to_a_tab_that_exists() -> None:
+    from resdoctor.app.main import SECTIONS
+    from resdoctor.app.sections.diagnosis import CHART_TAB
+    from resdoctor.rules import registry
+
+    assert {r.code for r in registry} <= set(CHART_TAB)
+    assert set(CHART_TAB.values()) <= set(SECTIONS)
+
+
+def test_a_finding_card_opens_the_tab_of_its_chart(app, runs) -> None:
+    """Issue 17: cards link to the charts that show them (the browser test clicks one too)."""
+    at = app(run=runs["sick"])
+    _clean(at)
+    report = resdoctor.analyze(resdoctor.load(runs["sick"]))
+    buttons = [b for b in at.button if (b.key or "").startswith("chart-")]
+    assert len(buttons) == len(report.findings)
+    target = buttons[-1].label.removeprefix("See it in ").removesuffix(" →")
+    buttons[-1].click().run()
+    _clean(at)
+    assert at.session_state["tab"] == target
+
+
+def test_a_narrow_healthy_range_does_not_span_the_whole_palette() -> None:
+    """Issue 17: values within 0.8-1.26 sit mid-palette; a wide range keeps its quantiles."""
+    import pandas as pd
+
+    from resdoctor.app import charts
+
+    narrow = pd.Series(np.log10(np.linspace(0.8, 1.26, 200)))
+    lo, hi = charts.robust_domain(narrow, min_span=charts.MIN_LOG_SPAN)
+    assert hi - lo == pytest.approx(1.0)
+    assert lo < narrow.min() and narrow.max() < hi
+    wide = pd.Series(np.linspace(-6, 2, 200))
+    lo, hi = charts.robust_domain(wide, min_span=charts.MIN_LOG_SPAN)
+    assert -6 < lo < -5.5 and 1.5 < hi < 2

@@ -285,6 +285,11 @@ def test_report_at_close_tables_charts_html_and_summary(wb, tmp_path):
     assert html_ref["_type"] == "html-file"
     page = (out.dir / "files" / html_ref["path"]).read_text()
     assert "resdoctor: " in page and "12 steps" in page and "<svg" in page
+    # the gradient-flow heatmap is a panel of its own, created with no preset to save first
+    heat_ref = out.summary["resdoctor/charts/gradient_flow"]
+    assert heat_ref["_type"] == "html-file"
+    heat = (out.dir / "files" / heat_ref["path"]).read_text()
+    assert heat.count("<rect") >= 12 * len(modules)  # one cell per module and step
     assert out.summary["resdoctor/verdict"] == resdoctor.analyze(rec).verdict
     assert out.summary["resdoctor/findings_count"] == len(resdoctor.analyze(rec).findings)
 

@@ -9,6 +9,25 @@ from resdoctor.app.data import Opened
 from resdoctor.findings import Finding, Fix
 from resdoctor.report.analysis import Report
 
+# the tab whose chart shows each finding's evidence (tab labels of app/main.py)
+CHART_TAB = {
+    "nonfinite": "Gradient flow",
+    "vanishing-gradients": "Gradient flow",
+    "exploding-gradients": "Gradient flow",
+    "grad-spike": "Gradient flow",
+    "branch-dominance": "Residual sites",
+    "dead-branch": "Residual sites",
+    "activation-growth": "Activation growth",
+    "precision-overflow": "Activation growth",
+    "dead-units": "Activation growth",
+    "saturation": "Activation growth",
+    "oversmoothing": "Over-smoothing",
+    "loss-divergence": "Loss & LR",
+    "loss-spike": "Loss & LR",
+    "stalled-training": "Loss & LR",
+}
+TAB_KEY = "tab"  # the key of main's st.tabs, bound to the ?tab= query parameter
+
 ICON = {
     "critical": ":red[:material/dangerous:]",
     "warning": ":orange[:material/warning:]",
@@ -24,8 +43,8 @@ def render(opened: Opened) -> None:
     if not report.findings:
         st.success("No findings: nothing in this run needs attention.")
     _root_and_plan(report)
-    for finding in report.findings:
-        _finding(finding)
+    for i, finding in enumerate(report.findings):
+        _finding(finding, i)
     if report.notes:
         with st.expander(f"Notes from the analysis ({len(report.notes)})"):
             for note in report.notes:
@@ -51,7 +70,7 @@ def _root_and_plan(report: Report) -> None:
                     _fix(fix, f"Fix {i + 2}")
 
 
-def _finding(f: Finding) -> None:
+def _finding(f: Finding, i: int) -> None:
     with st.container(border=True):
         st.markdown(f"#### {ICON.get(f.severity, '')} {f.title}")
         where = [f"`{f.code}`", f"**{f.severity}**"]
@@ -74,6 +93,20 @@ def _finding(f: Finding) -> None:
             st.caption(" · ".join(links))
         if f.fixes:  # the snippets are in the plan above, once each
             st.markdown("Fixes (in the plan): " + ", ".join(f"`{x.code}`" for x in f.fixes))
+        tab = CHART_TAB.get(f.code)
+        if tab:
+            st.button(
+                f"See it in {tab} →",
+                key=f"chart-{i}",
+                help=f"Opens the {tab} tab"
+                + (f"; `{f.location}` is marked ▶" if f.location else ""),
+                on_click=_open_tab,
+                args=(tab,),
+            )
+
+
+def _open_tab(tab: str) -> None:
+    st.session_state[TAB_KEY] = tab
 
 
 def _fix(fix: Fix, label: str) -> None:
