@@ -397,6 +397,23 @@ _probe(
     fast=True,
 )
 _probe(
+    "mlp-fp16-overflow",
+    "mlp",
+    "fp16 autocast, plain MLP, regression targets of order 1e5: the head's output climbs to 65504",
+    _t(
+        "precision-overflow nonfinite",
+        "exploding-gradients loss-divergence",
+        onset=Onset(43, "head", "forward"),
+    ),
+    Recipe(
+        steps=60, lr=0.03, amp="fp16", arch={"depth": 2, "residual": False, "target_scale": 1e5}
+    ),
+    mlp,
+    fast=True,
+    remedy="mixed-precision",
+    dtype="bfloat16",
+)
+_probe(
     "mlp-amp-fp16",
     "mlp",
     "trap: fp16 autocast + GradScaler skipping overflow steps",

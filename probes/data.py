@@ -114,6 +114,16 @@ def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     )
 
 
+def scaled_targets(batch: Batch, factor: float) -> Batch:
+    """``batch`` with every target multiplied by ``factor``."""
+
+    def batch_at(step: int) -> tuple[tuple[Any, ...], Any]:
+        inputs, y = batch(step)
+        return inputs, y * factor
+
+    return batch_at
+
+
 def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(out.float(), target)
 

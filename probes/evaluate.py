@@ -64,8 +64,33 @@ class Outcome:
         )
 
     @property
+    def misplaced(self) -> list[str]:
+        """Expected codes whose label measured a step and location (``precision-overflow``)
+        and whose first finding names another: ``code: found step@location, measured ...``."""
+        out = []
+        for code in self.expect:
+            label = self.measured.get(code, {})
+            if label.get("step") is None:
+                continue
+            hits = [f for f in self.findings if f["code"] == code and f["step"] is not None]
+            if not hits:
+                continue  # missed: counted there
+            first = min(hits, key=lambda f: f["step"])
+            if (first["step"], first["location"]) != (label["step"], label["location"]):
+                out.append(
+                    f"{code}: found step {first['step']} at {first['location']}, measured "
+                    f"step {label['step']} at {label['location']}"
+                )
+        return out
+
+    @property
     def passed(self) -> bool:
-        return not self.missed and not self.false and self.localised is not False
+        return (
+            not self.missed
+            and not self.false
+            and self.localised is not False
+            and not self.misplaced
+        )
 
 
 @dataclass

@@ -33,13 +33,26 @@ DIVERGE = (0.25, 0.5)  # fraction of the loss progress lost after the best (smoo
 
 @dataclass(frozen=True)
 class Label:
+    """``step`` / ``location``: where a present condition was first measured, for the codes
+    whose finding must name them (the evaluator compares the finding's step and location)."""
+
     code: str
     status: Status
     value: float
     note: str
+    step: int | None = None
+    location: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"code": self.code, "status": self.status, "value": self.value, "note": self.note}
+        out: dict[str, object] = {
+            "code": self.code,
+            "status": self.status,
+            "value": self.value,
+            "note": self.note,
+        }
+        if self.step is not None:
+            out.update(step=self.step, location=self.location)
+        return out
 
 
 def _status(value: float, low: float, high: float, up: bool = True) -> Status:
@@ -320,6 +333,30 @@ def saturated(m: Measurement) -> Label:
     )
 
 
+FLOAT16_MAX = 65504.0
+HALF_HEADROOM = (1 / 16, 1 / 4)  # a float16 output's largest finite |value| as a share of
+# 65504, before the first non-finite value: within 4x of the limit is an overflow in the making
+# (HF DebugUnderflowOverflow prints the abs-max trail of the frames before the first Inf)
+
+
+def precision_overflow(m: Measurement) -> Label:
+    """The first step (before any NaN/Inf) at which a module's float16 output came within
+    a quarter of float16's largest value, and that module."""
+    peak = m.array("half_peak")
+    stop = m.onset.step if m.onset else len(peak)
+    peak = peak[:stop]
+    if not np.isfinite(peak).any():
+        return Label("precision-overflow", "absent", math.nan, "no float16 output")
+    share = peak / FLOAT16_MAX
+    status = _status(float(np.nanmax(share)), *HALF_HEADROOM)
+    if status != "present":
+        return Label("precision-overflow", status, float(np.nanmax(share)), "headroom left")
+    step = int(np.argmax(share >= HALF_HEADROOM[1]))
+    where = m.half_module[step]
+    note = f"step {step}, {where}: |x| {peak[step]:.0f} of 65504"
+    return Label("precision-overflow", status, float(share[step]), note, step, where)
+
+
 RULES = (
     nonfinite,
     exploding,
@@ -334,6 +371,7 @@ RULES = (
     stalled,
     dead_units,
     saturated,
+    precision_overflow,
 )
 
 

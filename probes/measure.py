@@ -69,13 +69,16 @@ class Measurement:
     # of any ReLU module (units that output 0 for the whole batch)
     saturated: list[float] = field(default_factory=list)  # per step: the largest share of a
     # sigmoid / tanh module's inputs beyond +-5
+    half_peak: list[float] = field(default_factory=list)  # per step: the largest finite
+    # |value| in any module's float16 output (nan: no float16 output)
+    half_module: list[str] = field(default_factory=list)  # ... and the module that made it
     skipped: list[int] = field(default_factory=list)
     onset: Onset | None = None
 
     def array(self, name: str) -> np.ndarray:
         """``loss`` [steps], ``grad`` [steps, modules] or a site signal [steps, sites]."""
         rows = getattr(self, name)
-        if name in ("loss", "dead", "saturated"):
+        if name in ("loss", "dead", "saturated", "half_peak"):
             return np.asarray(rows, dtype=np.float64)
         width = len(self.modules) if name == "grad" else len(self.sites)
         return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
@@ -168,6 +171,7 @@ class Measurer:
         self._act_grad = np.full(len(taps), np.nan)
         self._dead = float("nan")
         self._saturated = float("nan")
+        self._half: tuple[float, str] = (float("nan"), "")
         self._attach()
 
     def _attach(self) -> None:
@@ -233,11 +237,22 @@ class Measurer:
             if self.m.onset is None and ok_in and not _finite(output):
                 self.m.onset = Onset(self._step, name, "forward")
             self._forward_bad |= not _finite(output)
+            self._half_peak(name, output)
             for at in ats:
                 if at.where == "out" and (v := _pick(args, kwargs, output, at)) is not None:
                     self._keep(at, v)
 
         return hook
+
+    def _half_peak(self, name: str, output: Any) -> None:
+        """The largest finite |value| of ``name``'s float16 outputs, if the step's largest."""
+        for t in _floats(output):
+            if t.dtype != torch.float16 or not t.numel():
+                continue
+            x = t.detach().float().abs()
+            peak = float(x[torch.isfinite(x)].max()) if bool(torch.isfinite(x).any()) else 0.0
+            if np.isnan(self._half[0]) or peak > self._half[0]:
+                self._half = (peak, name)
 
     def _watch_grads(self, name: str, tensors: Any, slot: int) -> None:
         """Flag non-finite gradients reaching ``name``'s outputs (slot 0) or inputs (slot 1)."""
@@ -275,6 +290,7 @@ class Measurer:
         self._act_grad = np.full(len(self.taps), np.nan)
         self._dead = float("nan")
         self._saturated = float("nan")
+        self._half = (float("nan"), "")
 
     def check_loss(self, loss: float) -> None:
         """The loss is non-finite while every module output was finite: the loss made it."""
@@ -338,6 +354,8 @@ class Measurer:
         self.m.act_grad.append(self._act_grad)
         self.m.dead.append(self._dead)
         self.m.saturated.append(self._saturated)
+        self.m.half_peak.append(self._half[0])
+        self.m.half_module.append(self._half[1])
 
     def _operands(self, tap: SiteTap) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
         get = self._values.get

@@ -37,6 +37,7 @@ CODES = (
     "stalled-training",
     "dead-units",
     "saturation",
+    "precision-overflow",
 )
 
 

@@ -132,6 +132,8 @@ def mismatches(ev: Evaluation) -> str:
                 f"- {o.probe}: false {code}, {_tool_says(o, code)} "
                 f"(measured {o.measured.get(code, {}).get('status', '?')}: {note})"
             )
+        for where in o.misplaced:
+            lines.append(f"- {o.probe}: {where}")
         if o.root_ok is False:
             lines.append(f"- {o.probe}: root cause {o.root_cause}, label {o.primary}")
         for clash in o.conflicts:
@@ -210,6 +212,7 @@ def to_json(ev: Evaluation) -> dict[str, Any]:
             **asdict(o),
             "passed": o.passed,
             "missed": o.missed,
+            "misplaced": o.misplaced,
             "false": o.false,
             "localised": o.localised,
             "root_ok": o.root_ok,

@@ -3,6 +3,8 @@
 import copy
 
 import pytest
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -230,6 +232,45 @@ def test_gradscaler_skipped_steps_are_recorded_as_skipped(tmp_path):
     # magnitude, not the scaled one
     stepped = min(set(range(12)) - set(truth))
     assert run.scalar("grad_norm_total")[stepped] < 1e8
+
+
+def test_a_skipped_step_whose_gradients_hold_only_minus_inf_is_not_merged(tmp_path):
+    """An fp16 overflow can leave -inf and no NaN/+inf in a gradient: the step the GradScaler
+    skipped must still be one skipped step, not folded into the next as an accumulation
+    micro-step (the fused check reads max |g|, not max g)."""
+    model = ResidualMLP(depth=2)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    bad_steps = {2, 5}
+    step_now = [0]
+    weight = model.head.weight
+
+    def overflow(g: torch.Tensor) -> torch.Tensor:  # one -inf among finite values
+        if step_now[0] not in bad_steps:
+            return g
+        g = g.abs() + 1.0
+        g.view(-1)[0] = -math.inf
+        return g
+
+    weight.register_hook(overflow)
+    x, y = data()
+    truth = []
+    with resdoctor.watch(model, opt, tmp_path / "neg.pt", scaler=scaler) as doctor:
+        for step in range(8):
+            step_now[0] = step
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            scaler.scale(loss).backward()
+            before = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            if scaler.get_scale() < before:
+                truth.append(step)
+            doctor.log(loss=loss)
+    run = resdoctor.load(tmp_path / "neg.pt")
+    assert truth == sorted(bad_steps)
+    assert run.steps == 8 and [int(s) for s in run.skipped_steps] == truth
+    assert run.scalar("loss").index.tolist() == list(range(8))
 
 
 def test_errors_inside_resdoctor_are_recorded_not_raised(tmp_path):

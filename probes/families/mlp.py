@@ -67,7 +67,7 @@ def _init(model: ResidualMLP, a: dict[str, Any]) -> None:
 
 def build(r: Recipe) -> Setup:
     """arch: depth, dim, norm, residual, activation, residual_scale, gate (block, init),
-    guard_eps, dead_bias, task ("teacher" | "linear"), init ("kaiming"), init_gain."""
+    guard_eps, dead_bias, task ("teacher" | "linear"), init ("kaiming"), init_gain, target_scale."""
     a: dict[str, Any] = {**DEFAULTS, **r.arch}
     if not a["residual"] and float(a["residual_scale"]) != 1.0:
         raise FixNotApplicable("residual-scaling: this MLP has no residual connections")
@@ -103,6 +103,8 @@ def _batches(a: dict[str, Any], seed: int) -> data.Batch:
     batch = (
         data.linear_regression(seed=seed) if a["task"] == "linear" else data.regression(seed=seed)
     )
+    if a.get("target_scale"):  # unnormalised targets (prices, counts): large outputs
+        batch = data.scaled_targets(batch, float(a["target_scale"]))
     if a.get("bad_input") is not None:
         batch = data.corrupt(batch, *a["bad_input"], where="input")
     if a.get("bad_target") is not None:

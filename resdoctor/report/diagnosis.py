@@ -129,14 +129,19 @@ def _root(
     if not real:
         return None
     failures = [f for f in real if f.code in FAILURES and f.severity == "critical"]
+    fail = None
     if failures:  # the story is the failure's: its most upstream ancestor
         fail = min(failures, key=lambda f: (f.code != "nonfinite", _step(f)))
         candidates = [a for a in _ancestors(fail, parents) if not parents[id(a)]] or [fail]
     else:
         candidates = [f for f in real if not parents[id(f)]] or real
 
-    def weight(f: Finding) -> tuple[int, int, int]:
-        return (-len(_descendants(f, children)), -SEVERITY_RANK[f.severity], _step(f))
+    def weight(f: Finding) -> tuple[int, int, int, int]:
+        # between independent causes that explain as much, the one at the module where the
+        # failure was made (an fp16 overflow in `head` before a NaN made in `head`) comes
+        # before a louder one elsewhere
+        elsewhere = int(fail is None or not f.location or f.location != fail.location)
+        return (-len(_descendants(f, children)), elsewhere, -SEVERITY_RANK[f.severity], _step(f))
 
     return min(candidates, key=weight)
 

@@ -63,7 +63,15 @@ def _build(run: Run) -> Timeline:
     failure = None
     ev = run.nonfinite
     if not ev.empty:
-        real = ev[[not bool((d or {}).get("amp_skipped")) for d in ev["detail"]]]
+        # a GradScaler skip excuses non-finite *gradients* (the loss scale overflowed them);
+        # a NaN/Inf made in the forward pass, the loss or the inputs is a fault even when the
+        # scaler then skipped the step: no loss scale can make an Inf activation finite
+        real = ev[
+            [
+                not bool((d or {}).get("amp_skipped")) or phase in ("forward", "input")
+                for d, phase in zip(ev["detail"], ev["phase"], strict=True)
+            ]
+        ]
         if not real.empty:
             failure = real.iloc[0].to_dict()
     step = int(failure["step"]) if failure is not None else _first_bad_scalar(run, skipped)

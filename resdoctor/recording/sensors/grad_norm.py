@@ -50,27 +50,28 @@ class GradNorm:
         return [_local(p) for p in self.params]
 
     def raw(self, tensors: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per parameter on the device: ``([P] L2 norms in float32, [P] max)``; absent or empty
-        tensors read 0. None when no tensor is present.
+        """Per parameter on the device: ``([P] L2 norms in float32, [P] max |value|)``; absent
+        or empty tensors read 0. None when no tensor is present.
 
         The L2 norm cannot tell overflow from Inf (a finite tensor with norm > 1.8e19 squares
-        past float32), so ``bad`` reads the max: NaN propagates through it and +inf shows, so it
-        is exact except for a tensor whose only non-finite values are -inf.
+        past float32), so ``bad`` reads the largest magnitude (the inf-norm, one fused pass):
+        NaN propagates through it and +inf and -inf both show. (A plain max missed a gradient
+        whose only non-finite values were -inf: an AMP overflow step was read as finite.)
         """
         tensors = [None if t is None else _local(t) for t in tensors]
         present = [t for t in tensors if t is not None and t.numel()]
         if not present:
             return None
         l2 = _stack(tensors, torch._foreach_norm(present))
-        top = _stack(tensors, torch._foreach_max(present))
+        top = _stack(tensors, torch._foreach_norm(present, ord=float("inf")))
         return l2, top
 
     def maxima(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
-        """``[P]`` max per tensor on the device (one fused pass): enough for ``bad``."""
+        """``[P]`` max |value| per tensor on the device (one fused pass): enough for ``bad``."""
         present = [t for t in tensors if t.numel()]
         if not present:
             return None
-        return _stack(list(tensors), torch._foreach_max(present))
+        return _stack(list(tensors), torch._foreach_norm(present, ord=float("inf")))
 
     def norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """``[P]`` float32 L2 norms of per-parameter tensors (all present), on the device."""
