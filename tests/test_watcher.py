@@ -1,10 +1,9 @@
 """watch(): lifecycle, hook hygiene, never hurting the run, steps, AMP, accumulation."""
 
 import copy
-
-import pytest
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
