@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-WORKLOADS = ("resnet", "gpt2")
+WORKLOADS = ("resnet", "gpt2", "vit")
 
 
 @dataclass
@@ -64,6 +64,45 @@ def gpt2(device: torch.device, quick: bool = False) -> Workload:
     return Workload("gpt2", title, model, opt, lambda: model(input_ids=ids, labels=ids).loss)
 
 
+def vit(device: torch.device, quick: bool = False) -> Workload:
+    """ViT from a transformers config: 12 layers, d=192, 3 heads, 32x32 images in 4x4
+    patches (64 tokens), batch 16, 10 classes (quick: tiny)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    if quick:
+        cfg = ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=8,
+            num_labels=10,
+        )
+        batch = 2
+    else:
+        cfg = ViTConfig(
+            hidden_size=192,
+            num_hidden_layers=12,
+            num_attention_heads=3,
+            intermediate_size=768,
+            image_size=32,
+            patch_size=4,
+            num_labels=10,
+        )
+        batch = 16
+    model = ViTForImageClassification(cfg).to(device).train()  # type: ignore[arg-type]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    title = (
+        f"ViT (transformers), {cfg.num_hidden_layers} layers, d={cfg.hidden_size}, "
+        f"{cfg.image_size}x{cfg.image_size} in {cfg.patch_size}x{cfg.patch_size} patches, "
+        f"batch {batch}"
+    )
+    return Workload("vit", title, model, opt, lambda: model(pixel_values=x, labels=y).loss)
+
+
 def build(name: str, device: torch.device, quick: bool = False) -> Workload:
     """The workload called ``name`` (one of ``WORKLOADS``), seeded for repeatability."""
     torch.manual_seed(0)
@@ -71,4 +110,6 @@ def build(name: str, device: torch.device, quick: bool = False) -> Workload:
         return resnet(device, quick)
     if name == "gpt2":
         return gpt2(device, quick)
+    if name == "vit":
+        return vit(device, quick)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(WORKLOADS)}")

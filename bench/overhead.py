@@ -34,7 +34,7 @@ TARGETS = {"cpu": {"resdoctor": 1.05, "resdoctor-all": 1.10}, "cuda": {"resdocto
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(WORKLOADS), help="comma list: resnet,gpt2")
+    p.add_argument("--models", default=",".join(WORKLOADS), help="comma list: resnet,gpt2,vit")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma list; plain is always run")
     p.add_argument("--rounds", type=int, default=None, help="alternation rounds (default 6)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 8)")

@@ -22,6 +22,7 @@ from torch import nn
 
 from resdoctor.recording.addition_taps import AdditionTaps
 from resdoctor.recording.discovery import Site, architecture, repeated_layers, sites_from
+from resdoctor.recording.flusher import Flusher
 from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
@@ -38,7 +39,6 @@ from resdoctor.recording.sensors import (
 )
 from resdoctor.recording.sensors.units import kind as unit_kind
 from resdoctor.recording.trace import Tracer
-from resdoctor.runfile import io as runfile
 from resdoctor.runfile.layout import RunState
 
 
@@ -133,6 +133,7 @@ class Recorder:
         self._paused = 0
         self._own = 0  # inside resdoctor's own hook code (AdditionTaps ignore its ops)
         self._last_flush = (0, time.monotonic())
+        self.flusher = Flusher(path, lambda e: self.record_error("flush", e))
         self._step = 0
         self.closed = False
         self._no_forward = 0  # steps that stepped with no forward seen (compiled after watch)
@@ -649,15 +650,30 @@ class Recorder:
     def _maybe_flush(self) -> None:
         steps, when = self._last_flush
         o = self.options
+        if not self.flusher.due():  # backing off after a failed write
+            return
         if (o.flush_every and self._step - steps >= o.flush_every) or (
             o.flush_seconds and time.monotonic() - when >= o.flush_seconds
         ):
             self.flush()
 
-    def flush(self) -> None:
-        self.drain(wait=True)
-        runfile.write(self.journal.state(self.options.to_dict()), self.path)
+    def flush(self, wait: bool = False) -> None:
+        """Snapshot the run and hand it to the background writer. Only device copies that
+        already finished are taken (no sync); ``wait``: also wait for the pending copies and
+        for the file to be written (an explicit ``Watcher.flush()``)."""
         self._last_flush = (self._step, time.monotonic())
+        self.drain(wait=wait)
+        self.flusher.submit(self.journal.state(self.options.to_dict()))
+        if wait:
+            self.flusher.wait()
+
+    def write_header(self) -> None:
+        """Write the run file at once (a run with no step yet): a previous run's file at the
+        path is replaced, never mistaken for this one. A failure is recorded, not raised."""
+        try:
+            self.flusher.write_now(self.journal.state(self.options.to_dict()))
+        except Exception:  # noqa: BLE001 - recorded by the flusher; retried at the next flush
+            pass
 
     def close(self) -> None:
         if self.closed:
@@ -668,9 +684,11 @@ class Recorder:
                 tracer.__exit__(None, None, None)
                 tracer.detach()
             self.end_segment()
-            self.flush()
+            self.drain(wait=True)  # the one wait for device copies: at close
+            self.flusher.write_now(self.journal.state(self.options.to_dict()))
         finally:
             self.closed = True
+            self.flusher.close()
             self.remove_hooks()
 
 

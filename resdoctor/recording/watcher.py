@@ -98,6 +98,7 @@ class Watcher:
         except BaseException:
             self.recorder.remove_hooks()  # a failing watch() leaves no hook behind
             raise
+        self.recorder.write_header()  # a previous run's file at the path is gone from now on
         _LIVE.add(self)  # held until close(): `resdoctor.watch(model)` unassigned keeps recording
 
     def add_integration(self, integration: Integration) -> None:
@@ -132,9 +133,10 @@ class Watcher:
             self.recorder.record_error("log", e)
 
     def flush(self) -> None:
-        """Write the run file now."""
+        """Write the run file now and wait until it is on disk (the periodic flushes during
+        training hand the snapshot to a background writer and do not wait)."""
         try:
-            self.recorder.flush()
+            self.recorder.flush(wait=True)
         except Exception as e:  # noqa: BLE001
             self.recorder.record_error("flush", e)
             warnings.warn(f"resdoctor: could not write {self.path}: {e}", stacklevel=2)
