@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from resdoctor.errors import ResdoctorError, first_line
+from resdoctor.runfile import check
 from resdoctor.runfile.layout import FORMAT, SCHEMA_VERSION, RunState
 
 __all__ = ["FORMAT", "REQUIRED", "SCHEMA_VERSION", "RunFileError", "read", "validate", "write"]
@@ -50,11 +51,15 @@ def read(path: str | os.PathLike[str]) -> RunState:
     """Load and validate a run file; any problem raises ``RunFileError`` with one clear line."""
     p = Path(path)
     if not p.exists():
-        raise RunFileError(f"{p}: no such file")
+        raise RunFileError(f"{_short(p)}: no such file")
     if p.is_dir():
-        raise RunFileError(f"{p}: is a directory, not a run file")
+        raise RunFileError(f"{_short(p)}: is a directory, not a run file")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        check.check_file(p)
+    except check.Invalid as e:
+        raise RunFileError(f"{_short(p)}: {e}") from None
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
         raise RunFileError(_unpickling_message(p, str(e))) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
@@ -62,7 +67,18 @@ def read(path: str | os.PathLike[str]) -> RunState:
     except Exception as e:  # noqa: BLE001 - any other loader failure is still bad input
         raise RunFileError(f"{p}: not a readable run file ({first_line(e, limit=160)})") from None
     validate(state, p)
+    try:
+        check.walk(state)
+        check.fields(state, SCHEMA_VERSION)
+    except check.Invalid as e:
+        raise RunFileError(f"{_short(p)}: malformed run file: {e}") from None
     return state  # type: ignore[no-any-return]
+
+
+def _short(p: Path) -> str:
+    """The path as shown in one error line (a hostile name must not fill the terminal)."""
+    text = str(p)
+    return text if len(text) <= 100 else text[:48] + "..." + text[-48:]
 
 
 def validate(state: Any, where: Any = "run") -> None:
@@ -73,9 +89,11 @@ def validate(state: Any, where: Any = "run") -> None:
     if missing:
         raise RunFileError(f"{where}: run file is missing {', '.join(missing)}")
     version = state["schema_version"]
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RunFileError(f"{where}: schema_version is a {type(version).__name__}, not an integer")
+    if version > SCHEMA_VERSION:
         raise RunFileError(
-            f"{where}: schema_version {version!r} is newer than this resdoctor reads "
+            f"{where}: schema_version {version} is newer than this resdoctor reads "
             f"({SCHEMA_VERSION}); upgrade resdoctor"
         )
     if not isinstance(state["series"], dict) or not isinstance(state["events"], list):
