@@ -287,8 +287,14 @@ class Journal:
         table = onsets.ModuleTable(
             self._names, self.param_modules, self._order, int(self.meta.get("world_size") or 1)
         )
+        # a step left without optimizer.step() after non-finite gradients is an AMP skip only
+        # when a GradScaler can be at work; else the loop gave up on it (clip_grad_norm_ with
+        # error_if_nonfinite=True raised) and the NaN/Inf is a real one
+        amp = bool(skipped) and (
+            bool(self.meta.get("grad_scaler")) or self.meta.get("autocast") == "float16"
+        )
         for onset in onsets.find(blocks, vectors, scalars, table):
-            self._event(onset.module, onset.phase, rank, bool(skipped), onset.detail)
+            self._event(onset.module, onset.phase, rank, amp, onset.detail)
 
     def _event(self, module: str, phase: str, rank: int, amp: bool, detail: dict) -> None:
         key = (module, phase, amp)

@@ -132,6 +132,8 @@ class Recorder:
         self._grad_forward = False  # the outermost forward started with grad enabled
         self._paused = 0
         self._own = 0  # inside resdoctor's own hook code (AdditionTaps ignore its ops)
+        if scaler is not None:
+            self.journal.set_meta("grad_scaler", True)
         self._last_flush = (0, time.monotonic())
         self.flusher = Flusher(path, lambda e: self.record_error("flush", e))
         self._step = 0
@@ -267,6 +269,8 @@ class Recorder:
 
     # -- forward ---------------------------------------------------------------------------
     def _begin_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self._in_forward:  # the root starts while "inside" itself: the last forward was
+            self._recover_interrupted()  # interrupted (KeyboardInterrupt skips always-hooks)
         self._in_forward += 1
         if self._in_forward == 1:
             self._grad_forward = torch.is_grad_enabled()
@@ -293,6 +297,27 @@ class Recorder:
                 self._tracer.measure_result = self.smoothing  # step 0 gets its smoothing too
             self._tracer.attach(root=False)
             self._tracer.__enter__()
+
+    def _recover_interrupted(self) -> None:
+        """Undo what an interrupted forward left open (modes pushed, counters raised), so
+        recording goes on from this forward; the interruption is recorded."""
+        self._exit_open_modes()
+        self._in_forward = 0
+        self.record_error("forward", InterruptedError("a forward pass was interrupted; resumed"))
+
+    def _exit_open_modes(self) -> None:
+        """Pop every TorchFunctionMode resdoctor pushed and did not pop (innermost first)."""
+        for plan in self._plans.values():
+            while plan.modes:
+                mode = plan.modes.pop()
+                if mode is not None:
+                    with contextlib.suppress(Exception):
+                        mode.__exit__(None, None, None)
+        if self._tracer is not None:  # discovery starts again on this forward
+            tracer, self._tracer = self._tracer, None
+            with contextlib.suppress(Exception):
+                tracer.__exit__(None, None, None)
+            tracer.detach()
 
     def _forward_returned(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         self._forward_ok = True
@@ -679,10 +704,7 @@ class Recorder:
         if self.closed:
             return
         try:
-            if self._tracer is not None:
-                tracer, self._tracer = self._tracer, None
-                tracer.__exit__(None, None, None)
-                tracer.detach()
+            self._exit_open_modes()  # a forward interrupted before close() left them open
             self.end_segment()
             self.drain(wait=True)  # the one wait for device copies: at close
             self.flusher.write_now(self.journal.state(self.options.to_dict()))

@@ -428,7 +428,10 @@ def _changed(out: Any, tensors: list[torch.Tensor], versions: dict[int, int]) ->
 
 
 def _sum_squares(t: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(t.detach(), dtype=torch.float32).square()
+    t = t.detach()
+    if t.dtype == torch.float64:
+        return torch.linalg.vector_norm(t).float().square()
+    return torch.linalg.vector_norm(t, dtype=torch.float32).square()
 
 
 def _operand_sums(name: str, tensors: list[torch.Tensor]) -> tuple[Any, Any] | None:

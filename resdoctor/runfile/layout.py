@@ -104,6 +104,7 @@ class RunState(TypedDict, total=False):
     param_dtype: str  # the narrowest floating dtype of the parameters ("float32", "float16")
     autocast: str  # the autocast dtype seen in a forward ("float16", "bfloat16"), if any
     compiled: bool  # watched a torch.compile'd module: only its boundary was hooked
+    grad_scaler: bool  # a GradScaler was passed to watch(): skipped steps are AMP skips
     steps_without_forward: int  # steps that stepped with no forward resdoctor saw
     options: dict[str, Any]
     steps: int

@@ -19,6 +19,8 @@ def sum_squares(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float32 and x.is_contiguous():
         flat = x.view(-1)
         return torch.dot(flat, flat)  # BLAS sdot: ~25% faster than a norm
+    if x.dtype == torch.float64:  # a float64 model: measured in its own precision
+        return torch.linalg.vector_norm(x).float().square()
     return torch.linalg.vector_norm(x, dtype=torch.float32).square()
 
 

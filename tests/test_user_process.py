@@ -1,0 +1,197 @@
+"""Issue 20: a watched model stays an ordinary model in the user's process. Pickling, saving and
+copying it works and the copies record nothing; a concurrent evaluation thread is ignored; an
+interrupted forward does not end recording; a NaN that makes the loop raise stays a NaN; float64
+models are measured. Each test ends with a census: no resdoctor hook anywhere after close()."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import _get_current_function_mode_stack
+
+import resdoctor
+from resdoctor.models import ResidualMLP
+from resdoctor.recording.hooks import has_resdoctor_hooks
+
+
+def _no_hooks_left(*models: torch.nn.Module) -> None:
+    for m in models:
+        assert not has_resdoctor_hooks(m)
+    assert not _get_current_function_mode_stack()  # no TorchFunctionMode left pushed
+
+
+def _step(model, opt, x, y) -> torch.Tensor:
+    opt.zero_grad()
+    loss = F.mse_loss(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = ResidualMLP(depth=3)
+    return model, torch.optim.SGD(model.parameters(), 0.01), torch.randn(8, 16), torch.randn(8, 1)
+
+
+def test_pickle_and_torch_save_of_a_watched_model(tmp_path):
+    model, opt, x, y = _setup()
+    with resdoctor.watch(model, opt, tmp_path / "r.pt", quiet=True) as doctor:
+        doctor.log(loss=_step(model, opt, x, y))
+        restored = pickle.loads(pickle.dumps(model))
+        buf = io.BytesIO()
+        torch.save(model, buf)  # checkpointing the whole module
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for copy_ in (restored, loaded):
+            assert torch.equal(copy_(x), model(x))
+            _no_hooks_left(copy_)  # inert entries removed by the copy's first forward
+        doctor.log(loss=_step(model, opt, x, y))
+    assert resdoctor.load(tmp_path / "r.pt").steps == 2
+    _no_hooks_left(model)
+
+
+def test_deepcopy_and_averaged_model_record_nothing_into_the_run(tmp_path):
+    """The copy's forwards were recorded into the run (branch ratio 0.34 -> 183-244)."""
+
+    def train(path, with_copy: bool):
+        model, opt, x, y = _setup()
+        doctor = resdoctor.watch(model, opt, path, quiet=True)
+        swa = torch.optim.swa_utils.AveragedModel(model) if with_copy else None
+        twin = copy.deepcopy(model) if with_copy else None
+        for _ in range(4):
+            loss = _step(model, opt, x, y)
+            if swa is not None and twin is not None:
+                swa.update_parameters(model)
+                with torch.no_grad():
+                    swa(x * 100)
+                twin(x * 100).sum().backward()
+            doctor.log(loss=loss)
+        doctor.close()
+        return resdoctor.load(path), [m for m in (swa, twin) if m is not None], model
+
+    plain, _, _ = train(tmp_path / "a.pt", False)
+    with_copies, copies, model = train(tmp_path / "b.pt", True)
+    for signal in ("branch_ratio", "grad_norm", "stream_norm"):
+        assert plain.series(signal).equals(with_copies.series(signal)), signal
+    _no_hooks_left(model, *copies)
+
+
+def test_a_concurrent_no_grad_eval_thread_is_not_traced(tmp_path):
+    """'pop from empty mode stack', tracer hooks and a live mode left after close()."""
+    model, opt, x, y = _setup()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            while not stop.is_set():
+                with torch.no_grad():
+                    model(x)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    doctor = resdoctor.watch(model, opt, tmp_path / "t.pt", quiet=True)
+    worker = threading.Thread(target=evaluate)
+    worker.start()
+    try:
+        for _ in range(15):
+            doctor.log(loss=_step(model, opt, x, y))
+    finally:
+        stop.set()
+        worker.join(30)
+    doctor.close()
+    assert not errors, errors
+    run = resdoctor.load(tmp_path / "t.pt")
+    assert run.steps == 15 and run.errors.empty
+    assert run.series("branch_ratio").notna().all().all()
+    _no_hooks_left(model)
+
+
+class _Interrupting(torch.nn.Module):
+    """Raises KeyboardInterrupt inside the model's forward while ``armed``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.armed:
+            raise KeyboardInterrupt
+        return x
+
+
+@pytest.mark.parametrize("at_step", [0, 3])
+def test_recording_resumes_after_a_keyboard_interrupt_in_forward(tmp_path, at_step):
+    """A notebook interrupt inside forward stopped recording for good; at step 0 the tracer's
+    mode stayed pushed and grew (23,120 nodes after 200 steps)."""
+    model, opt, x, y = _setup()
+    trap = _Interrupting()
+    model.blocks[1].branch.insert(0, trap)
+    doctor = resdoctor.watch(model, opt, tmp_path / "k.pt", quiet=True)
+    done = 0
+    for step in range(8):
+        trap.armed = step == at_step
+        try:
+            loss = _step(model, opt, x, y)
+        except KeyboardInterrupt:
+            continue  # the user interrupts the cell, then runs it again
+        doctor.log(loss=loss)
+        done += 1
+    assert len(_get_current_function_mode_stack()) == 0  # nothing left pushed between steps
+    doctor.close()
+    run = resdoctor.load(tmp_path / "k.pt")
+    assert run.steps == done == 7
+    ratio = run.series("branch_ratio")
+    assert ratio.index.max() == done - 1 and ratio.iloc[-1].notna().all()  # still recording
+    assert "forward" in set(run.errors["where"])  # the interruption is on record
+    _no_hooks_left(model)
+
+
+def test_a_nan_that_makes_the_loop_raise_is_still_a_nan_not_an_amp_skip(tmp_path):
+    model, opt, x, y = _setup()
+    layer = next(m for m in model.blocks[1].branch if isinstance(m, torch.nn.Linear))
+    with resdoctor.watch(model, opt, tmp_path / "c.pt", quiet=True) as doctor:
+        for step in range(6):
+            if step == 3:
+                with torch.no_grad():
+                    layer.weight[0, 0] = float("nan")
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            try:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, error_if_nonfinite=True)
+            except RuntimeError:
+                doctor.log(loss=loss)  # the loop skips the step and goes on
+                with torch.no_grad():
+                    layer.weight[0, 0] = 0.0
+                continue
+            opt.step()
+            doctor.log(loss=loss)
+    report = resdoctor.analyze(tmp_path / "c.pt")
+    (nan,) = [f for f in report.findings if f.code == "nonfinite" and f.step is not None]
+    assert nan.step == 3 and nan.severity == "critical"
+    _no_hooks_left(model)
+
+
+def test_a_float64_model_is_measured(tmp_path):
+    """A float64 model (from the start or .to(float64) after watch): no site signals, 207
+    errors, HEALTHY."""
+    model, opt, x, y = _setup()
+    doctor = resdoctor.watch(model, opt, tmp_path / "d.pt", quiet=True)
+    for step in range(6):
+        if step == 3:
+            model.double()
+            x, y = x.double(), y.double()
+        doctor.log(loss=_step(model, opt, x, y))
+    doctor.close()
+    run = resdoctor.load(tmp_path / "d.pt")
+    assert run.errors.empty
+    assert run.series("branch_ratio").notna().all().all()
+    assert run.series("grad_norm").notna().all().all()
