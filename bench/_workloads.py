@@ -69,28 +69,19 @@ def vit(device: torch.device, quick: bool = False) -> Workload:
     patches (64 tokens), batch 16, 10 classes (quick: tiny)."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    if quick:
-        cfg = ViTConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=16,
-            patch_size=8,
-            num_labels=10,
-        )
-        batch = 2
-    else:
-        cfg = ViTConfig(
-            hidden_size=192,
-            num_hidden_layers=12,
-            num_attention_heads=3,
-            intermediate_size=768,
-            image_size=32,
-            patch_size=4,
-            num_labels=10,
-        )
-        batch = 16
+    # (hidden, layers, heads, mlp, image, patch), batch
+    (d, n, h, mlp, image, patch), batch = (
+        ((32, 2, 2, 64, 16, 8), 2) if quick else ((192, 12, 3, 768, 32, 4), 16)
+    )
+    cfg = ViTConfig(
+        hidden_size=d,
+        num_hidden_layers=n,
+        num_attention_heads=h,
+        intermediate_size=mlp,
+        image_size=image,
+        patch_size=patch,
+        num_labels=10,
+    )
     model = ViTForImageClassification(cfg).to(device).train()  # type: ignore[arg-type]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)

@@ -202,6 +202,24 @@ def test_without_log_the_next_forward_ends_the_step(tmp_path):
     assert run.steps == 6 and len(run.series("grad_norm")) == 6
 
 
+def _amp_steps(model, opt, scaler, doctor, x, y, steps, loss_scale=1.0, on_step=None):
+    """A GradScaler loop; returns the steps it skipped (it lowers its scale exactly then)."""
+    truth = []
+    for step in range(steps):
+        if on_step is not None:
+            on_step(0, step)
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y) * loss_scale
+        scaler.scale(loss).backward()
+        before = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
+        if scaler.get_scale() < before:
+            truth.append(step)
+        doctor.log(loss=loss)
+    return truth
+
+
 def test_gradscaler_skipped_steps_are_recorded_as_skipped(tmp_path):
     model = ResidualMLP(depth=2)
     opt = torch.optim.SGD(model.parameters(), 0.01)
@@ -210,18 +228,8 @@ def test_gradscaler_skipped_steps_are_recorded_as_skipped(tmp_path):
         "cpu", init_scale=2.0**127, growth_interval=1000, backoff_factor=2.0**-10
     )
     x, y = data()
-    truth = []  # the scaler lowers its scale exactly when it skipped the step
     with resdoctor.watch(model, opt, tmp_path / "amp.pt", scaler=scaler) as doctor:
-        for step in range(12):
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y) * 1e3
-            scaler.scale(loss).backward()
-            before = scaler.get_scale()
-            scaler.step(opt)
-            scaler.update()
-            if scaler.get_scale() < before:
-                truth.append(step)
-            doctor.log(loss=loss)
+        truth = _amp_steps(model, opt, scaler, doctor, x, y, 12, loss_scale=1e3)
     run = resdoctor.load(tmp_path / "amp.pt")
     assert run.steps == 12
     assert truth and len(truth) < 12
@@ -253,19 +261,8 @@ def test_a_skipped_step_whose_gradients_hold_only_minus_inf_is_not_merged(tmp_pa
 
     weight.register_hook(overflow)
     x, y = data()
-    truth = []
     with resdoctor.watch(model, opt, tmp_path / "neg.pt", scaler=scaler) as doctor:
-        for step in range(8):
-            step_now[0] = step
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y)
-            scaler.scale(loss).backward()
-            before = scaler.get_scale()
-            scaler.step(opt)
-            scaler.update()
-            if scaler.get_scale() < before:
-                truth.append(step)
-            doctor.log(loss=loss)
+        truth = _amp_steps(model, opt, scaler, doctor, x, y, 8, on_step=step_now.__setitem__)
     run = resdoctor.load(tmp_path / "neg.pt")
     assert truth == sorted(bad_steps)
     assert run.steps == 8 and [int(s) for s in run.skipped_steps] == truth
