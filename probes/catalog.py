@@ -414,6 +414,26 @@ _probe(
     dtype="bfloat16",
 )
 _probe(
+    "mlp-fp16-overflow-seed1",
+    "mlp",
+    "fp16 autocast, plain MLP, targets of order 1e5, another seed and data draw",
+    _t(
+        "precision-overflow nonfinite",
+        "exploding-gradients loss-divergence",
+        onset=Onset(39, "head", "forward"),
+    ),
+    Recipe(
+        steps=60,
+        lr=0.03,
+        amp="fp16",
+        seed=1,
+        arch={"depth": 2, "residual": False, "target_scale": 1e5},
+    ),
+    mlp,
+    remedy="mixed-precision",
+    dtype="bfloat16",
+)
+_probe(
     "mlp-amp-fp16",
     "mlp",
     "trap: fp16 autocast + GradScaler skipping overflow steps",

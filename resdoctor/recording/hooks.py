@@ -29,7 +29,8 @@ class Hook:
         self.fn, self.thread = fn, thread
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.get_ident() != self.thread:
+        # traced by dynamo (compiled after watch): compiled away first, so no graph break
+        if torch.compiler.is_compiling() or threading.get_ident() != self.thread:
             return None
         return self.fn(*args, **kwargs)
 
