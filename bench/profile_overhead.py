@@ -240,7 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.profile_overhead", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--model", default="resnet", choices=("resnet", "gpt2"))
+    p.add_argument("--model", default="resnet", choices=("resnet", "gpt2", "vit"))
     p.add_argument("--config", default="resdoctor", choices=("resdoctor", "resdoctor-all"))
     p.add_argument("--rounds", type=int, default=6, help="timing rounds (alternated)")
     p.add_argument("--steps", type=int, default=10, help="steps per round / per profile")

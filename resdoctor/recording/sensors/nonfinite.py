@@ -10,6 +10,7 @@ showing it first: their input gradient is checked too.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from resdoctor.recording.pytree import iter_tensors
 from resdoctor.recording.segment import Segment
 from resdoctor.recording.sensors.kernels import TensorCache, extrema
 from resdoctor.recording.sensors.needs import Hooks, Needs
+from resdoctor.recording.trace import tensor_version
 
 # Modules that turn finite inputs into finite outputs: their outputs need no NaN/Inf check.
 FINITE_PRESERVING: tuple[type[nn.Module], ...] = (
@@ -53,7 +55,36 @@ FINITE_PRESERVING: tuple[type[nn.Module], ...] = (
     nn.Embedding,
 )
 
+# The same for activation modules of libraries resdoctor does not import, by qualified class
+# name: each computes a bounded function of x times x (or a saturating function), finite for
+# every finite input, in float16 too (an overflowing x**3 inside tanh saturates it to +-1).
+FINITE_PRESERVING_NAMES = frozenset(
+    f"transformers.activations.{name}"
+    for name in (
+        "GELUActivation",
+        "GELUTanh",
+        "PytorchGELUTanh",
+        "FastGELUActivation",
+        "NewGELUActivation",
+        "QuickGELUActivation",
+        "AccurateGELUActivation",
+        "ClippedGELUActivation",
+        "SiLUActivation",
+        "MishActivation",
+        "LaplaceActivation",
+        "LinearActivation",
+    )
+)
+
 Slots = tuple[int, int]
+
+
+def finite_preserving(module: nn.Module) -> bool:
+    """Finite inputs give finite outputs: ``module`` needs no output check."""
+    if isinstance(module, FINITE_PRESERVING):
+        return True
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}" in FINITE_PRESERVING_NAMES
 
 
 class NonFinite:
@@ -63,6 +94,8 @@ class NonFinite:
 
     def __init__(self) -> None:
         self._cache = TensorCache()
+        # output tensors whose incoming gradient is hooked in this forward -> module indices
+        self._incoming: dict[int, tuple[weakref.ref[torch.Tensor], int, list[int]]] = {}
 
     @staticmethod
     def checks(module: nn.Module) -> tuple[bool, bool, bool] | None:
@@ -76,7 +109,7 @@ class NonFinite:
         whose incoming gradient was finite and whose own gradients were not.
         """
         has_params = any(True for _ in module.parameters(recurse=False))
-        preserving = isinstance(module, FINITE_PRESERVING)
+        preserving = finite_preserving(module)
         if preserving and not has_params:
             return None
         leaf_op = not list(module.children()) and not any(True for _ in module.parameters())
@@ -85,6 +118,7 @@ class NonFinite:
     def reset(self) -> None:
         """A new forward (or segment): pooled slots of the last one are no longer valid."""
         self._cache.clear()
+        self._incoming.clear()
 
     def inputs(self, seg: Segment, args: Any, kwargs: Any) -> Slots | None:
         """Pool slots of the inputs' ``(min, max)``; None when no input is floating."""
@@ -103,12 +137,21 @@ class NonFinite:
         t = next((t for t in _outputs(output) if t.is_floating_point() and t.requires_grad), None)
         if t is None:
             return
+        # a container returning its last child's output: one hook, one reduction, both rows
+        seen = self._incoming.get(id(t))
+        if seen is not None and seen[0]() is t and seen[1] == tensor_version(t):
+            seen[2].append(index)
+            return
+        indices = [index]
+        self._incoming[id(t)] = (weakref.ref(t), tensor_version(t), indices)
 
         def on_grad(g: torch.Tensor) -> None:
             if g.numel():
                 seg = current()
                 lo, hi = extrema(g)
-                seg.add_row("gin", index, (seg.put(lo), seg.put(hi)))
+                slots = (seg.put(lo), seg.put(hi))
+                for i in indices:
+                    seg.add_row("gin", i, slots)
 
         hooks.tensor(t, on_grad)
 
