@@ -1,11 +1,20 @@
-"""Render benchmark JSON results as the Markdown tables of docs/performance.md.
+"""Render benchmark JSON results as Markdown tables; regenerate the README's from committed ones.
 
-python -m bench.report bench/results/overhead.json bench/results/scale.json
+    python -m bench.report bench/results/overhead.json bench/results/scale.json   # print
+    python -m bench.report --readme          # rewrite README's tables from bench/results/*.json
+    python -m bench.report --readme --check  # exit 1 when the README differs from the JSON,
+                                             # or the JSON was measured on other code than HEAD
+
+The README's tables sit between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` markers,
+NAME being ``overhead`` or ``scale``; each is rendered from the newest committed
+``bench/results/NAME-*.json`` (newest by the commit it records).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,8 +125,88 @@ def scale(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+RESULTS = Path("bench/results")
+README = Path("README.md")
+# code whose change makes a committed benchmark stale
+MEASURED = (
+    "resdoctor",
+    "bench/_workloads.py",
+    "bench/_configs.py",
+    "bench/overhead.py",
+    "bench/scale.py",
+)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout
+
+
+def newest(name: str) -> Path | None:
+    """The committed ``bench/results/NAME-*.json`` measured at the latest commit."""
+    files = sorted(RESULTS.glob(f"{name}-*.json"))
+    if not files:
+        return None
+
+    def age(path: Path) -> int:
+        commit = json.loads(path.read_text())["machine"].get("commit", "")
+        out = _git("rev-list", "--count", f"{commit}..HEAD").strip()
+        return int(out) if out.isdigit() else 1 << 30
+
+    return min(files, key=age)
+
+
+def stale(path: Path) -> str:
+    """Why the result no longer describes HEAD's code ('' when it does)."""
+    commit = json.loads(path.read_text())["machine"].get("commit", "")
+    if not commit or commit == "unknown":
+        return f"{path} records no commit"
+    if commit.endswith("+dirty"):
+        return f"{path} was measured on uncommitted code ({commit})"
+    if not _git("cat-file", "-t", commit).strip():
+        return f"{path} records commit {commit}, which this clone does not have"
+    changed = _git("diff", "--name-only", commit, "HEAD", "--", *MEASURED).split()
+    return (
+        f"{path} was measured at {commit}; changed since: {', '.join(changed[:5])}"
+        if changed
+        else ""
+    )
+
+
+def render_readme(text: str) -> tuple[str, list[str]]:
+    """README text with every marked table re-rendered; and the problems found."""
+    problems: list[str] = []
+    for name in ("overhead", "scale"):
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+        if not pattern.search(text):
+            continue
+        path = newest(name)
+        if path is None:
+            problems.append(f"no committed bench/results/{name}-*.json")
+            continue
+        data = json.loads(path.read_text())
+        table = (overhead(data) if name == "overhead" else scale(data)) + f"\n\nFrom `{path}`.\n"
+        text = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), text)
+        if why := stale(path):
+            problems.append(why)
+    return text, problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = argv if argv is not None else sys.argv[1:]
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--readme" in args:
+        before = README.read_text()
+        after, problems = render_readme(before)
+        if "--check" in args:
+            if after != before:
+                problems.insert(0, "README's benchmark tables differ from the committed JSON")
+            for p in problems:
+                print(f"bench.report: {p}", file=sys.stderr)
+            return 1 if problems else 0
+        README.write_text(after)
+        for p in problems:
+            print(f"bench.report: {p}", file=sys.stderr)
+        return 0
+    paths = args
     if not paths:
         print(__doc__.strip(), file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ models are measured. Each test ends with a census: no resdoctor hook anywhere af
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import pickle
 import threading
@@ -195,3 +196,162 @@ def test_a_float64_model_is_measured(tmp_path):
     assert run.errors.empty
     assert run.series("branch_ratio").notna().all().all()
     assert run.series("grad_norm").notna().all().all()
+
+
+class _Grads(torch.nn.Module):
+    """A residual MLP with one odd part chosen by ``kind``: a complex parameter, a sparse
+    embedding, a sparse adjacency argument, a plain @dataclass output or a None output."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.body = ResidualMLP(depth=2)
+        if kind == "complex":
+            self.phase = torch.nn.Parameter(torch.randn(16, dtype=torch.cfloat))
+        if kind == "sparse-embedding":
+            self.emb = torch.nn.Embedding(10, 16, sparse=True)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor | None = None) -> object:
+        if self.kind == "complex":
+            x = x + (self.phase * self.phase.conj()).real * 0.01
+        if self.kind == "sparse-embedding":
+            x = x + self.emb(torch.arange(x.shape[0]) % 10)
+        if adj is not None:
+            x = torch.sparse.mm(adj, x)
+        y = self.body(x)
+        if self.kind == "dataclass":
+            return _Out(y)
+        if self.kind == "none":
+            self.last = y
+            return None
+        return y
+
+
+@dataclasses.dataclass
+class _Out:
+    logits: torch.Tensor
+
+
+def _odd_run(tmp_path, kind: str, steps: int = 4, nan_at: int | None = None):
+    torch.manual_seed(0)
+    model = _Grads(kind)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = torch.randn(8, 16), torch.randn(8, 1)
+    adj = torch.eye(8).to_sparse() if kind == "sparse-input" else None
+    doctor = resdoctor.watch(model, opt, tmp_path / f"{kind}.pt", quiet=True)
+    grads = {}
+    for step in range(steps):
+        opt.zero_grad()
+        out = model(x, adj)
+        pred = out.logits if kind == "dataclass" else (model.last if kind == "none" else out)
+        if step == nan_at:
+            pred = _NanGrad.apply(pred)
+        loss = F.mse_loss(pred, y)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        opt.step()
+        doctor.log(loss=loss)
+    doctor.close()
+    _no_hooks_left(model)
+    return resdoctor.load(tmp_path / f"{kind}.pt"), grads
+
+
+class _NanGrad(torch.autograd.Function):
+    """The loss's own backward makes NaN (outside every module)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        return g * float("nan")
+
+
+def test_a_complex_parameter_is_measured_and_the_steps_recorded(tmp_path):
+    """One complex parameter: 0 steps recorded, 40 errors, HEALTHY."""
+    run, grads = _odd_run(tmp_path, "complex")
+    assert run.steps == 4 and run.errors.empty
+    norm = run.series("grad_norm")["<root>" if "<root>" in run.series("grad_norm") else ""]
+    assert norm.iloc[-1] == pytest.approx(torch.linalg.vector_norm(grads["phase"]).item(), 1e-5)
+    assert resdoctor.analyze(run).complete
+
+
+def test_a_sparse_embedding_gradient_is_measured_exactly(tmp_path):
+    """Embedding(sparse=True): no grad norms (the whole fused call failed)."""
+    run, grads = _odd_run(tmp_path, "sparse-embedding")
+    assert run.errors.empty
+    expect = torch.linalg.vector_norm(grads["emb.weight"].to_dense()).item()
+    assert run.series("grad_norm")["emb"].iloc[-1] == pytest.approx(expect, rel=1e-5)
+    assert run.series("grad_norm").notna().all().all()
+
+
+def test_a_sparse_input_to_a_block_is_skipped_with_a_note_and_the_rest_measured(tmp_path):
+    """A sparse input to a block: silent gaps (forward errors, no residual sites)."""
+    run, _ = _odd_run(tmp_path, "sparse-input")
+    assert run.errors.empty and len(run.sites) == 2
+    assert run.series("branch_ratio").notna().all().all()
+    report = resdoctor.analyze(run)
+    assert not report.complete and report.to_dict()["complete"] is False
+    assert any("adj" in gap and "sparse" in gap for gap in report.gaps)
+
+
+@pytest.mark.parametrize("kind", ["dataclass", "none"])
+def test_a_dataclass_or_none_model_output_keeps_the_gradient_signals(tmp_path, kind):
+    """A plain @dataclass output (no gradient signals; a backward NaN then blamed on the input
+    layer's optimizer step) or a root output None: silent gaps."""
+    run, _ = _odd_run(tmp_path, kind, steps=5, nan_at=3)
+    assert run.errors.empty
+    assert run.series("grad_norm").iloc[:3].notna().all().all()
+    first = run.events.iloc[0]  # made in the loss's backward, outside every module
+    assert (first["step"], first["module"], first["phase"]) == (3, "loss", "loss")
+
+
+def test_a_run_whose_gradients_could_not_be_read_is_not_complete(tmp_path):
+    """Signals lost while analyze says HEALTHY: the verdict line says what is missing."""
+    from typer.testing import CliRunner
+
+    from resdoctor.cli.main import app
+
+    model, _, x, y = _setup()
+    with resdoctor.watch(model, None, tmp_path / "g.pt", quiet=True) as doctor:
+        for _ in range(3):
+            out = model(x)  # a forward with no backward: no gradient is ever read
+            doctor.log(loss=F.mse_loss(out, y))
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "g.pt"), "-q"])
+    assert res.exit_code == 0
+    assert "incomplete: 1 signal gap(s)" in res.stdout
+    gaps = resdoctor.analyze(tmp_path / "g.pt").gaps
+    assert len(gaps) == 1 and "grad_norm" in gaps[0]
+    with resdoctor.watch(model, torch.optim.SGD(model.parameters()), tmp_path / "n.pt") as d:
+        d.log(loss=F.mse_loss(model(x), y))  # an optimizer that never steps: no step at all
+    assert "no training step" in resdoctor.analyze(tmp_path / "n.pt").gaps[0]
+
+
+class _ModelData(torch.utils.data.Dataset):
+    """A dataset holding the watched model (e.g. to make targets), sent to spawn workers."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(torch.ones(1, 16))[0]
+
+
+def test_a_spawn_dataloader_whose_dataset_holds_the_watched_model(tmp_path):
+    """The same (PicklingError) through a spawn DataLoader whose dataset references the model."""
+    model, opt, x, y = _setup()
+    with resdoctor.watch(model, opt, tmp_path / "s.pt", quiet=True) as doctor:
+        doctor.log(loss=_step(model, opt, x, y))
+        loader = torch.utils.data.DataLoader(
+            _ModelData(model), batch_size=2, num_workers=1, multiprocessing_context="spawn"
+        )
+        batches = list(loader)
+        doctor.log(loss=_step(model, opt, x, y))
+    assert len(batches) == 2 and batches[0].shape == (2, 1)
+    assert resdoctor.load(tmp_path / "s.pt").steps == 2
+    _no_hooks_left(model)

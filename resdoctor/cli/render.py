@@ -33,8 +33,16 @@ def report(console: Console, rep: Report, snippets: bool = True, verbose: bool =
     fix of the plan (with its snippet); the other findings one line each; the timeline. With
     ``verbose``: every finding's evidence and every fix of the plan."""
     console.print(_header(rep))
-    if not rep.findings:
+    if not rep.findings and rep.complete:
         console.print(Text("No findings: training looks healthy.", style="green"))
+    elif not rep.findings:
+        console.print(
+            Text(
+                f"No findings in what was measured; {len(rep.gaps)} signal gap(s), "
+                "listed below: the verdict does not cover them.",
+                style="yellow",
+            )
+        )
     elif rep.root_cause is not None:
         _root_and_plan(console, rep, snippets, verbose)
         _others(console, rep, verbose)
@@ -91,6 +99,8 @@ def _others(console: Console, rep: Report, verbose: bool) -> None:
 def one_line(rep: Report) -> str:
     """``-q``: the verdict and the root cause, for scripts."""
     head = f"{rep.verdict.upper()} {rep.run.path or '<run>'}"
+    if not rep.complete:
+        head += f" (incomplete: {len(rep.gaps)} signal gap(s))"
     root = rep.root_cause
     if root is None:
         return head
@@ -112,10 +122,12 @@ def _header(rep: Report) -> Text:
         at = f" in {where}" if where else ""
         at += f" ({phase})" if phase else ""
         steps += f", {rep.healthy_steps} healthy; non-finite from step {rep.failure['step']}{at}"
+    gaps = ("", "") if rep.complete else (f"  ·  INCOMPLETE: {len(rep.gaps)} gap(s)", "bold yellow")
     return Text.assemble(
         (f" {rep.verdict.upper()} ", f"bold white on {COLORS[rep.verdict]}"),
         f"  {run.path or '<run>'}  ·  {steps}  ·  "
         f"{len(run.sites)} residual sites  ·  {len(run.modules)} modules",
+        gaps,
     )
 
 

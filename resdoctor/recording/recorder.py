@@ -288,7 +288,7 @@ class Recorder:
             if dtype is not None:
                 self.journal.set_meta("autocast", dtype)
         if self.options.nonfinite and (args or kwargs):
-            self.nonfinite.root_inputs(self.seg, args, kwargs, self._arg_names)
+            self._check_root_inputs(args, kwargs)
         if self.sites is None and self._tracer is None:
             # with sites=False only the module order is traced (no TorchFunctionMode)
             self._tracer = Tracer(self.model, self.hooks.group(), graph=self.options.sites)
@@ -297,6 +297,11 @@ class Recorder:
                 self._tracer.measure_result = self.smoothing  # step 0 gets its smoothing too
             self._tracer.attach(root=False)
             self._tracer.__enter__()
+
+    def _check_root_inputs(self, args: Any, kwargs: Any) -> None:
+        sparse = self.nonfinite.root_inputs(self.seg, args, kwargs, self._arg_names)
+        if sparse and "unmeasured_inputs" not in self.journal.meta:
+            self.journal.set_meta("unmeasured_inputs", sparse)
 
     def _recover_interrupted(self) -> None:
         """Undo what an interrupted forward left open (modes pushed, counters raised), so
@@ -337,10 +342,18 @@ class Recorder:
                 self._traced_magnitudes(tracer)
         if not self._recording():
             return
-        for _, t in iter_tensors(output):
-            if t.requires_grad and t.grad_fn is not None:
-                self.hooks.tensor(t, self._guard("backward", self._on_output_grad))
-                break
+        found = next(
+            (t for _, t in iter_tensors(output) if t.requires_grad and t.grad_fn is not None),
+            None,
+        )
+        if found is None:  # an output without a tensor (None, a custom object): the backward
+            found = self.nonfinite.last_output()  # reaches the last module output anyway,
+            root = self.module_index.get("")  # and its gradient is the model's output gradient
+            if found is not None and root is not None and torch.is_grad_enabled():
+                hooks = self._hooks_for("backward")
+                self.nonfinite.incoming(self._segment, hooks, root, found)
+        if found is not None:
+            self.hooks.tensor(found, self._guard("backward", self._on_output_grad))
 
     def _discovered(self, tracer: Tracer) -> None:
         """Take what a finished trace found: the forward order, the NaN-prone ops of each

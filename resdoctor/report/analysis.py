@@ -29,6 +29,12 @@ class Report:
     plan: tuple[Fix, ...] = ()
     chain: tuple[Finding, ...] = ()  # root cause and what it led to, by onset
     failure: dict[str, Any] | None = None  # where the run first went non-finite
+    gaps: tuple[str, ...] = ()  # the notes saying a signal could not be measured (also in notes)
+
+    @property
+    def complete(self) -> bool:
+        """Every signal the rules read was measured: a healthy verdict covers the whole run."""
+        return not self.gaps
 
     @property
     def healthy_steps(self) -> int:
@@ -70,6 +76,8 @@ class Report:
                 ],
                 "findings": [f.to_dict() for f in self.findings],
                 "notes": list(self.notes),
+                "complete": self.complete,
+                "gaps": list(self.gaps),
                 "counts": {s: len(self.by_severity(s)) for s in ("critical", "warning", "info")},
                 "root_cause": self.root_cause.to_dict() if self.root_cause else None,
                 "story": self.story,
@@ -81,6 +89,30 @@ class Report:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _unmeasured(run: Run) -> list[str]:
+    """Inputs the checks could not read, and per-module signals recorded on no step."""
+    notes = []
+    inputs = run.state.get("unmeasured_inputs")
+    if isinstance(inputs, list) and inputs:
+        shown = ", ".join(str(x)[:60] for x in inputs[:4])
+        notes.append(
+            f"not checked for NaN/Inf: the model input(s) {shown} (sparse tensors; the "
+            "sensors read dense tensors only, so a bad value there is seen where it "
+            "reaches a dense one)"
+        )
+    if not run.steps:
+        notes.append(
+            "no training step was recorded (the optimizer never stepped, or the run stopped "
+            "before its first flush): there is nothing to judge yet"
+        )
+    elif len(run.modules) and not run.state.get("compiled") and "grad_norm" not in run.signals:
+        notes.append(
+            "not measured on any step: grad_norm (no gradient could be read: no backward ran "
+            "while watched, or reading failed); the rules that read gradients judged nothing"
+        )
+    return notes
 
 
 def plain(obj: Any) -> Any:
@@ -128,15 +160,17 @@ def analyze(run: Run | str | os.PathLike[str], **kwargs: Any) -> Report:
             "location": at.get("module"),
             "phase": at.get("phase"),
         }
+    gaps = coverage_notes(run)
     return Report(
         run,
         d.findings,
-        tuple(coverage_notes(run) + notes),
+        tuple(gaps + notes),
         d.root_cause,
         d.story,
         d.plan,
         d.chain,
         failure,
+        tuple(gaps),
     )
 
 
@@ -186,6 +220,7 @@ def coverage_notes(run: Run) -> list[str]:
                 f"residual signals missing: {len(missing)} of {len(names)} sites were found but "
                 f"not measured on most steps ({shown}); rules that read them judge the rest only"
             )
+    notes += _unmeasured(run)
     errors = run.errors
     if not errors.empty:
         first = errors.iloc[0]

@@ -106,6 +106,7 @@ class RunState(TypedDict, total=False):
     compiled: bool  # watched a torch.compile'd module: only its boundary was hooked
     grad_scaler: bool  # a GradScaler was passed to watch(): skipped steps are AMP skips
     steps_without_forward: int  # steps that stepped with no forward resdoctor saw
+    unmeasured_inputs: list[str]  # model inputs the checks cannot read (sparse tensors)
     options: dict[str, Any]
     steps: int
     modules: list[ModuleState]

@@ -40,6 +40,11 @@ def render(opened: Opened) -> None:
     if report is None:
         st.error(opened.analysis_error or "the analysis failed")
         return
+    if report.gaps:
+        st.warning(
+            f"Incomplete: {len(report.gaps)} signal gap(s); the verdict covers only what was "
+            "measured.\n\n" + "\n".join(f"- {gap}" for gap in report.gaps)
+        )
     if not report.findings:
         st.success("No findings: nothing in this run needs attention.")
     _root_and_plan(report)

@@ -97,7 +97,7 @@ class GradNorm:
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Raw gradient norms; ``scale`` (an AMP loss scale, on device) is divided out first, so
         loss-scaled gradients cannot overflow float32 inside the norm."""
-        grads = [None if p.grad is None else _local(p.grad) for p in self.params]  # no_grad
+        grads = [None if p.grad is None else _dense(_local(p.grad)) for p in self.params]
         if scale is not None:
             present = [g for g in grads if g is not None]
             if present:
@@ -131,6 +131,18 @@ def _stack(tensors: list[torch.Tensor | None], values: Any) -> torch.Tensor:
     it = iter(values)
     zero = values[0].new_zeros(())
     return torch.stack([next(it) if t is not None and t.numel() else zero for t in tensors])
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A tensor whose norm and extrema are the gradient's: a sparse gradient (``Embedding(
+    sparse=True)``) is coalesced and read through its values (duplicates summed first, the
+    implicit zeros add nothing). Coalescing sizes its result from the data, so on an accelerator
+    this one case waits for the device."""
+    if t.layout == torch.strided:
+        return t
+    if t.layout == torch.sparse_coo:
+        return t.coalesce().values()
+    return t.values() if t.layout == torch.sparse_csr else t.to_dense()
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

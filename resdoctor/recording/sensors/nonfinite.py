@@ -155,17 +155,28 @@ class NonFinite:
 
         hooks.tensor(t, on_grad)
 
-    def root_inputs(self, seg: Segment, args: Any, kwargs: Any, names: list[str]) -> None:
+    def last_output(self) -> torch.Tensor | None:
+        """The latest module output of this forward whose gradient is hooked (alive), if any."""
+        for ref, _, _ in reversed(self._incoming.values()):
+            t = ref()
+            if t is not None:
+                return t
+        return None
+
+    def root_inputs(self, seg: Segment, args: Any, kwargs: Any, names: list[str]) -> list[str]:
         """Per-sample counts of non-finite values in each floating tensor the model receives,
-        as vectors ``input:{forward}:{argument}`` (one pass over each input; no sync)."""
+        as vectors ``input:{forward}:{argument}`` (one pass over each input; no sync). Returns
+        the labels of inputs that cannot be checked (sparse tensors)."""
         merged = dict(zip(names, args)) if len(names) >= len(args) else dict(enumerate(args))
         merged.update(kwargs)
-        for path, t in iter_tensors(merged):
+        skipped: list[tuple[Any, ...]] = []
+        for path, t in iter_tensors(merged, skipped=skipped):
             if not t.is_floating_point() or not t.numel():
                 continue
             bad = ~torch.isfinite(t.detach())
             per_sample = bad.reshape(bad.shape[0], -1).sum(1) if bad.dim() else bad.reshape(1)
             seg.vectors[f"input:{seg.forwards}:{_label(path)}"] = per_sample
+        return [_label(path) for path in skipped]
 
     def input_grads(
         self, current: Callable[[], Segment], hooks: Hooks, index: int, args: Any, kwargs: Any
