@@ -6,7 +6,8 @@
                                              # or the JSON was measured on other code than HEAD
 
 The README's tables sit between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` markers,
-NAME being ``overhead`` or ``scale``; each is rendered from the newest committed
+NAME being ``overhead``, ``scale`` (the million-step run) or ``hostpath`` (``bench.scale --mode
+consume``: the recorder's full host path); each is rendered from the newest committed
 ``bench/results/NAME-*.json`` (newest by the commit it records).
 """
 
@@ -175,7 +176,7 @@ def stale(path: Path) -> str:
 def render_readme(text: str) -> tuple[str, list[str]]:
     """README text with every marked table re-rendered; and the problems found."""
     problems: list[str] = []
-    for name in ("overhead", "scale"):
+    for name in ("overhead", "scale", "hostpath"):
         pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
             continue

@@ -33,7 +33,7 @@ import torch
 
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
-from resdoctor.recording.segment import Segment, Transfer, unpack
+from resdoctor.recording.segment import Buffers, Segment, Transfer, unpack
 from resdoctor.runfile import io as runfile
 
 TARGETS = {"file_mb": 50.0, "analyze_s": 5.0}
@@ -145,22 +145,32 @@ class Synthetic:
                 out[key] = np.asarray(out[key], dtype=np.float32)
         return out
 
-    def segment(self, step: int, v: dict[str, Any]) -> tuple[SegmentMeta, Segment]:
-        """The step as the recorder's hooks leave it: a device-side ``Segment``."""
+    def segment(
+        self, step: int, v: dict[str, Any], buffers: Buffers | None = None
+    ) -> tuple[SegmentMeta, Segment]:
+        """The step as the recorder's hooks leave it: results written into the segment's device
+        buffers, rows of slots. As in the recorder, a module's input is the previous module's
+        output (the same slots, reduced once) and every module's incoming gradient is checked."""
         nan, onset = step >= self.nan_at, step == self.nan_at
-        seg = Segment(forwards=1, backwards=1, stepped=not self.skipped(step))
-        # [modules, (input min, input max, output min, output max)]
-        fwd = torch.tensor([-1.0, 1.0, -1.0, 1.0]).repeat(len(self.checked), 1)
+        seg = Segment(buffers or Buffers(), forwards=1, backwards=1, stepped=not self.skipped(step))
+        # [modules, (output min, output max)]; the first module's input is the batch
+        out = torch.tensor([-1.0, 1.0]).repeat(len(self.checked), 1)
         if nan:  # at the onset only the NaN module's output and what follows it are NaN
-            fwd[self._after | (not onset), :2] = math.nan
-            fwd[self._from | (not onset), 2:] = math.nan
-        for k, m in enumerate(self.checked):  # one pooled 0-d result per value, as hooks do
-            seg.add_row("fwd", m, tuple(map(seg.put, fwd[k].unbind())))
+            out[self._from | (not onset)] = math.nan
+        batch = [math.nan, math.nan] if nan and not onset else [-1.0, 1.0]  # diverged: all NaN
+        inputs = _write(seg, torch.tensor(batch))
+        for k, m in enumerate(self.checked):
+            slots = _write(seg, out[k])
+            seg.add_row("fwd", m, (*inputs, *slots))
+            inputs = slots
+        grad = torch.tensor([math.nan, math.nan] if nan else [-1e-3, 1e-3])
+        for m in range(len(self.shape.modules())):  # every module's incoming gradient
+            seg.add_row("gin", m, tuple(_write(seg, grad)))
         for kind in ("site", "smooth", "gshare"):
             if v[kind] is not None:
                 block = torch.from_numpy(v[kind])
                 for i in range(self.shape.blocks):
-                    seg.add_row(kind, i, tuple(map(seg.put, block[i].reshape(-1).unbind())))
+                    seg.add_row(kind, i, tuple(_write(seg, block[i].reshape(-1))))
         for name in ("grad_norm", "param_norm", "update_ratio"):
             if v[name] is not None:
                 seg.vectors[name] = torch.from_numpy(v[name])
@@ -170,6 +180,15 @@ class Synthetic:
         seg.scalars.update(loss=v["loss"], lr=v["lr"])
         meta = SegmentMeta(seg.forwards, seg.backwards, seg.stepped, dict(seg.scalars), True)
         return meta, seg
+
+
+def _write(seg: Segment, values: torch.Tensor) -> list[int]:
+    """Slots holding ``values``, written into the segment's buffer as a reduction's ``out=``
+    would (this part is not timed)."""
+    first, views = seg.reserve(values, values.numel())
+    for view, x in zip(views, values.tolist(), strict=True):
+        view.fill_(x)
+    return list(range(first, first + len(views)))
 
 
 def consume(journal: Journal, transfer: Transfer, meta: SegmentMeta, seg: Segment) -> None:
@@ -258,13 +277,13 @@ def record(
     rss0 = peak = _rss()
     journal = new_journal(shape, options)
     absmax = absmax_row(journal, synth.checked)
-    transfer = Transfer()
+    transfer, buffers = Transfer(), Buffers()
     t0 = time.perf_counter()
     host = 0.0  # time in the recorder's host side only, not in making up the numbers
     for step in range(steps):
         v = synth.values(step)
         if mode == "consume" or synth.event(step):
-            meta, seg = synth.segment(step, v)
+            meta, seg = synth.segment(step, v, buffers)
             h0 = time.perf_counter()
             consume(journal, transfer, meta, seg)
         else:

@@ -27,7 +27,7 @@ from resdoctor.recording.hooks import HookSet
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
 from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
-from resdoctor.recording.segment import Segment, Transfer, unpack
+from resdoctor.recording.segment import Buffers, Segment, Transfer, unpack
 from resdoctor.recording.sensors import (
     GradNorm,
     GradShare,
@@ -120,7 +120,8 @@ class Recorder:
         )
         self.journal.set_units(self._dead_cols, self._sat_cols)
         self.transfer = Transfer()
-        self.seg = Segment()
+        self.buffers = Buffers()  # the device buffers results are written into, kept
+        self.seg = Segment(self.buffers)
         self.sites: list[Site] | None = None
         self._tracer: Tracer | None = None
         self._plans: dict[str, _Plan] = {}
@@ -640,7 +641,7 @@ class Recorder:
     def end_segment(self) -> None:
         if self.seg.stepped:  # after every optimizer of the step has stepped
             self.seg.vectors.update(self._guard("optimizer", self.updates.after)() or {})
-        seg, self.seg = self.seg, Segment()
+        seg, self.seg = self.seg, Segment(self.buffers)
         self._reset_sensors()  # their slots point into the finished segment's pool
         if not self._in_forward:
             self.hooks.forget_transient()

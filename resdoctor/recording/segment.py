@@ -17,36 +17,85 @@ import torch
 Layout = list[tuple[Any, Any, int]]  # (kind, (name, index, slots) or name, width)
 
 
+Key = tuple[torch.device, torch.dtype]
+
+
+class Buffers:
+    """Flat device buffers, one per (device, dtype), that sensors write their 0-d results into
+    (``out=``): a segment's results are then already a few flat tensors, and packing them is a
+    slice per buffer instead of a stack of hundreds of small tensors. Kept across segments (a
+    segment is packed before the next one writes); each grows by doubling, keeping its
+    contents, and its 0-d views are made once per growth."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[Key, torch.Tensor] = {}
+        self._views: dict[Key, list[torch.Tensor]] = {}
+
+    def views(self, key: Key, need: int) -> list[torch.Tensor]:
+        """At least ``need`` 0-d views of the buffer for ``key``."""
+        views = self._views.get(key)
+        if views is None or len(views) < need:
+            old = self._tensors.get(key)
+            size = max(256, 2 * need)
+            new = torch.empty(size, device=key[0], dtype=key[1])
+            if old is not None:  # the segment being filled wrote into the old one
+                new[: len(old)].copy_(old)
+            self._tensors[key] = new
+            views = self._views[key] = list(new.unbind())
+        return views
+
+    def tensor(self, key: Key) -> torch.Tensor:
+        return self._tensors[key]
+
+
 @dataclass
 class Segment:
     """Device-side measurements of one segment plus the host-side facts about it.
 
-    ``put(t)`` stores a 0-d tensor in the *pool* and returns its slot; ``add_row(kind, i, slots)``
-    records a row of kind ("fwd", "bwd", "site", "smooth", "gshare", ...) as slots, each kind
-    with a fixed width, so the host gets one ``[n, width]`` block per kind with its index
-    vector. No per-row stack or cat runs on the device: ``pack()`` stacks the whole pool once
-    and the gather happens on the host. Slot -1 reads as 0, ``const(n)`` as n; ``unpack`` can
-    decode a kind's rows on the host.
+    Every 0-d result has a *slot*. ``reserve(like, n)`` hands out ``n`` slots whose 0-d views
+    of a ``Buffers`` buffer a sensor writes into (``torch.aminmax(x, out=...)``); ``put(t)``
+    pools a tensor computed elsewhere. ``add_row(kind, i, slots)`` records a row of kind ("fwd",
+    "bwd", "site", "smooth", "gshare", ...) as slots, each kind with a fixed width, so the
+    host gets one ``[n, width]`` block per kind with its index vector. ``pack()`` slices each
+    buffer once and stacks the put tensors once, and the gather happens on the host. Slot -1
+    reads as 0, ``const(n)`` as n; ``unpack`` can decode a kind's rows on the host.
     """
 
-    pool: list[torch.Tensor] = field(default_factory=list)
-    rows: dict[str, tuple[list[int], list[tuple[int, ...]]]] = field(default_factory=dict)
+    buffers: Buffers = field(default_factory=Buffers)
+    pool: list[torch.Tensor] = field(default_factory=list)  # every slot's 0-d tensor
+    # kind -> (row indices, the rows' slots one after another)
+    rows: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_l2, param_max, ...
     scalars: dict[str, float] = field(default_factory=dict)
     tensor_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
     forwards: int = 0
     backwards: int = 0
     stepped: bool = False
+    _slots: dict[Key, list[int]] = field(default_factory=dict)  # buffer -> its slots, in order
+    _put: list[int] = field(default_factory=list)  # slots of tensors pooled by put()
 
     def put(self, value: torch.Tensor) -> int:
-        """Pool a 0-d tensor; its slot."""
+        """Pool a 0-d tensor computed elsewhere; its slot."""
         self.pool.append(value)
+        self._put.append(len(self.pool) - 1)
         return len(self.pool) - 1
 
+    def reserve(self, like: torch.Tensor, n: int) -> tuple[int, list[torch.Tensor]]:
+        """``n`` new slots in the buffer of ``like``'s device and dtype: the first slot and the
+        0-d views to write the results into (each exactly once)."""
+        key = (like.device, like.dtype)
+        slots = self._slots.setdefault(key, [])
+        used = len(slots)
+        views = self.buffers.views(key, used + n)[used : used + n]
+        first = len(self.pool)
+        self.pool.extend(views)
+        slots.extend(range(first, first + n))
+        return first, views
+
     def add_row(self, kind: str, index: int, slots: tuple[int, ...]) -> None:
-        idx, rows = self.rows.setdefault(kind, ([], []))
+        idx, flat = self.rows.setdefault(kind, ([], []))
         idx.append(index)
-        rows.append(slots)
+        flat.extend(slots)  # a kind's rows all have one width
 
     @property
     def empty(self) -> bool:
@@ -62,22 +111,24 @@ class Segment:
         )
 
     def pack(self) -> tuple[torch.Tensor | None, Layout]:
-        """One flat float32 tensor and the layout ``[(kind, index, width), ...]`` to split it."""
+        """One flat float32 tensor and the layout ``[(kind, key, width), ...]`` to split it."""
         parts: list[torch.Tensor] = []
         layout: Layout = []
+        for key, slots in self._slots.items():  # a slice of each buffer
+            if slots:
+                parts.append(self.buffers.tensor(key)[: len(slots)].float())
+                layout.append(("pool", np.asarray(slots, dtype=np.int64), len(slots)))
+        if self._put:
+            device = self.pool[self._put[0]].device
+            put = [self.pool[k] for k in self._put]
+            put = [p if p.device == device else p.to(device) for p in put]
+            parts.append(torch.stack(put).float())  # stack promotes mixed dtypes
+            layout.append(("pool", np.asarray(self._put, dtype=np.int64), len(put)))
         if self.pool:
-            device = self.pool[0].device
-            pool = [p if p.device == device else p.to(device) for p in self.pool]
-            parts.append(torch.stack(pool).float())  # stack promotes mixed dtypes
-            layout.append(("pool", None, len(pool)))
-        for kind, (idx, rows) in self.rows.items():  # gathered from the pool on the host
-            layout.append(
-                (
-                    "rows",
-                    (kind, np.asarray(idx, dtype=np.int64), np.asarray(rows, dtype=np.int64)),
-                    0,
-                )
-            )
+            layout.insert(0, ("size", None, len(self.pool)))
+        for kind, (idx, flat) in self.rows.items():  # gathered from the pool on the host
+            table = np.array(flat, dtype=np.int64).reshape(len(idx), -1)
+            layout.append(("rows", (kind, np.array(idx, dtype=np.int64), table), 0))
         for name, t in self.vectors.items():
             parts.append(t.reshape(-1).float())  # a float64 norm beyond float32 range is inf
             layout.append(("vec", name, parts[-1].numel()))
@@ -88,7 +139,7 @@ class Segment:
             return None, layout
         device = parts[0].device
         parts = [p if p.device == device else p.to(device) for p in parts]
-        return torch.cat(parts), layout
+        return torch.cat(parts), layout  # a copy: the buffers are written again next segment
 
 
 # constants a pooled row may carry in place of a slot (element counts): slot = -2 - value
@@ -114,6 +165,9 @@ def unpack(
     offset = 0
     pool = np.zeros(0)
     for kind, key, width in layout:
+        if kind == "size":
+            pool = np.zeros(width)
+            continue
         if kind == "rows":
             name, idx, slots = key
             gathered = pool[np.clip(slots, 0, None)] if len(pool) else np.zeros(slots.shape)
@@ -121,13 +175,12 @@ def unpack(
             out[name] = (idx, decode[name](values) if name in decode else values)
             continue
         assert flat is not None
-        if kind == "pool":
-            pool = flat[offset : offset + width]
-            offset += width
+        chunk = flat[offset : offset + width]
+        offset += width
+        if kind == "pool":  # this buffer's slots, in the order they were handed out
+            pool[key] = chunk
         else:  # "vec" or "scalar"
-            chunk = flat[offset : offset + width]
             out[kind][key] = chunk if kind == "vec" else float(chunk[0])
-            offset += width
     return out
 
 

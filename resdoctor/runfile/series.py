@@ -64,13 +64,16 @@ class Series:
             self._steps[row] = step
         if present is None:
             present = ~np.isnan(values)
-        self._n[row] += present
         self._count[row] += 1
-        if np.isfinite(values).all():
+        if present.all() and np.isfinite(values).all():  # the usual row: no masks needed
+            self._n[row] += 1
+            self._sum[row] += values
+            np.maximum(self._max[row], values, out=self._max[row])
+            np.minimum(self._min[row], values, out=self._min[row])
+            return
+        self._n[row] += present
+        with np.errstate(invalid="ignore"):  # inf - inf is a legitimate NaN here
             self._fold(row, values, present)
-        else:  # inf - inf is a legitimate NaN here, not a warning for the user
-            with np.errstate(invalid="ignore"):
-                self._fold(row, values, present)
 
     def _fold(self, row: int, values: np.ndarray, present: np.ndarray) -> None:
         np.add(self._sum[row], values, out=self._sum[row], where=present)

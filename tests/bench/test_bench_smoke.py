@@ -144,3 +144,64 @@ def test_profile_quick_names_resdoctor_functions(tmp_path: Path) -> None:
     names = [r["function"] for r in result["cprofile"]["resdoctor_functions"]]
     assert any("recorder.py" in n for n in names)
     assert not any("models/" in n for n in names)
+
+
+def test_the_readme_tables_are_the_committed_benchmark_json() -> None:
+    """README's overhead / scale / host-path tables are exactly what ``bench.report`` renders
+    from the committed ``bench/results`` files (their staleness against HEAD is
+    ``python -m bench.report --readme --check``'s job: it needs the benchmark rerun)."""
+    import os
+
+    from bench import report
+
+    root = Path(__file__).resolve().parents[2]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        text = (root / "README.md").read_text()
+        rendered, problems = report.render_readme(text)
+        assert not [p for p in problems if "no committed" in p]
+        assert rendered == text
+        for name in ("overhead", "scale", "hostpath"):
+            assert f"<!-- bench:{name} -->\n| " in text  # a table, not an empty block
+    finally:
+        os.chdir(cwd)
+
+
+def test_a_readme_table_is_rendered_from_the_newest_result(tmp_path: Path, monkeypatch) -> None:
+    from bench import report
+
+    data = {
+        "command": "python -m bench.scale",
+        "machine": {
+            "commit": "HEAD",
+            "cpu": "x",
+            "cpu_count": 2,
+            "torch_threads": 2,
+            "torch": "t",
+            "python": "p",
+            "resdoctor": "r",
+        },
+        "steps": 10,
+        "blocks": 2,
+        "mode": "consume",
+        "targets": {"file_mb": 50, "analyze_s": 5},
+        "recording": {"host_us_per_step": 123.4, "rss_delta_mb": 1, "series_arrays_mb": 1},
+        "run_file": {
+            "file_mb": 0.1,
+            "state_s": 0.1,
+            "write_s": 0.1,
+            "load_s": 0.1,
+            "load_all_series_s": 0.1,
+            "analyze_s": 0.1,
+            "cli_analyze_s": 1.0,
+            "flush_ms_per_step_at_default": 0.1,
+        },
+    }
+    (tmp_path / "hostpath-abc.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text, problems = report.render_readme(
+        "a\n<!-- bench:hostpath -->\nold\n<!-- /bench:hostpath -->\n"
+    )
+    assert "123 us/step" in text and "old" not in text
+    assert not [p for p in problems if "no committed" in p]

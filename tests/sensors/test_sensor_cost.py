@@ -73,3 +73,41 @@ def test_gradient_maxima_flag_every_kind_of_non_finite_value_on_cpu(bad):
     assert top is not None
     assert np.isfinite(top.numpy()).tolist() == [True, False, True]
     assert top[0].item() == pytest.approx(grads[0].abs().max().item())
+
+
+def test_results_written_into_buffers_of_several_dtypes_unpack_in_slot_order():
+    """Slots handed out across three dtype buffers (one of them growing past its first size,
+    written before the growth) and put() tensors come back in slot order; the buffers are
+    reused by the next segment without touching the packed copy."""
+    from resdoctor.recording.segment import Buffers
+
+    buffers = Buffers()
+    seg = Segment(buffers)
+    expect = []
+    for i in range(700):
+        dtype = (torch.float32, torch.float16, torch.float64)[i % 3]
+        if i % 7 == 0:
+            seg.put(torch.tensor(float(i)))
+        else:
+            _, (view,) = seg.reserve(torch.empty(0, dtype=dtype), 1)
+            view.fill_(i)
+        expect.append(float(i))
+    seg.add_row("k", 0, tuple(range(700)))
+    flat, layout = seg.pack()
+    reuse = Segment(buffers)
+    for _ in range(300):
+        reuse.reserve(torch.empty(0), 1)[1][0].fill_(-1.0)
+    idx, values = unpack(flat.numpy().astype(np.float64), layout)["k"]
+    assert idx.tolist() == [0] and values[0].tolist() == expect
+
+
+def test_autocast_does_not_lower_the_precision_of_a_sum_of_squares():
+    from resdoctor.recording.sensors.kernels import sum_squares_into
+
+    x = torch.full((4096,), 300.0)  # ||x||^2 = 3.7e8: beyond float16 and rounded in bfloat16
+    seg = Segment()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        slot = sum_squares_into(seg, x)
+    seg.add_row("k", 0, (slot,))
+    flat, layout = seg.pack()
+    assert unpack(flat.numpy().astype(np.float64), layout)["k"][1][0, 0] == 4096 * 300.0**2

@@ -16,7 +16,7 @@ import torch
 
 from resdoctor.recording.discovery import Site
 from resdoctor.recording.segment import Segment
-from resdoctor.recording.sensors.kernels import sum_squares
+from resdoctor.recording.sensors.kernels import sum_squares_into
 from resdoctor.recording.sensors.needs import Hooks, Needs, every
 from resdoctor.recording.sensors.site_magnitude import Operands
 
@@ -47,7 +47,7 @@ class GradShare:
         def arrived(role: str) -> Callable[[torch.Tensor], None]:
             def store(g: torch.Tensor) -> None:
                 seg = current()
-                box[role] = seg.put(sum_squares(g))
+                box[role] = sum_squares_into(seg, g)
                 if len(box) == 2:
                     seg.add_row(self.kind, i, (box["skip"], box["branch"]))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from resdoctor.recording.segment import Segment
 from resdoctor.recording.trace import tensor_version
 
 
@@ -42,6 +43,47 @@ def extrema(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     is finite. A norm would overflow float32 for huge but finite values and call them
     non-finite."""
     return torch.aminmax(x.detach())
+
+
+# -- the same reductions written straight into a segment's buffer (no stack at pack time) ----
+def extrema_into(seg: Segment, x: torch.Tensor) -> tuple[int, int]:
+    """Slots of ``extrema(x)``, computed into the segment's buffer for x's dtype."""
+    x = x.detach()
+    first, (lo, hi) = seg.reserve(x, 2)
+    torch.aminmax(x, out=(lo, hi))
+    return first, first + 1
+
+
+def sum_squares_into(seg: Segment, x: torch.Tensor) -> int:
+    """Slot of ``sum_squares(x)``: a BLAS dot into the float32 buffer when x is contiguous
+    float32 and autocast cannot lower the dot's precision; else computed, then pooled."""
+    x = x.detach()
+    if x.dtype == torch.float32 and x.is_contiguous() and not _autocast(x):
+        first, (out,) = seg.reserve(x, 1)
+        flat = x.view(-1)
+        torch.dot(flat, flat, out=out)
+        return first
+    return seg.put(sum_squares(x))
+
+
+def inner_into(seg: Segment, a: torch.Tensor, b: torch.Tensor) -> int:
+    """Slot of ``inner(a, b)`` (see ``sum_squares_into``)."""
+    a, b = a.detach(), b.detach()
+    if (
+        a.shape == b.shape
+        and a.dtype == b.dtype == torch.float32
+        and a.is_contiguous()
+        and b.is_contiguous()
+        and not _autocast(a)
+    ):
+        first, (out,) = seg.reserve(a, 1)
+        torch.dot(a.view(-1), b.view(-1), out=out)
+        return first
+    return seg.put(inner(a, b))
+
+
+def _autocast(x: torch.Tensor) -> bool:
+    return torch.is_autocast_enabled(x.device.type)
 
 
 class TensorCache:

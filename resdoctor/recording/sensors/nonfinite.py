@@ -19,7 +19,7 @@ from torch import nn
 
 from resdoctor.recording.pytree import iter_tensors
 from resdoctor.recording.segment import Segment
-from resdoctor.recording.sensors.kernels import TensorCache, extrema
+from resdoctor.recording.sensors.kernels import TensorCache, extrema_into
 from resdoctor.recording.sensors.needs import Hooks, Needs
 from resdoctor.recording.trace import tensor_version
 
@@ -148,8 +148,7 @@ class NonFinite:
         def on_grad(g: torch.Tensor) -> None:
             if g.numel():
                 seg = current()
-                lo, hi = extrema(g)
-                slots = (seg.put(lo), seg.put(hi))
+                slots = extrema_into(seg, g)
                 for i in indices:
                     seg.add_row("gin", i, slots)
 
@@ -186,8 +185,7 @@ class NonFinite:
         def on_grad(g: torch.Tensor) -> None:
             if g.numel():
                 seg = current()
-                lo, hi = extrema(g)
-                seg.add_row("bwd", index, (seg.put(lo), seg.put(hi)))
+                seg.add_row("bwd", index, extrema_into(seg, g))
 
         for t in _inputs(args, kwargs):
             if t.is_floating_point() and t.requires_grad:
@@ -210,8 +208,7 @@ class NonFinite:
         def measure(t: torch.Tensor) -> Slots | None:
             if not t.is_floating_point() or not t.numel():
                 return None
-            lo, hi = extrema(t)
-            return seg.put(lo), seg.put(hi)
+            return extrema_into(seg, t)
 
         return self._cache.get(t, measure)
 

@@ -16,7 +16,12 @@ import torch
 
 from resdoctor.recording.discovery import Site
 from resdoctor.recording.segment import Segment, const
-from resdoctor.recording.sensors.kernels import TensorCache, inner, sum_squares
+from resdoctor.recording.sensors.kernels import (
+    TensorCache,
+    inner_into,
+    sum_squares,
+    sum_squares_into,
+)
 from resdoctor.recording.sensors.needs import Needs
 
 Operands = dict[str, Any]  # role -> tensor, role + "_fn" -> its grad_fn, raw-sum slots
@@ -41,7 +46,7 @@ class SiteMagnitude:
         elif role == "branch":
             p["branch_ss"] = self._sum_squares(seg, t)
             if site.result is None and "skip" in p:
-                p["cross"] = seg.put(inner(p["skip"], t))
+                p["cross"] = inner_into(seg, p["skip"], t)
         elif role == "result":
             p["sum_ss"] = self._sum_squares(seg, t)
             if site.branch is None and "skip" in p:
@@ -84,4 +89,4 @@ class SiteMagnitude:
             return np.sqrt(np.stack([v[:, 0], v[:, 1], ss_sum], axis=1) / np.maximum(n, 1))
 
     def _sum_squares(self, seg: Segment, t: torch.Tensor) -> int:
-        return self._cache.get(t, lambda t: seg.put(sum_squares(t)))
+        return self._cache.get(t, lambda t: sum_squares_into(seg, t))
