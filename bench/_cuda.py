@@ -9,8 +9,9 @@ Two independent witnesses, each comparing a watched step with a plain one:
   (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEventSynchronize``, ``cudaMemcpy``)
   and the device-to-host copies (resdoctor's budget: at most one per step).
 
-Flushing is switched off for the census (``flush_every=0, flush_seconds=0``): writing the run
-file is allowed to wait for the device, and happens only at ``close()``.
+Flushing is ON, every step (``flush_every=1``): a flush snapshots the run on the training
+thread, taking only the step copies that already finished, and a background thread writes it;
+neither may make the host wait for the device.
 """
 
 from __future__ import annotations
@@ -27,16 +28,14 @@ from bench._configs import Config, Resdoctor
 from bench._workloads import Workload
 
 BLOCKING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
-NO_FLUSH = {"flush_every": 0, "flush_seconds": 0}
+FLUSH = {"flush_every": 1}  # flushing on at every step: it must not sync either
 
 
 def _configs() -> list[Config]:
     return [
         Config(),
-        Resdoctor("resdoctor", **NO_FLUSH),
-        Resdoctor(
-            "resdoctor-all", smoothing_every=1, update_every=1, grad_share_every=1, **NO_FLUSH
-        ),
+        Resdoctor("resdoctor", **FLUSH),
+        Resdoctor("resdoctor-all", smoothing_every=1, update_every=1, grad_share_every=1, **FLUSH),
     ]
 
 

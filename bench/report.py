@@ -93,7 +93,15 @@ def scale(result: dict[str, Any]) -> str:
     rec, f = result["recording"], result["run_file"]
     rows = [
         ("steps x blocks", f"{result['steps']:,} x {result['blocks']} ({result['mode']} mode)"),
-        ("host time of recording", f"{rec['host_us_per_step']:.0f} us/step"),
+        (
+            "host time of recording",
+            f"{rec['host_us_per_step']:.0f} us/step"
+            + (
+                " (the recorder's full host path: pack, transfer, unpack, journal)"
+                if result["mode"] == "consume"
+                else " (fast mode: rows appended straight into the series, a lower bound)"
+            ),
+        ),
         (
             "memory of recording",
             f"RSS +{rec['rss_delta_mb']:.0f} MB (series arrays {rec['series_arrays_mb']:.0f} MB)",

@@ -45,8 +45,7 @@ def test_no_sync_inside_watched_steps(tmp_path, make):
         opt,
         tmp_path / "r.pt",
         scaler=scaler,
-        flush_every=0,
-        flush_seconds=0,
+        flush_every=1,  # a flush every step: it must not sync either
         smoothing_every=1,
         grad_share_every=1,
         update_every=1,

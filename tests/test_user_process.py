@@ -21,10 +21,26 @@ from resdoctor.models import ResidualMLP
 from resdoctor.recording.hooks import has_resdoctor_hooks
 
 
-def _no_hooks_left(*models: torch.nn.Module) -> None:
+def _no_hooks_left(*models: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> None:
+    """No resdoctor hook on the models (their copies included when passed), their parameters
+    or any optimizer, no global module/optimizer hook, no TorchFunctionMode left pushed."""
+    import torch.nn.modules.module as module_globals
+    import torch.optim.optimizer as optim_globals
+
     for m in models:
         assert not has_resdoctor_hooks(m)
+        for p in m.parameters():
+            assert not getattr(p, "_post_accumulate_grad_hooks", None)
+            assert not p._backward_hooks
+    for attr in dir(module_globals):
+        if attr.startswith("_global_") and attr.endswith("hooks"):
+            assert not getattr(module_globals, attr), attr
+    for attr in ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"):
+        assert not getattr(optim_globals, attr, {}), attr
     assert not _get_current_function_mode_stack()  # no TorchFunctionMode left pushed
+    assert torch._C._len_torch_function_stack() == 0
+    if opt is not None:
+        assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
 
 
 def _step(model, opt, x, y) -> torch.Tensor:
@@ -112,7 +128,7 @@ def test_a_concurrent_no_grad_eval_thread_is_not_traced(tmp_path):
     run = resdoctor.load(tmp_path / "t.pt")
     assert run.steps == 15 and run.errors.empty
     assert run.series("branch_ratio").notna().all().all()
-    _no_hooks_left(model)
+    _no_hooks_left(model, opt=opt)
 
 
 class _Interrupting(torch.nn.Module):
@@ -152,7 +168,7 @@ def test_recording_resumes_after_a_keyboard_interrupt_in_forward(tmp_path, at_st
     ratio = run.series("branch_ratio")
     assert ratio.index.max() == done - 1 and ratio.iloc[-1].notna().all()  # still recording
     assert "forward" in set(run.errors["where"])  # the interruption is on record
-    _no_hooks_left(model)
+    _no_hooks_left(model, opt=opt)
 
 
 def test_a_nan_that_makes_the_loop_raise_is_still_a_nan_not_an_amp_skip(tmp_path):
