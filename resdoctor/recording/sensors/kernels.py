@@ -28,14 +28,19 @@ def sum_squares(x: torch.Tensor) -> torch.Tensor:
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``<a, b>`` in float32 (0-d), broadcasting when the shapes differ."""
     a, b = a.detach(), b.detach()
-    if (
+    if _dot_ready(a, b):
+        return torch.dot(a.view(-1), b.view(-1))
+    return (a.float() * b.float()).sum()
+
+
+def _dot_ready(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, contiguous float32: one BLAS dot computes ``<a, b>``."""
+    return (
         a.shape == b.shape
         and a.dtype == b.dtype == torch.float32
         and a.is_contiguous()
         and b.is_contiguous()
-    ):
-        return torch.dot(a.view(-1), b.view(-1))
-    return (a.float() * b.float()).sum()
+    )
 
 
 def extrema(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,13 +74,7 @@ def sum_squares_into(seg: Segment, x: torch.Tensor) -> int:
 def inner_into(seg: Segment, a: torch.Tensor, b: torch.Tensor) -> int:
     """Slot of ``inner(a, b)`` (see ``sum_squares_into``)."""
     a, b = a.detach(), b.detach()
-    if (
-        a.shape == b.shape
-        and a.dtype == b.dtype == torch.float32
-        and a.is_contiguous()
-        and b.is_contiguous()
-        and not _autocast(a)
-    ):
+    if _dot_ready(a, b) and not _autocast(a):
         first, (out,) = seg.reserve(a, 1)
         torch.dot(a.view(-1), b.view(-1), out=out)
         return first
