@@ -112,3 +112,7 @@ def test_pip_install_then_resdoctor_app_serves_the_report(installed, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # the server itself stopped (no orphaned streamlit child keeps serving)
+    time.sleep(1)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from enum import Enum
@@ -225,6 +226,9 @@ def app_command(
     if headless:
         cmd += ["--server.headless", "true"]
     cmd += ["--browser.gatherUsageStats", "false", "--", *map(str, runs or [])]
+    if os.name == "posix":  # become the server: a SIGTERM to `resdoctor app` stops it
+        sys.stdout.flush()
+        os.execv(sys.executable, cmd)
     raise typer.Exit(subprocess.call(cmd))
 
 
