@@ -15,7 +15,7 @@ from resdoctor.recording.trace import tensor_version
 
 def sum_squares(x: torch.Tensor) -> torch.Tensor:
     """``||x||^2`` in float32 (0-d); non-finite when x holds NaN/Inf (or overflows: the
-    non-finite checks use ``extrema``, not this)."""
+    non-finite checks use ``extrema_into``, not this)."""
     x = x.detach()
     if x.dtype == torch.float32 and x.is_contiguous():
         flat = x.view(-1)
@@ -43,16 +43,11 @@ def _dot_ready(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def extrema(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(min, max)`` of a non-empty x in one fused pass: both finite exactly when every element
-    is finite. A norm would overflow float32 for huge but finite values and call them
-    non-finite."""
-    return torch.aminmax(x.detach())
-
-
-# -- the same reductions written straight into a segment's buffer (no stack at pack time) ----
+# -- reductions written straight into a segment's buffer (no stack at pack time) -------------
 def extrema_into(seg: Segment, x: torch.Tensor) -> tuple[int, int]:
-    """Slots of ``extrema(x)``, computed into the segment's buffer for x's dtype."""
+    """Slots of ``(min, max)`` of a non-empty x, one fused pass into the segment's buffer for
+    x's dtype: both finite exactly when every element is finite. A norm would overflow float32
+    for huge but finite values and call them non-finite."""
     x = x.detach()
     first, (lo, hi) = seg.reserve(x, 2)
     torch.aminmax(x, out=(lo, hi))
