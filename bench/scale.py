@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from resdoctor.recording.intake import Intake
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
-from resdoctor.recording.segment import Buffers, Segment, Transfer, unpack
+from resdoctor.recording.segment import Buffers, Segment, Unpacker
 from resdoctor.runfile import io as runfile
 
 TARGETS = {"file_mb": 50.0, "analyze_s": 5.0}
@@ -191,13 +192,20 @@ def _write(seg: Segment, values: torch.Tensor) -> list[int]:
     return list(range(first, first + len(views)))
 
 
-def consume(journal: Journal, transfer: Transfer, meta: SegmentMeta, seg: Segment) -> None:
-    """What ``Recorder.end_segment`` and ``drain`` do with a finished segment."""
+def host_path(journal: Journal) -> Intake:
+    """What the recorder builds to take finished segments into the journal."""
+    from resdoctor.recording.recorder import INTAKE_BATCH
+
+    return Intake(journal, Unpacker(), batch=INTAKE_BATCH)
+
+
+def consume(intake: Intake, meta: SegmentMeta, seg: Segment) -> None:
+    """What ``Recorder.end_segment`` does with a finished segment: pack, transfer, drain (the
+    intake folds them into the journal once a batch is ready)."""
     with torch.no_grad():
         flat, layout = seg.pack()
-    transfer.submit(meta, flat, layout)
-    for done_meta, host, done_layout in transfer.ready():
-        journal.consume(done_meta, unpack(host, done_layout))
+    intake.submit(meta, flat, layout)
+    intake.drain()
 
 
 def absmax_row(journal: Journal, checked: list[int]) -> np.ndarray:
@@ -277,7 +285,7 @@ def record(
     rss0 = peak = _rss()
     journal = new_journal(shape, options)
     absmax = absmax_row(journal, synth.checked)
-    transfer, buffers = Transfer(), Buffers()
+    intake, buffers = host_path(journal), Buffers()
     t0 = time.perf_counter()
     host = 0.0  # time in the recorder's host side only, not in making up the numbers
     for step in range(steps):
@@ -285,7 +293,9 @@ def record(
         if mode == "consume" or synth.event(step):
             meta, seg = synth.segment(step, v, buffers)
             h0 = time.perf_counter()
-            consume(journal, transfer, meta, seg)
+            consume(intake, meta, seg)
+            if mode == "fast":  # the next steps are committed directly: nothing may wait
+                intake.settle()
         else:
             h0 = time.perf_counter()
             # past the onset every checked output is NaN: its abs-max reads inf
@@ -296,6 +306,9 @@ def record(
             if progress and step:
                 rate = step / (time.perf_counter() - t0)
                 print(f"  step {step:,} ({rate:,.0f} steps/s)", file=sys.stderr)
+    h0 = time.perf_counter()
+    intake.settle(wait=True)  # what close() does
+    host += time.perf_counter() - h0
     seconds = time.perf_counter() - t0
     peak = max(peak, _rss())
     nbytes = sum(

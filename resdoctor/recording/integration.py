@@ -82,11 +82,13 @@ class Context:
     def latest(self) -> dict[str, Any]:
         """Host values of the latest completed step: ``step``, ``skipped``, ``scalars`` and each
         per-module / per-site signal as an array; empty before the first step."""
+        self._recorder.settle()
         return self._recorder.journal.latest()
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:
         """Recorded events (non-finite onsets) from index ``since`` on; ``len`` of the full list
         is the ``since`` of the next call."""
+        self._recorder.settle()
         return self._recorder.journal.events_since(since)
 
     def state(self) -> RunState:

@@ -19,6 +19,32 @@ from resdoctor.runfile.signals import MODULE_SIGNALS, SITE_MAGNITUDES, SITE_SIGN
 from resdoctor.version import __version__
 
 
+def _add_at(out: np.ndarray, idx: np.ndarray, values: np.ndarray | int) -> None:
+    """``out[:, idx] += values``, repeated indices adding up in order."""
+    np.add.at(out.swapaxes(0, 1), idx, np.swapaxes(values, 0, 1) if np.ndim(values) else values)
+
+
+_FLAT = ("vec", "scalar")
+# segments that share a layout: (their positions among the consumed ones, their blocks)
+Parts = list[tuple[np.ndarray, dict[str, Any]]]  # the blocks that are not rows of a kind
+
+
+def _part(blocks: dict[str, Any], part: slice | np.ndarray) -> dict[str, Any]:
+    """Some of the segments of ``Unpacker.many`` blocks (still with the leading dimension)."""
+    out: dict[str, Any] = {flat: {n: v[part] for n, v in blocks[flat].items()} for flat in _FLAT}
+    out.update({k: (v[0], v[1][part]) for k, v in blocks.items() if k not in _FLAT})
+    return out
+
+
+def _first(blocks: dict[str, Any]) -> dict[str, Any]:
+    """The first segment of ``Unpacker.many`` blocks, as ``Unpacker`` gives one segment."""
+    return {
+        "vec": {n: v[0] for n, v in blocks["vec"].items()},
+        "scalar": {n: float(v[0]) for n, v in blocks["scalar"].items()},
+        **{k: (v[0], v[1][0]) for k, v in blocks.items() if k not in _FLAT},
+    }
+
+
 @dataclass
 class SegmentMeta:
     forwards: int
@@ -29,7 +55,9 @@ class SegmentMeta:
 
 
 class _Accumulator:
-    """Per-site sums of one step (several segments when gradient accumulation folds them)."""
+    """What ``k`` steps measured until they are committed: one step over its segments (several
+    under gradient accumulation), or ``k`` whole steps folded in at once. Every value has a
+    leading ``k`` dimension; one segment's blocks are ``k = 1``."""
 
     # kind -> (series names, how to combine): "rms" averages squares, "mean" averages values
     SPEC: dict[str, tuple[tuple[str, ...], str]] = {
@@ -39,40 +67,96 @@ class _Accumulator:
         "lsmooth": (SMOOTHING, "mean"),  # layers of site-less models
     }
 
-    def __init__(self, sites: int, layers: int = 0) -> None:
-        self.sites = sites
-        self.size = {k: (layers if k == "lsmooth" else sites) for k in self.SPEC}
-        self.sums = {k: np.zeros((self.size[k], len(v[0]))) for k, v in self.SPEC.items()}
-        self.counts = {k: np.zeros(self.size[k]) for k in self.SPEC}
+    def __init__(self, k: int, sites: int, layers: int, param_col: np.ndarray, units: dict) -> None:
+        self.k, self.sites = k, sites
+        self.size = {kind: (layers if kind == "lsmooth" else sites) for kind in self.SPEC}
+        self.sums: dict[str, np.ndarray] = {}  # kinds measured: [k, size, names]
+        self.counts: dict[str, np.ndarray] = {}  # [k, size]
         self.scalars: dict[str, list[float]] = defaultdict(list)
+        self.param_col = param_col  # module index -> column among the parameterised, or -1
+        self.params = int((param_col >= 0).sum())
+        self.absmax: np.ndarray | None = None  # [k, params] max |output|; -inf: none checked
+        self.unit_sizes = units  # "dead"/"sat" -> columns
+        self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # kind -> (total, count)
 
-    def add(self, blocks: dict[str, Any], scalars: dict[str, float]) -> None:
-        for kind, (_, combine) in self.SPEC.items():
-            n = self.size[kind]
-            if kind not in blocks or not n:
+    def add(self, blocks: dict[str, Any], at: np.ndarray | None = None) -> None:
+        """Blocks with a leading dimension on every value: what the steps ``at`` (default: all
+        ``k``) measured, one segment each."""
+        where: slice | np.ndarray = slice(None) if at is None else at
+        for kind, (names, combine) in self.SPEC.items():
+            size = self.size[kind]
+            if kind not in blocks or not size:
                 continue
             idx, values = blocks[kind]
-            values = values**2 if combine == "rms" else values
-            for j in range(values.shape[1]):
-                self.sums[kind][:, j] += np.bincount(idx, values[:, j], minlength=n)
-            self.counts[kind] += np.bincount(idx, minlength=n)
-        for name, x in scalars.items():
-            self.scalars[name].append(x)
+            sums, counts = np.zeros((len(values), size, len(names))), np.zeros((len(values), size))
+            _add_at(sums, idx, values**2 if combine == "rms" else values)
+            _add_at(counts, idx, 1)
+            if kind not in self.sums:
+                self.sums[kind] = np.zeros((self.k, size, len(names)))
+                self.counts[kind] = np.zeros((self.k, size))
+            self.sums[kind][where] += sums
+            self.counts[kind][where] += counts
+        self._absmax(blocks, where)
+        for kind, cols in self.unit_sizes.items():
+            if cols and kind in blocks:
+                idx, v = blocks[kind]
+                total, count = np.zeros((len(v), cols)), np.zeros((len(v), cols))
+                _add_at(total, idx, v[..., 0])
+                _add_at(count, idx, 1)
+                if kind not in self.units:
+                    self.units[kind] = (np.zeros((self.k, cols)), np.zeros((self.k, cols)))
+                self.units[kind][0][where] += total
+                self.units[kind][1][where] += count
+
+    def _absmax(self, blocks: dict[str, Any], where: slice | np.ndarray) -> None:
+        """The forward check's output min/max as the per-module largest |value| (a NaN output
+        reads inf)."""
+        if "fwd" not in blocks or not self.params:
+            return
+        idx, v = blocks["fwd"]
+        cols = self.param_col[idx]
+        keep = cols >= 0
+        amax = np.maximum(np.abs(v[:, keep, 2]), np.abs(v[:, keep, 3]))
+        amax[np.isnan(amax)] = np.inf
+        top = np.full((len(v), self.params), -np.inf)
+        np.maximum.at(top.swapaxes(0, 1), cols[keep], amax.swapaxes(0, 1))
+        if self.absmax is None:
+            self.absmax = np.full((self.k, self.params), -np.inf)
+        self.absmax[where] = np.maximum(self.absmax[where], top)
 
     def rows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``{series name: (values [sites], present mask)}``."""
+        """``{series name: (values [k, sites], present mask [k, sites])}``."""
         out = {}
         for kind, (names, combine) in self.SPEC.items():
-            if not self.size[kind]:
+            size = self.size[kind]
+            if not size:
+                continue
+            if kind not in self.sums:  # not measured
+                nothing, absent = np.full((self.k, size), np.nan), np.zeros((self.k, size), bool)
+                out.update({name: (nothing, absent) for name in names})
                 continue
             n = self.counts[kind]
             present = n > 0
             with np.errstate(invalid="ignore", divide="ignore"):
-                mean = self.sums[kind] / np.maximum(n, 1)[:, None]
-            mean = np.sqrt(mean) if combine == "rms" else mean
-            for j, name in enumerate(names):
-                out[name] = (np.where(present, mean[:, j], np.nan), present)
+                mean = self.sums[kind] / np.maximum(n, 1)[..., None]
+                if combine == "rms":
+                    np.sqrt(mean, out=mean)
+            if not present.all():
+                mean[~present] = np.nan
+            out.update({name: (mean[..., j], present) for j, name in enumerate(names)})
         return out
+
+    def unit_rows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{"dead"/"sat": (mean [k, columns], present [k, columns])}``."""
+        out = {}
+        for kind, (total, count) in self.units.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[kind] = (total / np.maximum(count, 1), count > 0)
+        return out
+
+    def means(self) -> dict[str, float]:
+        """One step's logged scalars, averaged over its segments."""
+        return {k: v[0] if len(v) == 1 else float(np.mean(v)) for k, v in self.scalars.items()}
 
 
 class Journal:
@@ -108,9 +192,7 @@ class Journal:
         # module index (all modules) -> its column among the parameterised ones, -1 if none
         column = {n: j for j, n in enumerate(param_modules)}
         self._param_col = np.array([column.get(n, -1) for n in self._names], dtype=np.int64)
-        self._absmax: np.ndarray | None = None  # this step's max |output| per param module
         self._unit_cols: dict[str, list[str]] = {"dead": [], "sat": []}
-        self._units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.last: dict[str, Any] = {}  # the latest committed step, for live integrations
 
     # -- what integrations read and add (through ``integration.Context``) -------------------
@@ -156,29 +238,6 @@ class Journal:
         for kind, name in (("dead", "dead_units"), ("sat", "saturation")):
             if self._unit_cols[kind]:
                 self.series[name] = Series(self._unit_cols[kind], self.capacity)
-        self._units = {k: (np.zeros(len(c)), np.zeros(len(c))) for k, c in self._unit_cols.items()}
-
-    def _fold_units(self, blocks: dict[str, Any]) -> None:
-        for kind in ("dead", "sat"):
-            cols = self._unit_cols[kind]
-            if not cols or kind not in blocks:
-                continue
-            idx, v = blocks[kind]
-            total, count = self._units[kind]
-            total += np.bincount(idx, v[:, 0], minlength=len(cols))
-            count += np.bincount(idx, minlength=len(cols))
-
-    def _commit_units(self, step: int) -> None:
-        for kind, name in (("dead", "dead_units"), ("sat", "saturation")):
-            cols = self._unit_cols[kind]
-            if not cols:
-                continue
-            total, count = self._units[kind]
-            if count.any():
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    self.series[name].append(step, total / np.maximum(count, 1), count > 0)
-            total[:] = 0
-            count[:] = 0
 
     def set_nan_ops(self, ops: dict[str, list[str]]) -> None:
         """NaN-prone ops (log, sqrt, div, custom autograd functions) each module's own code ran:
@@ -192,37 +251,91 @@ class Journal:
             m["order"] = order.get(m["name"], m["order"])
         self._order = {m["name"]: m["order"] for m in self.modules}
 
-    # -- one transferred segment ---------------------------------------------------------------
+    # -- transferred segments ------------------------------------------------------------------
     def consume(self, meta: SegmentMeta, blocks: dict[str, Any], rank: int = 0) -> None:
-        """Fold one transferred segment (see ``_segment.unpack``) into the run."""
+        """Fold one transferred segment (see ``segment.Unpacker``) into the run."""
         vectors = blocks["vec"]
         meta.scalars.update(blocks["scalar"])
         skipped = self._classify(meta, vectors)
-        self._onsets(blocks, vectors, meta.scalars, skipped, rank)
+        if not onsets.clean(blocks, vectors, meta.scalars):
+            self._onsets(blocks, vectors, meta.scalars, skipped, rank)
         if self._acc is None or self._acc.sites != len(self.sites):
-            self._acc = _Accumulator(len(self.sites), len(self.layers))
-        self._acc.add(blocks, meta.scalars)
-        self._fold_absmax(blocks)
-        self._fold_units(blocks)
+            self._acc = self._accumulator(1)
+        self._acc.add({k: (v[0], v[1][None]) for k, v in blocks.items() if k not in _FLAT})
+        for name, x in meta.scalars.items():
+            self._acc.scalars[name].append(x)
         if skipped is not None:  # None: a micro-step of gradient accumulation, wait for the step
-            self._commit(vectors, skipped)
+            acc, self._acc = self._acc, None
+            one = {k: np.asarray(v)[None] for k, v in vectors.items()}
+            has = {k: np.ones(1, dtype=bool) for k in one}
+            self._commit(acc, one, has, [acc.means()], np.array([skipped]))
 
-    def _fold_absmax(self, blocks: dict[str, Any]) -> None:
-        """Keep the forward check's output min/max as the per-module largest |value|."""
-        if "fwd" not in blocks or not len(self.param_modules):
-            return
-        idx, v = blocks["fwd"]
-        cols = self._param_col[idx]
-        keep = cols >= 0
-        if not keep.any():
-            return
-        with np.errstate(invalid="ignore"):
-            amax = np.nan_to_num(np.abs(v[keep, 2:4]).max(axis=1), nan=np.inf)
-        if self._absmax is None:
-            self._absmax = np.full(len(self.param_modules), np.nan)
-        current = np.where(np.isnan(self._absmax), -np.inf, self._absmax)
-        np.maximum.at(current, cols[keep], amax)
-        self._absmax = np.where(np.isinf(current) & (current < 0), np.nan, current)
+    def consume_many(
+        self,
+        metas: list[SegmentMeta],
+        parts: Parts,
+        rank: int = 0,
+    ) -> None:
+        """Consecutive segments, ``metas`` in order, their values in ``parts``: ``(positions,
+        blocks)`` for the segments that share one layout, as ``Unpacker.many`` gives them (a
+        leading dimension on every value). Runs of whole, clean steps (stepped, all finite: no
+        onset to look for, no skip) are committed together with a few vectorised operations;
+        every other segment goes through ``consume``, in order. The run is the same, bit for
+        bit, as consuming each segment on its own."""
+        k = len(metas)
+        plain = np.array([m.stepped or not m.has_optimizer for m in metas])
+        owner, local = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
+        for p, (positions, blocks) in enumerate(parts):
+            owner[positions], local[positions] = p, np.arange(len(positions))
+            loss = blocks["scalar"].get("loss")
+            if loss is None:
+                loss = np.array([metas[i].scalars.get("loss", 0.0) for i in positions])
+            plain[positions] &= onsets.clean_many(blocks, blocks["vec"], loss)
+        i = 0
+        while i < k:
+            j = i + 1
+            if plain[i] and self._acc is None:
+                while j < k and plain[j]:
+                    j += 1
+                self._commit_whole(metas, parts, i, j)
+            else:
+                blocks = parts[owner[i]][1]
+                self.consume(metas[i], _first(_part(blocks, slice(local[i], local[i] + 1))), rank)
+            i = j
+
+    def _commit_whole(
+        self,
+        metas: list[SegmentMeta],
+        parts: Parts,
+        first: int,
+        end: int,
+    ) -> None:
+        """Whole, clean steps ``first..end-1``, one segment each."""
+        k = end - first
+        acc = self._accumulator(k)
+        vectors: dict[str, np.ndarray] = {}
+        has: dict[str, np.ndarray] = {}  # vector name -> the steps that measured it
+        for positions, blocks in parts:
+            mine = (positions >= first) & (positions < end)
+            if not mine.any():
+                continue
+            sub = _part(blocks, mine)
+            at = positions[mine] - first
+            acc.add({name: v for name, v in sub.items() if name not in _FLAT}, at)
+            for name, v in sub["vec"].items():
+                if name not in vectors:
+                    vectors[name] = np.full((k, *v.shape[1:]), np.nan)
+                    has[name] = np.zeros(k, dtype=bool)
+                vectors[name][at], has[name][at] = v, True
+            for i, step in enumerate(at):
+                meta = metas[first + step]
+                meta.scalars.update({n: float(v[i]) for n, v in sub["scalar"].items()})
+        scalars = [dict(m.scalars) for m in metas[first:end]]
+        self._commit(acc, vectors, has, scalars, np.zeros(k, dtype=bool))
+
+    def _accumulator(self, k: int) -> _Accumulator:
+        units = {kind: len(cols) for kind, cols in self._unit_cols.items()}
+        return _Accumulator(k, len(self.sites), len(self.layers), self._param_col, units)
 
     def _classify(self, meta: SegmentMeta, vectors: dict[str, np.ndarray]) -> bool | None:
         """False: a step; True: a step the GradScaler skipped; None: an accumulation micro-step."""
@@ -232,48 +345,89 @@ class Journal:
             return True
         return None if (meta.backwards or meta.forwards) else False
 
-    def _commit(self, vectors: dict[str, np.ndarray], skipped: bool) -> None:
-        step = self.steps
-        acc, self._acc = self._acc, None
-        assert acc is not None
+    def _commit(
+        self,
+        acc: _Accumulator,
+        vectors: dict[str, np.ndarray],
+        has: dict[str, np.ndarray],
+        scalars: list[dict[str, float]],
+        skipped: np.ndarray,
+    ) -> None:
+        """Commit ``k`` steps: ``vectors`` and every row carry a leading ``k`` dimension; ``has``
+        says which steps measured each vector."""
+        k = len(scalars)
+        steps = np.arange(self.steps, self.steps + k)
         rows = acc.rows() if (self.sites or self.layers) else {}
         for name, (values, present) in rows.items():
-            if present.any():
-                self.series[name].append(step, values, present)
-        if "skip_norm" in rows and rows["skip_norm"][1].any():
+            self._extend(name, steps, values, present)
+        if "skip_norm" in rows:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = rows["branch_norm"][0] / rows["skip_norm"][0]
-            rows["branch_ratio"] = (ratio, rows["skip_norm"][1])
-            self.series["branch_ratio"].append(step, ratio, rows["skip_norm"][1])
-        everywhere = np.ones(len(self.param_modules), bool)
-        if self._absmax is not None:
-            vectors = {**vectors, "act_absmax": self._absmax}
-            self._absmax = None
-        for name in MODULE_SIGNALS:
-            if name in vectors and len(vectors[name]) == len(self.param_modules):
-                present = ~np.isnan(vectors[name]) if name == "act_absmax" else everywhere
-                self.series[name].append(step, vectors[name], present)
-        scalars = {k: float(np.mean(v)) for k, v in acc.scalars.items()}
-        if "grad_norm" in vectors:
-            scalars["grad_norm_total"] = float(np.sqrt(np.sum(vectors["grad_norm"] ** 2)))
-        if scalars:
-            s = self.series["scalars"]
-            s.add_columns(sorted(scalars))
-            row = np.array([scalars.get(c, np.nan) for c in s.columns])
-            s.append(step, row, present=np.array([c in scalars for c in s.columns]))
-        self._commit_units(step)
-        if skipped:
-            self.skipped.append(step)
+            self._extend("branch_ratio", steps, ratio, rows["skip_norm"][1])
+            if rows["skip_norm"][1][-1].any():
+                rows["branch_ratio"] = (ratio, rows["skip_norm"][1])
+        if acc.absmax is not None:
+            absmax = np.where(acc.absmax == -np.inf, np.nan, acc.absmax)
+            vectors = {**vectors, "act_absmax": absmax}
+            has = {**has, "act_absmax": np.ones(k, dtype=bool)}
+        self._commit_vectors(steps, vectors, has, scalars)
+        self._commit_scalars(steps, scalars)
+        for kind, (mean, present) in acc.unit_rows().items():
+            self._extend("dead_units" if kind == "dead" else "saturation", steps, mean, present)
+        self.skipped.extend(steps[skipped].tolist())
         self.last = {
-            "step": step,
-            "skipped": skipped,
-            "scalars": scalars,
-            **vectors,
-            **{k: v[0] for k, v in rows.items()},
+            "step": int(steps[-1]),
+            "skipped": bool(skipped[-1]),
+            "scalars": scalars[-1],
+            **{name: v[-1] for name, v in vectors.items() if has[name][-1]},
+            **{name: v[0][-1] for name, v in rows.items()},
             # which site values were measured this step (a NaN there is a measured NaN)
-            "present": {k: v[1] for k, v in rows.items()},
+            "present": {name: v[1][-1] for name, v in rows.items()},
         }
-        self.steps += 1
+        self.steps += k
+
+    def _commit_vectors(
+        self,
+        steps: np.ndarray,
+        vectors: dict[str, np.ndarray],
+        has: dict[str, np.ndarray],
+        scalars: list[dict[str, float]],
+    ) -> None:
+        """Per-module vectors, where measured; the total gradient norm joins each step's
+        scalars."""
+        for name in MODULE_SIGNALS:
+            if name in vectors and vectors[name].shape[-1] == len(self.param_modules):
+                v, measured = vectors[name], has[name]
+                # a NaN norm is a measured NaN; a NaN abs-max: no output checked
+                present = ~np.isnan(v) if name == "act_absmax" else np.ones(v.shape, bool)
+                if not measured.all():
+                    v, present = v[measured], present[measured]
+                self.series[name].extend(steps[measured], v, present)
+        if "grad_norm" in vectors:
+            total = np.sqrt(np.sum(vectors["grad_norm"] ** 2, axis=-1))
+            for i in np.flatnonzero(has["grad_norm"]):
+                scalars[i]["grad_norm_total"] = float(total[i])
+
+    def _extend(
+        self, name: str, steps: np.ndarray, values: np.ndarray, present: np.ndarray
+    ) -> None:
+        """The steps' rows of a per-site / per-unit series, where anything was measured."""
+        measured = present.any(axis=1)
+        if measured.all():
+            self.series[name].extend(steps, values, present)
+        elif measured.any():
+            self.series[name].extend(steps[measured], values[measured], present[measured])
+
+    def _commit_scalars(self, steps: np.ndarray, scalars: list[dict[str, float]]) -> None:
+        s = self.series["scalars"]
+        for row in scalars:  # columns in the order they first appear
+            s.add_columns(sorted(row))
+        logged = [i for i, row in enumerate(scalars) if row]
+        if not logged:
+            return
+        values = np.array([[scalars[i].get(c, np.nan) for c in s.columns] for i in logged])
+        present = np.array([[c in scalars[i] for c in s.columns] for i in logged])
+        s.extend(steps[logged], values, present)
 
     # -- non-finite onsets ---------------------------------------------------------------------
     def _onsets(

@@ -62,6 +62,34 @@ def find(
     return []
 
 
+def clean(
+    blocks: dict[str, Any], vectors: dict[str, np.ndarray], scalars: dict[str, float]
+) -> bool:
+    """True when ``find`` has nothing to find in this segment (see ``clean_many``)."""
+    rows = {k: (v[0], v[1][None]) for k, v in blocks.items() if k in ("fwd", "gin", "bwd")}
+    loss = np.array([scalars.get("loss", 0.0)], dtype=np.float64)
+    return bool(clean_many(rows, {k: np.asarray(v)[None] for k, v in vectors.items()}, loss)[0])
+
+
+def clean_many(
+    blocks: dict[str, Any], vectors: dict[str, np.ndarray], loss: np.ndarray
+) -> np.ndarray:
+    """Per segment of ``k`` (every value with a leading ``k`` dimension): True when ``find``
+    has nothing to find, because what every phase reads is finite and no bad count is set.
+    A fast negative for the usual step; ``find`` decides every other one."""
+    ok = np.isfinite(loss)
+    for kind in ("fwd", "gin", "bwd"):
+        if kind in blocks:
+            v = blocks[kind][1]
+            ok &= np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+    for key, v in vectors.items():
+        if key.startswith("input:") or key.endswith(("_bad", "_bad_own")):
+            ok &= ~np.any(v, axis=-1)
+        elif key in ("grad_norm", "param_norm"):  # ``bad_mask`` reads them when no counts
+            ok &= np.isfinite(v).all(axis=-1)
+    return ok
+
+
 def _input(
     blocks: dict[str, Any],
     vectors: dict[str, np.ndarray],

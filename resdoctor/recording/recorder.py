@@ -24,10 +24,11 @@ from resdoctor.recording.addition_taps import AdditionTaps
 from resdoctor.recording.discovery import Site, architecture, repeated_layers, sites_from
 from resdoctor.recording.flusher import Flusher
 from resdoctor.recording.hooks import HookSet
+from resdoctor.recording.intake import Intake
 from resdoctor.recording.journal import Journal, SegmentMeta
 from resdoctor.recording.options import Options
 from resdoctor.recording.pytree import call_inputs, get_path, iter_tensors
-from resdoctor.recording.segment import Buffers, Segment, Transfer, unpack
+from resdoctor.recording.segment import Buffers, Segment, Unpacker
 from resdoctor.recording.sensors import (
     GradNorm,
     GradShare,
@@ -40,6 +41,10 @@ from resdoctor.recording.sensors import (
 from resdoctor.recording.sensors.units import kind as unit_kind
 from resdoctor.recording.trace import Tracer
 from resdoctor.runfile.layout import RunState
+
+# transferred segments folded into the journal together (more: fewer host operations per step,
+# a journal further behind the training between reads; every read settles it first)
+INTAKE_BATCH = 32
 
 
 class Recorder:
@@ -81,7 +86,6 @@ class Recorder:
         self.magnitude = SiteMagnitude()
         self.grad_share = GradShare(options.grad_share_every)
         self.units = Units(options.units_every)
-        self.decode = {s.kind: s.decode for s in (self.magnitude, self.grad_share)}
         # schedules are read once, when the plan is made
         self._due_smoothing = self.smoothing.needs.when
         self._due_grad_share = self.grad_share.needs.when
@@ -119,7 +123,8 @@ class Recorder:
             modules, [n or "<root>" for n, _ in groups], options.capacity, options.max_events, meta
         )
         self.journal.set_units(self._dead_cols, self._sat_cols)
-        self.transfer = Transfer()
+        decode = {s.kind: s.decode for s in (self.magnitude, self.grad_share)}
+        self.intake = Intake(self.journal, Unpacker(decode), self._fold, INTAKE_BATCH, self.rank)
         self.buffers = Buffers()  # the device buffers results are written into, kept
         self.seg = Segment(self.buffers)
         self.sites: list[Site] | None = None
@@ -177,7 +182,7 @@ class Recorder:
                     "type": type(e).__name__,
                     "message": str(e)[:500],
                     "count": 1,
-                    "first_step": self.journal.steps,
+                    "first_step": self.journal.steps + self.intake.behind,
                 }
             )
 
@@ -253,7 +258,12 @@ class Recorder:
 
     def state(self) -> RunState:
         """The run file's state as of now (host memory only)."""
+        self.settle()
         return self.journal.state(self.options.to_dict())
+
+    def settle(self) -> None:
+        """Fold every transferred segment into the journal (before anyone reads it)."""
+        self.intake.settle()
 
     def _grad_mode(self) -> bool:
         """Whether this is a training pass: inside a forward, the grad mode the root forward
@@ -652,7 +662,7 @@ class Recorder:
         meta = SegmentMeta(
             seg.forwards, seg.backwards, seg.stepped, dict(seg.scalars), self.optimizer is not None
         )
-        self.transfer.submit(meta, flat, layout)
+        self.intake.submit(meta, flat, layout)
         if seg.stepped or self.optimizer is None:
             self._step += 1
             if seg.stepped and not seg.forwards:
@@ -662,10 +672,7 @@ class Recorder:
         self._maybe_flush()
 
     def drain(self, wait: bool = False) -> None:
-        for meta, flat, layout in self.transfer.ready(wait):
-            blocks = unpack(flat, layout, self.decode)
-            blocks["vec"] = self._fold(blocks["vec"])
-            self.journal.consume(meta, blocks, self.rank)
+        self.intake.drain(wait)
 
     def _fold(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Per-parameter vectors -> the journal's per-module ones (host side of GradNorm)."""
@@ -701,7 +708,7 @@ class Recorder:
         already finished are taken (no sync); ``wait``: also wait for the pending copies and
         for the file to be written (an explicit ``Watcher.flush()``)."""
         self._last_flush = (self._step, time.monotonic())
-        self.drain(wait=wait)
+        self.intake.settle(wait=wait)
         self.flusher.submit(self.journal.state(self.options.to_dict()))
         if wait:
             self.flusher.wait()
@@ -720,7 +727,7 @@ class Recorder:
         try:
             self._exit_open_modes()  # a forward interrupted before close() left them open
             self.end_segment()
-            self.drain(wait=True)  # the one wait for device copies: at close
+            self.intake.settle(wait=True)  # the one wait for device copies: at close
             self.flusher.write_now(self.journal.state(self.options.to_dict()))
         finally:
             self.closed = True

@@ -7,6 +7,8 @@ it again on the host and gathers the rows. Nothing here synchronises with the de
 
 from __future__ import annotations
 
+import copy
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,8 @@ class Buffers:
     def __init__(self) -> None:
         self._tensors: dict[Key, torch.Tensor] = {}
         self._views: dict[Key, list[torch.Tensor]] = {}
+        # what the previous packed segment's layout was made of, and the layout
+        self.last_layout: tuple[list[Any], Layout] | None = None
 
     def views(self, key: Key, need: int) -> list[torch.Tensor]:
         """At least ``need`` 0-d views of the buffer for ``key``."""
@@ -63,16 +67,16 @@ class Segment:
 
     buffers: Buffers = field(default_factory=Buffers)
     pool: list[torch.Tensor] = field(default_factory=list)  # every slot's 0-d tensor
-    # kind -> (row indices, the rows' slots one after another)
-    rows: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    # kind -> (row indices, the rows' slots one after another), as int64 arrays
+    rows: dict[str, tuple[array, array]] = field(default_factory=dict)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # grad_l2, param_max, ...
     scalars: dict[str, float] = field(default_factory=dict)
     tensor_scalars: dict[str, torch.Tensor] = field(default_factory=dict)
     forwards: int = 0
     backwards: int = 0
     stepped: bool = False
-    _slots: dict[Key, list[int]] = field(default_factory=dict)  # buffer -> its slots, in order
-    _put: list[int] = field(default_factory=list)  # slots of tensors pooled by put()
+    _slots: dict[Key, array] = field(default_factory=dict)  # buffer -> its slots, in order
+    _put: array = field(default_factory=lambda: array("q"))  # slots of tensors pooled by put()
 
     def put(self, value: torch.Tensor) -> int:
         """Pool a 0-d tensor computed elsewhere; its slot."""
@@ -84,7 +88,9 @@ class Segment:
         """``n`` new slots in the buffer of ``like``'s device and dtype: the first slot and the
         0-d views to write the results into (each exactly once)."""
         key = (like.device, like.dtype)
-        slots = self._slots.setdefault(key, [])
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = array("q")
         used = len(slots)
         views = self.buffers.views(key, used + n)[used : used + n]
         first = len(self.pool)
@@ -93,9 +99,11 @@ class Segment:
         return first, views
 
     def add_row(self, kind: str, index: int, slots: tuple[int, ...]) -> None:
-        idx, flat = self.rows.setdefault(kind, ([], []))
-        idx.append(index)
-        flat.extend(slots)  # a kind's rows all have one width
+        rows = self.rows.get(kind)
+        if rows is None:
+            rows = self.rows[kind] = (array("q"), array("q"))
+        rows[0].append(index)
+        rows[1].extend(slots)  # a kind's rows all have one width
 
     @property
     def empty(self) -> bool:
@@ -111,35 +119,62 @@ class Segment:
         )
 
     def pack(self) -> tuple[torch.Tensor | None, Layout]:
-        """One flat float32 tensor and the layout ``[(kind, key, width), ...]`` to split it."""
+        """One flat float32 tensor and the layout ``[(kind, key, width), ...]`` to split it.
+        Segments repeat step after step: when this one's slots, rows and names equal the
+        previous packed segment's, its layout object is handed out again (``Intake`` batches
+        segments that share one)."""
         parts: list[torch.Tensor] = []
-        layout: Layout = []
+        shape: list[Any] = []  # what the layout is made of, compared with the previous one
         for key, slots in self._slots.items():  # a slice of each buffer
             if slots:
                 parts.append(self.buffers.tensor(key)[: len(slots)].float())
-                layout.append(("pool", np.asarray(slots, dtype=np.int64), len(slots)))
+                shape.append((key, slots))
         if self._put:
             device = self.pool[self._put[0]].device
             put = [self.pool[k] for k in self._put]
             put = [p if p.device == device else p.to(device) for p in put]
             parts.append(torch.stack(put).float())  # stack promotes mixed dtypes
-            layout.append(("pool", np.asarray(self._put, dtype=np.int64), len(put)))
-        if self.pool:
-            layout.insert(0, ("size", None, len(self.pool)))
-        for kind, (idx, flat) in self.rows.items():  # gathered from the pool on the host
-            table = np.array(flat, dtype=np.int64).reshape(len(idx), -1)
-            layout.append(("rows", (kind, np.array(idx, dtype=np.int64), table), 0))
+            shape.append(("put", self._put))
+        shape.append(len(self.pool))
+        shape.extend(self.rows.items())
         for name, t in self.vectors.items():
             parts.append(t.reshape(-1).float())  # a float64 norm beyond float32 range is inf
-            layout.append(("vec", name, parts[-1].numel()))
+            shape.append((name, parts[-1].numel()))
         for name, t in self.tensor_scalars.items():
             parts.append(t.detach().reshape(-1)[:1].float())
-            layout.append(("scalar", name, 1))
+            shape.append(name)
+        last = self.buffers.last_layout
+        if last is not None and last[0] == shape:
+            layout = last[1]
+        else:  # kept as a copy: nothing written into this segment later can change it
+            layout = self._layout()
+            self.buffers.last_layout = (copy.deepcopy(shape), layout)
         if not parts:
             return None, layout
         device = parts[0].device
         parts = [p if p.device == device else p.to(device) for p in parts]
         return torch.cat(parts), layout  # a copy: the buffers are written again next segment
+
+    def _layout(self) -> Layout:
+        layout: Layout = [("size", None, len(self.pool))] if self.pool else []
+        for slots in self._slots.values():
+            if slots:
+                layout.append(("pool", _ints(slots), len(slots)))
+        if self._put:
+            layout.append(("pool", _ints(self._put), len(self._put)))
+        for kind, (idx, flat) in self.rows.items():  # gathered from the pool on the host
+            table = _ints(flat).reshape(len(idx), -1)
+            layout.append(("rows", (kind, _ints(idx), table), 0))
+        for name, t in self.vectors.items():
+            layout.append(("vec", name, t.numel()))
+        for name in self.tensor_scalars:
+            layout.append(("scalar", name, 1))
+        return layout
+
+
+def _ints(values: array) -> np.ndarray:
+    """An int64 copy (a view would pin the array: it could no longer grow)."""
+    return np.frombuffer(values, dtype=np.int64).copy()
 
 
 # constants a pooled row may carry in place of a slot (element counts): slot = -2 - value
@@ -154,34 +189,74 @@ def const(value: int) -> int:
 Decoder = Callable[[np.ndarray], np.ndarray]
 
 
+Plan = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
+class Unpacker:
+    """Splits transferred flat arrays: ``{kind: (index [n], values [n, width])}``,
+    ``{"vec": {name: values}}`` and ``{"scalar": {name: value}}``. Pooled rows of a kind in
+    ``decode`` are passed through it (raw sums in, recorded values out; it maps ``[..., width]``
+    rows and keeps leading dimensions).
+
+    Segments repeat step after step, so each kind's gather plan (where its slots read the pool,
+    which read a constant) is kept and reused while the kind's slots stay the same."""
+
+    def __init__(self, decode: Mapping[str, Decoder] | None = None) -> None:
+        self.decode = dict(decode or {})
+        self._plans: dict[str, Plan] = {}
+
+    def __call__(self, flat: np.ndarray | None, layout: Layout) -> dict[str, Any]:
+        """One segment."""
+        flats = None if flat is None else np.asarray(flat, dtype=np.float64)[None]
+        many = self.many(flats, layout, 1)
+        return {
+            "vec": {k: v[0] for k, v in many["vec"].items()},
+            "scalar": {k: float(v[0]) for k, v in many["scalar"].items()},
+            **{k: (v[0], v[1][0]) for k, v in many.items() if k not in ("vec", "scalar")},
+        }
+
+    def many(self, flats: np.ndarray | None, layout: Layout, k: int) -> dict[str, Any]:
+        """``k`` segments that share ``layout``, their flat arrays stacked ``[k, length]``
+        (float64): as one segment's, with a leading ``k`` dimension on every value."""
+        out: dict[str, Any] = {"vec": {}, "scalar": {}}
+        offset = 0
+        pool = np.zeros((k, 0))
+        for kind, key, width in layout:
+            if kind == "size":
+                pool = np.zeros((k, width))
+                continue
+            if kind == "rows":
+                name, idx, slots = key
+                values = self._gather(name, slots, pool)
+                out[name] = (idx, self.decode[name](values) if name in self.decode else values)
+                continue
+            assert flats is not None
+            chunk = flats[:, offset : offset + width]
+            offset += width
+            if kind == "pool":  # this buffer's slots, in the order they were handed out
+                pool[:, key] = chunk
+            else:  # "vec" or "scalar"
+                out[kind][key] = chunk if kind == "vec" else chunk[:, 0]
+        return out
+
+    def _gather(self, name: str, slots: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        plan = self._plans.get(name)
+        if plan is None or plan[0].shape != slots.shape or not np.array_equal(plan[0], slots):
+            negative = slots < 0  # -1 reads as 0, const(n) as n
+            plan = (slots, np.clip(slots, 0, None), None, None)
+            if negative.any():
+                plan = (*plan[:2], negative, np.where(slots == -1, 0.0, CONST_BASE - slots))
+            self._plans[name] = plan
+        _, at, special, consts = plan
+        values = pool[:, at] if pool.shape[1] else np.zeros((len(pool), *slots.shape))
+        return values if special is None or consts is None else np.where(special, consts, values)
+
+
 def unpack(
     flat: np.ndarray | None, layout: Layout, decode: Mapping[str, Decoder] | None = None
 ) -> dict[str, Any]:
-    """Split a transferred flat array: ``{kind: (index [n], values [n, width])}``,
-    ``{"vec": {name: values}}`` and ``{"scalar": {name: value}}``. Pooled rows of a kind in
-    ``decode`` are passed through it (raw sums in, recorded values out)."""
-    decode = decode or {}
-    out: dict[str, Any] = {"vec": {}, "scalar": {}}
-    offset = 0
-    pool = np.zeros(0)
-    for kind, key, width in layout:
-        if kind == "size":
-            pool = np.zeros(width)
-            continue
-        if kind == "rows":
-            name, idx, slots = key
-            gathered = pool[np.clip(slots, 0, None)] if len(pool) else np.zeros(slots.shape)
-            values = np.where(slots >= 0, gathered, np.where(slots == -1, 0.0, CONST_BASE - slots))
-            out[name] = (idx, decode[name](values) if name in decode else values)
-            continue
-        assert flat is not None
-        chunk = flat[offset : offset + width]
-        offset += width
-        if kind == "pool":  # this buffer's slots, in the order they were handed out
-            pool[key] = chunk
-        else:  # "vec" or "scalar"
-            out[kind][key] = chunk if kind == "vec" else float(chunk[0])
-    return out
+    """One segment through a fresh ``Unpacker`` (see there)."""
+    return Unpacker(decode)(flat, layout)
 
 
 class Transfer:
@@ -205,6 +280,10 @@ class Transfer:
         event.record()
         self._queue.append((meta, host, event, layout))
 
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
     def ready(self, wait: bool = False) -> list[tuple[Any, np.ndarray | None, Layout]]:
         done = []
         while self._queue:
@@ -214,5 +293,5 @@ class Transfer:
             if event is not None:
                 event.synchronize()
             self._queue.pop(0)
-            done.append((meta, None if host is None else host.numpy().astype(np.float64), layout))
+            done.append((meta, None if host is None else host.numpy(), layout))  # float32
         return done

@@ -81,7 +81,8 @@ def _fill(series, stride: int, capacity: int, rng: np.random.Generator) -> None:
     values[-5:, n // 2] = np.nan  # a measured NaN near the end
     for i in range(capacity):
         series.append(i * stride, values[i], present=np.ones(n, dtype=bool))
-    series.stride = stride
+    len(series)  # folds the appended rows in; then the width they were spaced at
+    series._stride = stride
 
 
 def sizes() -> list[tuple[str, int]]:

@@ -77,20 +77,29 @@ class GradNorm:
         return torch.stack(torch._foreach_norm(tensors))
 
     def fold(self, l2: np.ndarray) -> np.ndarray:
-        """Host: per-parameter norms -> ``[M]`` per-module norms. Squares and sums in float64,
-        so per-parameter norms up to float32's range combine without overflow."""
-        squares = l2.astype(np.float64)[self.index] ** 2
-        return np.sqrt(np.bincount(self.owner, squares, self.modules))
+        """Host: per-parameter norms ``[..., P]`` -> per-module norms ``[..., M]``. Squares and
+        sums in float64, so per-parameter norms up to float32's range combine without
+        overflow."""
+        return np.sqrt(self._per_module(l2.astype(np.float64)[..., self.index] ** 2))
 
     def bad(self, top: np.ndarray) -> np.ndarray:
-        """Host: ``[M]`` count of parameters holding NaN/Inf, per module, from their maxima."""
-        flags = ~np.isfinite(top)
-        return np.bincount(self.owner, flags.astype(np.float64)[self.index], self.modules)
+        """Host: ``[..., M]`` count of parameters holding NaN/Inf, per module, from their
+        maxima."""
+        return self._per_module((~np.isfinite(top)).astype(np.float64)[..., self.index])
 
     def bad_own(self, top: np.ndarray) -> np.ndarray:
-        """Host: ``[M]`` count of the module's own (untied) parameters holding NaN/Inf."""
-        flags = ~np.isfinite(top[self.index]) & ~self.shared
-        return np.bincount(self.owner, flags.astype(np.float64), self.modules)
+        """Host: ``[..., M]`` count of the module's own (untied) parameters holding NaN/Inf."""
+        flags = ~np.isfinite(top[..., self.index]) & ~self.shared
+        return self._per_module(flags.astype(np.float64))
+
+    def _per_module(self, values: np.ndarray) -> np.ndarray:
+        """Sums over each module's entries (in entry order), over the last axis."""
+        if values.ndim == 1:
+            return np.bincount(self.owner, values, self.modules)
+        rows = values.reshape(-1, values.shape[-1])
+        out = np.zeros((len(rows), self.modules))
+        np.add.at(out.T, self.owner, rows.T)  # out[:, owner] += rows, in entry order
+        return out.reshape(*values.shape[:-1], self.modules)
 
     def __call__(
         self, scale: torch.Tensor | None = None

@@ -69,8 +69,8 @@ class GradShare:
     def decode(v: np.ndarray) -> np.ndarray:
         """Rows ``[||g_skip||^2, ||g_branch||^2]`` -> ``[share]``."""
         with np.errstate(invalid="ignore", over="ignore"):
-            skip, branch = np.sqrt(v[:, 0]), np.sqrt(v[:, 1])
-            return (branch / np.maximum(branch + skip, 1e-30))[:, None]
+            skip, branch = np.sqrt(v[..., 0]), np.sqrt(v[..., 1])
+            return (branch / np.maximum(branch + skip, 1e-30))[..., None]
 
 
 def _sum_grads(

@@ -82,11 +82,11 @@ class SiteMagnitude:
     def decode(v: np.ndarray) -> np.ndarray:
         """Rows of raw sums (``n_sum = 0`` when the sum was not tapped) -> ``[skip, branch,
         stream]`` RMS."""
-        has_sum = v[:, 6] > 0
-        ss_sum = np.where(has_sum, v[:, 2], np.maximum(v[:, 0] + v[:, 1] + 2 * v[:, 3], 0))
-        n = np.stack([v[:, 4], v[:, 5], np.where(has_sum, v[:, 6], v[:, 4])], axis=1)
+        has_sum = v[..., 6] > 0
+        ss_sum = np.where(has_sum, v[..., 2], np.maximum(v[..., 0] + v[..., 1] + 2 * v[..., 3], 0))
+        n = np.stack([v[..., 4], v[..., 5], np.where(has_sum, v[..., 6], v[..., 4])], axis=-1)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return np.sqrt(np.stack([v[:, 0], v[:, 1], ss_sum], axis=1) / np.maximum(n, 1))
+            return np.sqrt(np.stack([v[..., 0], v[..., 1], ss_sum], axis=-1) / np.maximum(n, 1))
 
     def _sum_squares(self, seg: Segment, t: torch.Tensor) -> int:
         return self._cache.get(t, lambda t: sum_squares_into(seg, t))
