@@ -579,9 +579,12 @@ def test_heard_while_training_the_first_nan_and_the_verdict(tmp_path, caplog):
         opt = torch.optim.SGD(model.parameters(), 0.01)
         path = tmp_path / f"q{quiet}.pt"
         with caplog.at_level(logging.INFO, logger="resdoctor"):
+            heard = []  # the step after whose log() the NaN line had been logged
             with resdoctor.watch(model, opt, path, quiet=quiet) as doctor:
-                for _ in range(6):
+                for step in range(6):
                     doctor.log(loss=mlp_step(model, opt, x, y))
+                    if not heard and any("NaN/Inf" in r.getMessage() for r in caplog.records):
+                        heard.append(step)
         lines = [r.getMessage() for r in caplog.records if r.name == "resdoctor"]
         if quiet:
             assert lines == []
@@ -591,4 +594,5 @@ def test_heard_while_training_the_first_nan_and_the_verdict(tmp_path, caplog):
             lines[0]
             == f"resdoctor: NaN/Inf at step 3 in 1 (forward); run: resdoctor analyze {path}"
         )
+        assert heard == [3]  # as it happens: not when the next batch of steps is folded in
         assert lines[1].startswith("resdoctor: CRITICAL after 6 steps: NaN/Inf at step 3")

@@ -25,7 +25,7 @@ class Announcer:
     def on_step(self, ctx: Context) -> None:
         if self._announced:
             return
-        new = ctx.events(self._seen)
+        new = ctx.events(self._seen, pending=False)  # every step: it must cost nothing
         self._seen += len(new)
         for e in new:
             if e.get("kind") == "nonfinite" and not (e.get("detail") or {}).get("amp_skipped"):

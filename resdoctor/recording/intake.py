@@ -1,7 +1,8 @@
 """Intake: transferred segments -> the journal, several steps at a time.
 
 Each step's packed segment leaves the device on its own (``Transfer``). Finished copies wait
-here until ``batch`` of them are ready, or until anyone reads the run (``settle``); then runs of
+here until ``batch`` of them are ready, one holds a NaN/Inf (its onset becomes an event at
+once), or anyone reads the run (``settle``); then runs of
 consecutive segments that share one layout (``Segment.pack`` hands the same layout object out
 while nothing about the step's shape changed) are unpacked together and folded in with
 ``Journal.consume_many``: a few vectorised operations on ``[k, ...]`` arrays per run instead of
@@ -56,9 +57,14 @@ class Intake:
         self.transfer.submit(meta, flat, layout)
 
     def drain(self, wait: bool = False) -> None:
-        """Take the finished copies (``wait``: all of them); consume once ``batch`` wait."""
-        self._ready.extend(self.transfer.ready(wait))
-        if len(self._ready) >= self.batch:
+        """Take the finished copies (``wait``: all of them); consume them once ``batch`` wait,
+        or at once when one holds a NaN/Inf."""
+        done = self.transfer.ready(wait)
+        self._ready.extend(done)
+        # a NaN/Inf is folded in at once: its onset is an event the step it happens
+        if len(self._ready) >= self.batch or any(
+            flat is not None and not np.isfinite(flat).all() for _, flat, _ in done
+        ):
             self.settle()
 
     def settle(self, wait: bool = False) -> None:

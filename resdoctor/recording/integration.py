@@ -85,10 +85,13 @@ class Context:
         self._recorder.settle()
         return self._recorder.journal.latest()
 
-    def events(self, since: int = 0) -> list[dict[str, Any]]:
+    def events(self, since: int = 0, *, pending: bool = True) -> list[dict[str, Any]]:
         """Recorded events (non-finite onsets) from index ``since`` on; ``len`` of the full list
-        is the ``since`` of the next call."""
-        self._recorder.settle()
+        is the ``since`` of the next call. ``pending=False``: only from the segments already in
+        the journal, without folding the waiting ones in first (no work on the training thread;
+        a segment that holds a NaN/Inf is folded in at once, so its onset is there)."""
+        if pending:
+            self._recorder.settle()
         return self._recorder.journal.events_since(since)
 
     def state(self) -> RunState:

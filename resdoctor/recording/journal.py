@@ -21,7 +21,10 @@ from resdoctor.version import __version__
 
 def _add_at(out: np.ndarray, idx: np.ndarray, values: np.ndarray | int) -> None:
     """``out[:, idx] += values``, repeated indices adding up in order."""
-    np.add.at(out.swapaxes(0, 1), idx, np.swapaxes(values, 0, 1) if np.ndim(values) else values)
+    if np.unique(idx).size == idx.size:  # the usual case, and much faster than ``add.at``
+        out[:, idx] += values
+    else:
+        np.add.at(out.swapaxes(0, 1), idx, np.swapaxes(values, 0, 1) if np.ndim(values) else values)
 
 
 _FLAT = ("vec", "scalar")
@@ -119,7 +122,11 @@ class _Accumulator:
         amax = np.maximum(np.abs(v[:, keep, 2]), np.abs(v[:, keep, 3]))
         amax[np.isnan(amax)] = np.inf
         top = np.full((len(v), self.params), -np.inf)
-        np.maximum.at(top.swapaxes(0, 1), cols[keep], amax.swapaxes(0, 1))
+        cols = cols[keep]
+        if np.unique(cols).size == cols.size:
+            top[:, cols] = amax
+        else:  # a module called several times: its largest output
+            np.maximum.at(top.swapaxes(0, 1), cols, amax.swapaxes(0, 1))
         if self.absmax is None:
             self.absmax = np.full((self.k, self.params), -np.inf)
         self.absmax[where] = np.maximum(self.absmax[where], top)

@@ -44,7 +44,7 @@ from resdoctor.runfile.layout import RunState
 
 # transferred segments folded into the journal together (more: fewer host operations per step,
 # a journal further behind the training between reads; every read settles it first)
-INTAKE_BATCH = 32
+INTAKE_BATCH = 256
 
 
 class Recorder:

@@ -20,6 +20,7 @@ Layout = list[tuple[Any, Any, int]]  # (kind, (name, index, slots) or name, widt
 
 
 Key = tuple[torch.device, torch.dtype]
+RECENT_LAYOUTS = 8
 
 
 class Buffers:
@@ -32,8 +33,9 @@ class Buffers:
     def __init__(self) -> None:
         self._tensors: dict[Key, torch.Tensor] = {}
         self._views: dict[Key, list[torch.Tensor]] = {}
-        # what the previous packed segment's layout was made of, and the layout
-        self.last_layout: tuple[list[Any], Layout] | None = None
+        self._prefix: dict[Key, tuple[int, torch.Tensor]] = {}
+        # the layouts of recent packed segments, latest first, with what each is made of
+        self.layouts: list[tuple[list[Any], Layout]] = []
 
     def views(self, key: Key, need: int) -> list[torch.Tensor]:
         """At least ``need`` 0-d views of the buffer for ``key``."""
@@ -46,10 +48,28 @@ class Buffers:
                 new[: len(old)].copy_(old)
             self._tensors[key] = new
             views = self._views[key] = list(new.unbind())
+            self._prefix.pop(key, None)
         return views
 
-    def tensor(self, key: Key) -> torch.Tensor:
-        return self._tensors[key]
+    def prefix(self, key: Key, n: int) -> torch.Tensor:
+        """The first ``n`` values of the buffer for ``key`` (the view is kept: steps repeat)."""
+        known = self._prefix.get(key)
+        if known is None or known[0] != n:
+            known = self._prefix[key] = (n, self._tensors[key][:n])
+        return known[1]
+
+    def layout(self, shape: list[Any], make: Callable[[], Layout]) -> Layout:
+        """The layout of a recent segment made of the same ``shape`` (steps alternate between a
+        few: the every-N-steps signals add rows), else a new one from ``make``."""
+        for k, (known, layout) in enumerate(self.layouts):
+            if known == shape:
+                if k:
+                    self.layouts.insert(0, self.layouts.pop(k))
+                return layout
+        layout = make()  # kept with a copy of its shape: nothing written later can change it
+        self.layouts.insert(0, (copy.deepcopy(shape), layout))
+        del self.layouts[RECENT_LAYOUTS:]
+        return layout
 
 
 @dataclass
@@ -127,7 +147,7 @@ class Segment:
         shape: list[Any] = []  # what the layout is made of, compared with the previous one
         for key, slots in self._slots.items():  # a slice of each buffer
             if slots:
-                parts.append(self.buffers.tensor(key)[: len(slots)].float())
+                parts.append(_f32(self.buffers.prefix(key, len(slots))))
                 shape.append((key, slots))
         if self._put:
             device = self.pool[self._put[0]].device
@@ -138,21 +158,17 @@ class Segment:
         shape.append(len(self.pool))
         shape.extend(self.rows.items())
         for name, t in self.vectors.items():
-            parts.append(t.reshape(-1).float())  # a float64 norm beyond float32 range is inf
-            shape.append((name, parts[-1].numel()))
+            parts.append(_f32(t if t.dim() == 1 else t.reshape(-1)))
+            shape.append((name, t.numel()))
         for name, t in self.tensor_scalars.items():
-            parts.append(t.detach().reshape(-1)[:1].float())
+            parts.append(_f32(t.reshape(1) if t.numel() == 1 else t.detach().reshape(-1)[:1]))
             shape.append(name)
-        last = self.buffers.last_layout
-        if last is not None and last[0] == shape:
-            layout = last[1]
-        else:  # kept as a copy: nothing written into this segment later can change it
-            layout = self._layout()
-            self.buffers.last_layout = (copy.deepcopy(shape), layout)
+        layout = self.buffers.layout(shape, self._layout)
         if not parts:
             return None, layout
         device = parts[0].device
-        parts = [p if p.device == device else p.to(device) for p in parts]
+        if device.type != "cpu" or any(p.device.type != "cpu" for p in parts):
+            parts = [p if p.device == device else p.to(device) for p in parts]
         return torch.cat(parts), layout  # a copy: the buffers are written again next segment
 
     def _layout(self) -> Layout:
@@ -170,6 +186,11 @@ class Segment:
         for name in self.tensor_scalars:
             layout.append(("scalar", name, 1))
         return layout
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float32 (a float64 norm beyond float32's range reads inf)."""
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _ints(values: array) -> np.ndarray:
@@ -270,9 +291,8 @@ class Transfer:
         self._queue: list[tuple[Any, torch.Tensor | None, Any, Layout]] = []
 
     def submit(self, meta: Any, flat: torch.Tensor | None, layout: Layout) -> None:
-        if flat is None or flat.device.type == "cpu":
-            host = None if flat is None else flat.detach()
-            self._queue.append((meta, host, None, layout))
+        if flat is None or flat.device.type == "cpu":  # packed under no_grad: no graph to cut
+            self._queue.append((meta, flat, None, layout))
             return
         host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
         host.copy_(flat, non_blocking=True)

@@ -25,7 +25,7 @@ class Series:
     appends (and before anything reads the table) the block is folded in with a few vectorised
     operations. The result is the same, bit for bit, as folding each step in on its own."""
 
-    PENDING = 64
+    PENDING = 256
 
     def __init__(self, columns: list[str], capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 2 or capacity % 2:
