@@ -5,10 +5,12 @@ synthetic per-step vectors for 302 parameterised modules and 100 residual sites,
 skipped steps and a NaN onset near the end. Measured: the memory of recording, the run file's
 size, the time to write it, ``resdoctor.load`` and ``resdoctor analyze``.
 
-Two modes. ``consume`` hands every step to ``Journal.consume`` exactly as the recorder does
-(faithful, but slow for a million steps). ``fast`` (default) appends the committed rows straight
-into the journal's series, as ``Journal._commit`` would, and sends only event steps (skipped
-steps, the NaN onset) through ``consume``; the smoke test checks both give the same run file.
+Two modes. ``consume`` sends every step through the recorder's host path exactly as the
+recorder does: ``Segment.pack``, the transfer, and the ``Intake`` that unpacks and folds the
+segments into the journal in batches (faithful, but slow for a million steps). ``fast``
+(default) appends the committed rows straight into the journal's series, as the journal would,
+and sends only event steps (skipped steps, the NaN onset) through the intake; the smoke test
+checks both give the same run file.
 
     python -m bench.scale                          # 1,000,000 steps x 100 blocks
     python -m bench.scale --steps 20000 --mode consume
