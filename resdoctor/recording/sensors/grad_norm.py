@@ -50,27 +50,28 @@ class GradNorm:
         return [_local(p) for p in self.params]
 
     def raw(self, tensors: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per parameter on the device: ``([P] L2 norms in float32, [P] max |value|)``; absent
+        """Per parameter on the device: ``([P] L2 norms in float32, [P] finiteness)``; absent
         or empty tensors read 0. None when no tensor is present.
 
         The L2 norm cannot tell overflow from Inf (a finite tensor with norm > 1.8e19 squares
-        past float32), so ``bad`` reads the largest magnitude (the inf-norm, one fused pass):
-        NaN propagates through it and +inf and -inf both show. (A plain max missed a gradient
-        whose only non-finite values were -inf: an AMP overflow step was read as finite.)
+        past float32), so ``bad`` reads a value that is finite exactly when the tensor is
+        (``_finiteness``): NaN, +inf and -inf all show. (A plain max missed a gradient whose
+        only non-finite values were -inf: an AMP overflow step was read as finite.)
         """
         tensors = [None if t is None else _local(t) for t in tensors]
         present = [t for t in tensors if t is not None and t.numel()]
         if not present:
             return None
-        l2 = _stack(tensors, torch._foreach_norm(present))
-        return l2, _stack(tensors, _absmax(present))
+        norms = torch._foreach_norm(present)
+        return _stack(tensors, norms), _stack(tensors, _finiteness(present, norms))
 
     def maxima(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
-        """``[P]`` max |value| per tensor on the device (one fused pass): enough for ``bad``."""
+        """``[P]`` per tensor on the device, finite exactly when the tensor is: enough for
+        ``bad``."""
         present = [t for t in tensors if t.numel()]
         if not present:
             return None
-        return _stack(list(tensors), _absmax(present))
+        return _stack(list(tensors), _finiteness(present))
 
     def norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """``[P]`` float32 L2 norms of per-parameter tensors (all present), on the device."""
@@ -115,17 +116,26 @@ class GradNorm:
         return self.raw(grads)
 
 
-def _absmax(tensors: list[torch.Tensor]) -> Any:
-    """max |value| of each (non-empty) tensor: NaN propagates, +inf and -inf both show.
+def _finiteness(tensors: list[torch.Tensor], norms: Any = None) -> Any:
+    """Per (non-empty) tensor, a value that is finite exactly when every value of the tensor
+    is: what ``bad`` reads. NaN, +inf and -inf all show.
 
-    CUDA: the fused inf-norm (one launch). CPU: its inf-norm is a scalar loop, ~4x slower than
-    a vectorised ``aminmax`` per tensor, so the CPU reads ``max(-min, max)`` of each tensor.
+    CUDA: the fused inf-norm, max |value| (one launch; no decision on the host). CPU, where
+    reading a value waits for nothing: the L2 norm (one fused call, or the ``norms`` already
+    taken) where it is finite, since then every value is; max |value| (``max(-min, max)``)
+    only for the others: a NaN/Inf, or a finite tensor whose norm overflows. One fused call
+    instead of an ``aminmax`` per tensor. (The CPU inf-norm is a scalar loop, ~4x slower.)
     """
     if any(t.device.type != "cpu" or t.is_complex() for t in tensors):
         return torch._foreach_norm(tensors, ord=float("inf"))
-    pairs = [torch.aminmax(t) for t in tensors]
-    lows = torch.stack([lo for lo, _ in pairs]).float().neg_()
-    return torch.maximum(lows, torch.stack([hi for _, hi in pairs]).float())
+    values = torch.stack(norms if norms is not None else torch._foreach_norm(tensors)).float()
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        values = values.clone()
+        for k in torch.nonzero(bad).flatten().tolist():
+            lo, hi = torch.aminmax(tensors[k])
+            values[k] = torch.maximum(lo.float().neg(), hi.float())
+    return values
 
 
 def _stack(tensors: list[torch.Tensor | None], values: Any) -> torch.Tensor:
