@@ -7,6 +7,7 @@ that step, location and phase, and the report's first fix must fit the origin.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -266,3 +267,63 @@ def test_the_same_answers_with_example_inputs(tmp_path, example):
     assert (order[[n for n in order.index if n != "<root>"]] >= 0).all()
     assert order["0"] < order["46"]  # forward order, not names ("46" sorts before "5")
     assert "vanishing-gradients" in {f.code for f in resdoctor.analyze(run).findings}
+
+
+def _overflowing_weight_gradient(tmp_path, name):  # noqa: ANN001, ANN202
+    """Linear 0's weight gradient overflows at STEP (an input of 3e38, finite, meets a tiny
+    weight: every output, the loss and every incoming gradient stay finite)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-36)
+        model[1].weight.fill_(0.5)
+
+    def batch(step):
+        x = torch.randn(8, 4)
+        if step == STEP:
+            x[:, 0] = 3e38
+        return (x,), {}, None
+
+    # the truth, with plain torch on a copy: the weight gradient is made non-finite by the layer
+    plain = copy.deepcopy(model)
+    (x,), _, _ = batch(STEP)
+    seen = {}
+    out0 = plain[0](x)
+    out0.register_hook(lambda g: seen.update(incoming=bool(torch.isfinite(g).all())))
+    plain[1](out0).sum().backward()
+    assert seen["incoming"] and not torch.isfinite(plain[0].weight.grad).all()
+    return record(tmp_path / name, model, batch, lambda out, _: out.sum())
+
+
+def test_an_incoming_gradient_read_from_the_bias_gradient_names_the_same_origin(
+    tmp_path, monkeypatch
+):
+    """Linear layers' incoming gradients are checked from their bias gradients (no hook, no
+    reduction per call); the answer equals the hooked check's."""
+    run, _ = _overflowing_weight_gradient(tmp_path, "bias.pt")
+    assert first(run) == (STEP, "0", "backward")
+    from resdoctor.recording import recorder
+
+    monkeypatch.setattr(recorder, "summing_bias", lambda module: None)  # every one hooked
+    hooked, _ = _overflowing_weight_gradient(tmp_path, "hooked.pt")
+    assert first(hooked) == first(run)
+
+
+def test_only_a_bias_that_sums_the_incoming_gradient_stands_in_for_its_check():
+    from resdoctor.recording.sensors.nonfinite import summing_bias
+
+    assert summing_bias(nn.Linear(2, 2)) is not None
+    assert summing_bias(nn.LayerNorm(2)) is not None
+    assert summing_bias(nn.Linear(2, 2, bias=False)) is None
+    assert summing_bias(nn.Linear(2, 2).half()) is None  # float16 sums can overflow
+    frozen = nn.Linear(2, 2)
+    frozen.bias.requires_grad_(False)
+    assert summing_bias(frozen) is None
+
+    class Scaled(nn.Linear):  # a subclass may use its bias otherwise
+        pass
+
+    assert summing_bias(Scaled(2, 2)) is None
+    hooked = nn.Linear(2, 2)
+    hooked.register_forward_hook(lambda m, a, out: out * 2)  # may replace the output
+    assert summing_bias(hooked) is None

@@ -38,6 +38,7 @@ from resdoctor.recording.sensors import (
     Units,
     UpdateRatio,
 )
+from resdoctor.recording.sensors.nonfinite import summing_bias
 from resdoctor.recording.sensors.units import kind as unit_kind
 from resdoctor.recording.trace import Tracer
 from resdoctor.runfile.layout import RunState
@@ -205,12 +206,17 @@ class Recorder:
         self.hooks.forward(root, self._guard("forward", self._forward_returned))
         self.hooks.forward(root, self._guard("forward", self._end_forward), always=True)
         if self.options.nonfinite:
+            summed = self._summing_biases(named)
             for name, module in named:
                 if self.compiled and name:
                     continue  # inside the compiled graph
                 checks = self.nonfinite.checks(module)
-                if checks is not None:
-                    self._plan(name, root if not name else module).check = checks
+                if checks is None:
+                    continue
+                plan = self._plan(name, root if not name else module)
+                plan.check = checks
+                if checks[2]:  # the incoming gradient: read from the bias gradient if it can be
+                    plan.bias = summed.get(name)
         if not self.compiled:
             for cols, what in ((self._dead_cols, "dead"), (self._sat_cols, "sat")):
                 for col, name in enumerate(cols):
@@ -219,6 +225,23 @@ class Recorder:
         for optimizer in self.optimizers:  # several: one step is all of them, up to log()
             self.hooks.step_pre(optimizer, self._guard("optimizer", self._before_step))
             self.hooks.step_post(optimizer, self._guard("optimizer", self._after_step))
+
+    def _summing_biases(self, named: list[tuple[str, nn.Module]]) -> dict[str, int]:
+        """Module name -> the gradient-norm index of its ``summing_bias``: the modules whose
+        incoming gradient is checked from their bias gradient (taken after every backward
+        anyway) instead of a hook and a reduction per call. Not across ranks: an all-reduced
+        bias gradient carries the other ranks' NaN, and this rank's check must not."""
+        if self.world_size > 1 or self.compiled:
+            return {}
+        position = {id(p): k for k, p in enumerate(self.grads.params)}
+        owners = np.bincount(self.grads.index, minlength=len(self.grads.params))
+        out = {}
+        for name, module in named:
+            bias = summing_bias(module)
+            k = position.get(id(bias)) if bias is not None else None
+            if k is not None and owners[k] == 1:  # a tied bias sums another module's too
+                out[name] = k
+        return out
 
     def _plan(self, name: str, module: nn.Module) -> _Plan:
         """The one pair of forward hooks of ``module`` (non-finite check and site taps share it)."""
@@ -454,7 +477,7 @@ class Recorder:
                 if input_grads:
                     self.nonfinite.input_grads(self._segment, hooks, plan.index, args, kwargs)
                 if incoming:
-                    self.nonfinite.incoming(self._segment, hooks, plan.index, output)
+                    self.nonfinite.incoming(self._segment, hooks, plan.index, output, plan.bias)
         for i, role, tap in plan.taps_out:
             if tap.call == plan.calls:
                 t = get_path(output, tap.path)
@@ -623,6 +646,7 @@ class Recorder:
         with torch.no_grad():
             # with accumulation, the last backward of the step holds the accumulated gradient
             raw = self.grads(scale)
+        self.nonfinite.summed_rows(self.seg, None if raw is None else raw[1])
         if raw is not None:
             self.seg.vectors["grad_l2"], self.seg.vectors["grad_max"] = raw
         else:
@@ -653,6 +677,7 @@ class Recorder:
             self.seg.vectors.update(self._guard("optimizer", self.updates.after)() or {})
         seg, self.seg = self.seg, Segment(self.buffers)
         self._reset_sensors()  # their slots point into the finished segment's pool
+        self.nonfinite.discard_summed()
         if not self._in_forward:
             self.hooks.forget_transient()
         if seg.empty:
@@ -748,12 +773,14 @@ class _Plan:
         "forward_id",
         "calls",
         "inputs",
+        "bias",
     )
 
     def __init__(self, index: int) -> None:
         self.index = index
         # (check outputs, check input gradients, check incoming gradient); () = no check
         self.check: tuple[bool, bool, bool] | tuple[()] = ()
+        self.bias: int | None = None  # the incoming gradient is read from this bias gradient
         self.taps_in: list[tuple[int, str, Any]] = []  # (site, role, tap)
         self.taps_out: list[tuple[int, str, Any]] = []
         # sites measured at the addition: (site, call, ordinal, skip first); the open modes

@@ -51,6 +51,11 @@ class Buffers:
             self._prefix.pop(key, None)
         return views
 
+    def block(self, key: Key, start: int, n: int) -> torch.Tensor:
+        """Values ``start .. start + n`` of the buffer for ``key`` as one 1-d view (after
+        ``views`` made room for them)."""
+        return self._tensors[key][start : start + n]
+
     def prefix(self, key: Key, n: int) -> torch.Tensor:
         """The first ``n`` values of the buffer for ``key`` (the view is kept: steps repeat)."""
         known = self._prefix.get(key)
@@ -117,6 +122,13 @@ class Segment:
         self.pool.extend(views)
         slots.extend(range(first, first + n))
         return first, views
+
+    def reserve_block(self, like: torch.Tensor, n: int) -> tuple[int, torch.Tensor]:
+        """As ``reserve``, the ``n`` slots as one 1-d view: one call writes them all
+        (``torch.index_select(..., out=block)``)."""
+        first, _ = self.reserve(like, n)
+        used = len(self._slots[(like.device, like.dtype)]) - n
+        return first, self.buffers.block((like.device, like.dtype), used, n)
 
     def add_row(self, kind: str, index: int, slots: tuple[int, ...]) -> None:
         rows = self.rows.get(kind)

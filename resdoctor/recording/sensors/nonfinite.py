@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks
 
 from resdoctor.recording.pytree import iter_tensors
 from resdoctor.recording.segment import Segment
@@ -76,7 +77,48 @@ FINITE_PRESERVING_NAMES = frozenset(
     )
 )
 
+# Modules whose bias gradient is the sum of their incoming gradient (the gradient of their
+# output) over every dimension but the bias's own: ``y = f(x) + b``. Exact types only: a
+# subclass may use its bias otherwise. Checked by class name for libraries not imported here.
+BIAS_SUMS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
+BIAS_SUM_NAMES = frozenset({"transformers.pytorch_utils.Conv1D"})
+
 Slots = tuple[int, int]
+
+
+def summing_bias(module: nn.Module) -> nn.Parameter | None:
+    """The bias of ``module`` whose gradient sums its incoming gradient, if it has one that can
+    stand in for the incoming gradient's check.
+
+    A sum with a NaN/Inf term is NaN/Inf, so a non-finite incoming gradient always shows in the
+    bias gradient; a finite one shows as finite unless the sum overflows, which needs gradients
+    near the dtype's maximum: float32, bfloat16 and float64 biases qualify, float16 ones (max
+    65504) do not. Only a trainable parameter of this module alone (not tied to another), and
+    only while the module has no forward hook of its own yet: a hook that replaces the output
+    (registered before ``watch``, it runs before resdoctor's) makes the checked gradient that
+    of the replacement."""
+    cls = type(module)
+    if cls not in BIAS_SUMS and f"{cls.__module__}.{cls.__qualname__}" not in BIAS_SUM_NAMES:
+        return None
+    if module._forward_hooks or _global_forward_hooks:  # registered before resdoctor's, one
+        return None  # may replace the output: its gradient is then no longer what b sums
+    bias = getattr(module, "bias", None)
+    if type(bias) is not nn.Parameter or not bias.requires_grad or bias.dtype == torch.float16:
+        return None
+    return bias
 
 
 def finite_preserving(module: nn.Module) -> bool:
@@ -96,6 +138,11 @@ class NonFinite:
         self._cache = TensorCache()
         # output tensors whose incoming gradient is hooked in this forward -> module indices
         self._incoming: dict[int, tuple[weakref.ref[torch.Tensor], int, list[int]]] = {}
+        # incoming gradients read from a bias gradient, since the last backward:
+        # (the bias's parameter index, the modules whose incoming gradient it is)
+        self._summed: list[tuple[int, list[int]]] = []
+        # parameter indices on the device (and their pinned host copy, kept while it copies)
+        self._at: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @staticmethod
     def checks(module: nn.Module) -> tuple[bool, bool, bool] | None:
@@ -131,9 +178,16 @@ class NonFinite:
             seg.add_row("fwd", index, (inputs or (-1, -1)) + slots)
 
     def incoming(
-        self, current: Callable[[], Segment], hooks: Hooks, index: int, output: Any
+        self,
+        current: Callable[[], Segment],
+        hooks: Hooks,
+        index: int,
+        output: Any,
+        bias: int | None = None,
     ) -> None:
-        """Check the gradient that reaches module ``index``'s output in backward."""
+        """Check the gradient that reaches module ``index``'s output in backward. With ``bias``
+        (the parameter index of the module's ``summing_bias``), no hook: the check is read
+        from that bias's gradient after the backward (``summed_rows``)."""
         t = next((t for t in _outputs(output) if t.is_floating_point() and t.requires_grad), None)
         if t is None:
             return
@@ -144,6 +198,9 @@ class NonFinite:
             return
         indices = [index]
         self._incoming[id(t)] = (weakref.ref(t), tensor_version(t), indices)
+        if bias is not None:
+            self._summed.append((bias, indices))
+            return
 
         def on_grad(g: torch.Tensor) -> None:
             if g.numel():
@@ -153,6 +210,34 @@ class NonFinite:
                     seg.add_row("gin", i, slots)
 
         hooks.tensor(t, on_grad)
+
+    def summed_rows(self, seg: Segment, finiteness: torch.Tensor | None) -> None:
+        """After a backward: the "gin" rows of the modules whose incoming gradient is read from
+        their bias gradient, from ``finiteness`` (per parameter, finite exactly when that
+        parameter's gradient is: ``GradNorm.raw``'s second vector). One gather for all, into
+        the segment's buffer; the index tensor is made once per set of modules."""
+        pending, self._summed = self._summed, []
+        if not pending or finiteness is None:
+            return
+        key = tuple(k for k, _ in pending)
+        known = self._at.get(key)
+        if known is None or known[0].device != finiteness.device:
+            if len(self._at) >= 8:  # steps repeat a few sets at most
+                self._at.clear()
+            host = torch.tensor(key)
+            if finiteness.device.type != "cpu":  # pinned: the copy does not wait for the device
+                host = host.pin_memory()
+            known = self._at[key] = (host.to(finiteness.device, non_blocking=True), host)
+        at = known[0]
+        first, block = seg.reserve_block(finiteness, len(key))
+        torch.index_select(finiteness, 0, at, out=block)
+        for j, (_, indices) in enumerate(pending):
+            for i in indices:
+                seg.add_row("gin", i, (first + j, first + j))
+
+    def discard_summed(self) -> None:
+        """A segment ended without the backward its forwards prepared for."""
+        self._summed.clear()
 
     def last_output(self) -> torch.Tensor | None:
         """The latest module output of this forward whose gradient is hooked (alive), if any."""
